@@ -1,0 +1,38 @@
+"""Re-locks requirements.in into the hash-locked lock file in the source tree with pip-compile.
+
+Run through `bazel run //:requirements.update [-- pip-compile options]`; Bazel passes the two paths
+relative to the workspace, and BUILD_WORKSPACE_DIRECTORY says where the source tree is.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from piptools.scripts.compile import cli
+
+
+def main(argv: list[str]) -> int:
+    workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
+    if not workspace:
+        print("run this with `bazel run`, which sets BUILD_WORKSPACE_DIRECTORY", file=sys.stderr)
+        return 2
+    requirements_in, requirements_lock, *extra = argv
+    os.chdir(workspace)
+    args = [
+        "--generate-hashes",
+        "--allow-unsafe",  # pip and setuptools are pinned too: pip-tools needs pip at run time
+        "--strip-extras",
+        "--no-emit-index-url",
+        "--output-file",
+        requirements_lock,
+        *extra,
+        requirements_in,
+    ]
+    # `cli` is a click command; standalone_mode=False returns instead of calling sys.exit.
+    cli.main(args=args, prog_name="pip-compile", standalone_mode=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
