@@ -19,11 +19,14 @@ def main(argv: list[str]) -> int:
         return 2
     requirements_in, requirements_lock, *extra = argv
     os.chdir(workspace)
+    # Shown in the lock file's header as the way to regenerate it.
+    os.environ.setdefault("CUSTOM_COMPILE_COMMAND", "./bazelw run //:requirements.update")
     args = [
         "--generate-hashes",
         "--allow-unsafe",  # pip and setuptools are pinned too: pip-tools needs pip at run time
         "--strip-extras",
         "--no-emit-index-url",
+        "--no-emit-find-links",
         "--output-file",
         requirements_lock,
         *extra,

@@ -1,0 +1,75 @@
+"""Starts the whole bookstore on loopback: `./bazelw run //:dev`.
+
+Runs Recommendations and the Marketplace as child processes, prefixes each log line with the
+service's name, prints the URL to open, and on Ctrl-C (or SIGTERM) stops the Marketplace, then
+Recommendations. If either exits on its own, the other is stopped too and the exit code is non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from libs.processes.processes import ChildProcess, runfile
+
+logger = logging.getLogger("dev")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address both services bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="Marketplace HTTP port (default: 8080)")
+    parser.add_argument("--recommendations-port", type=int, default=50051, help="Recommendations gRPC port (default: 50051)")
+    parser.add_argument("--startup-timeout", type=float, default=30.0, help="seconds to wait for each service to listen")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(name)15s | %(message)s")
+    args = parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+
+    recommendations = ChildProcess(
+        "recommendations",
+        [runfile("services/recommendations/recommendations"), "--host", args.host, "--port", args.recommendations_port],
+    )
+    marketplace = ChildProcess(
+        "marketplace",
+        [
+            runfile("services/marketplace/marketplace"),
+            "--host",
+            args.host,
+            "--port",
+            args.port,
+            "--recommendations-addr",
+            f"{args.host}:{args.recommendations_port}",
+        ],
+    )
+    started: list[ChildProcess] = []
+    try:
+        for child, port in ((recommendations, args.recommendations_port), (marketplace, args.port)):
+            started.append(child.start())
+            child.wait_for_port(port, args.host, args.startup_timeout)
+        logger.info("Online Books For You is up: open http://%s:%d/  (Ctrl-C stops both)", args.host, args.port)
+        while not stop.wait(0.2):
+            for child in started:
+                if child.poll() is not None:
+                    logger.error("%s exited with code %d; stopping the rest", child.name, child.poll())
+                    return 1
+        logger.info("stopping")
+        return 0
+    except (RuntimeError, TimeoutError) as error:
+        logger.error("%s", error)
+        return 1
+    finally:
+        codes = [f"{child.name}={child.stop()}" for child in reversed(started)]
+        logger.info("stopped (exit codes: %s)", ", ".join(codes) or "none started")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
