@@ -1,0 +1,155 @@
+"""Integration tests: the two built binaries as separate processes on free loopback ports."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from books.catalog.v1 import catalog_pb2
+from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from libs.processes.processes import ChildProcess, free_port, runfile
+
+RECOMMENDATIONS = runfile("services/recommendations/recommendations")
+MARKETPLACE = runfile("services/marketplace/marketplace")
+NOTICE = "Recommendations are unavailable right now"
+
+# A catalog of our own: known titles, and FANTASY left empty for the NOT_FOUND path.
+TEST_BOOKS = [
+    (1, "MYSTERY", "The Big Sleep", "Raymond Chandler", 1939),
+    (2, "MYSTERY", "Rebecca", "Daphne du Maurier", 1938),
+    (3, "MYSTERY", "The Maltese Falcon", "Dashiell Hammett", 1930),
+    (4, "MYSTERY", "The Moonstone", "Wilkie Collins", 1868),
+    (5, "SCIENCE_FICTION", "Dune", "Frank Herbert", 1965),
+]
+
+
+@dataclass
+class Bookstore:
+    recommendations: ChildProcess
+    recommendations_port: int
+    marketplace: ChildProcess
+    marketplace_port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.marketplace_port}/"
+
+
+def write_catalog(path: Path) -> Path:
+    with path.open("w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["id", "category", "title", "author", "year"])
+        writer.writerows(TEST_BOOKS)
+    return path
+
+
+def start_recommendations(catalog: Path, port: int) -> ChildProcess:
+    child = ChildProcess(
+        "recommendations", [RECOMMENDATIONS, "--host", "127.0.0.1", "--port", port, "--catalog", catalog]
+    ).start()
+    child.wait_for_port(port)
+    return child
+
+
+@pytest.fixture
+def bookstore(tmp_path: Path) -> Iterator[Bookstore]:
+    catalog = write_catalog(tmp_path / "books.csv")
+    rec_port, web_port = free_port(), free_port()
+    recommendations = start_recommendations(catalog, rec_port)
+    marketplace = ChildProcess(
+        "marketplace",
+        [MARKETPLACE, "--host", "127.0.0.1", "--port", web_port, "--recommendations-addr", f"127.0.0.1:{rec_port}"],
+    ).start()
+    try:
+        marketplace.wait_for_port(web_port)
+        yield Bookstore(recommendations, rec_port, marketplace, web_port)
+    finally:
+        assert marketplace.stop() == 0, "marketplace did not exit cleanly on SIGTERM"
+        recommendations.stop()
+
+
+def get(url: str) -> tuple[int, str, float]:
+    started = time.monotonic()
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.status, response.read().decode(), time.monotonic() - started
+
+
+def recommend(port: int, **fields) -> recommendations_pb2.RecommendResponse:
+    request = recommendations_pb2.RecommendRequest(**{"user_id": 1, "max_results": 3, **fields})
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        return recommendations_pb2_grpc.RecommendationServiceStub(channel).Recommend(request, timeout=5)
+
+
+def test_home_page_lists_three_mysteries(bookstore: Bookstore) -> None:
+    status, body, _ = get(bookstore.url)
+    assert status == 200
+    assert "<title>Online Books For You</title>" in body
+    assert ">Mystery books you may like</h1>" in body
+    assert body.count("<li>") == 3
+    mysteries = [title for _, category, title, _, _ in TEST_BOOKS if category == "MYSTERY"]
+    assert sum(title in body for title in mysteries) == 3
+    assert "Dune" not in body and NOTICE not in body
+
+
+def test_recommend_over_the_wire(bookstore: Bookstore) -> None:
+    response = recommend(bookstore.recommendations_port, category=catalog_pb2.SCIENCE_FICTION, max_results=5)
+    assert [(b.title, b.author, b.year) for b in response.recommendations] == [("Dune", "Frank Herbert", 1965)]
+
+
+def test_empty_category_is_not_found_over_the_wire(bookstore: Bookstore) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        recommend(bookstore.recommendations_port, category=catalog_pb2.FANTASY)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    assert raised.value.details() == "no books in category FANTASY"
+
+
+def test_bad_request_is_invalid_argument_over_the_wire(bookstore: Bookstore) -> None:
+    with pytest.raises(grpc.RpcError) as raised:
+        recommend(bookstore.recommendations_port, category=catalog_pb2.MYSTERY, max_results=0, user_id=0)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "max_results must be between 1 and 20, got 0" in raised.value.details()
+    assert "user_id must be a positive id, got 0" in raised.value.details()
+
+
+def test_page_degrades_while_recommendations_is_down_and_recovers(bookstore: Bookstore, tmp_path: Path) -> None:
+    assert bookstore.recommendations.stop() == 0
+    for _ in range(3):
+        status, body, seconds = get(bookstore.url)
+        assert status == 200
+        assert NOTICE in body and "<li>" not in body
+        assert seconds < 2.0, f"degraded page took {seconds:.2f}s"
+
+    bookstore.recommendations = start_recommendations(tmp_path / "books.csv", bookstore.recommendations_port)
+    deadline = time.monotonic() + 20  # gRPC reconnect backoff decides when the channel comes back
+    while time.monotonic() < deadline:
+        _, body, _ = get(bookstore.url)
+        if body.count("<li>") == 3:
+            break
+        time.sleep(0.2)
+    assert body.count("<li>") == 3, "the page did not recover after Recommendations came back"
+
+
+def run_binary(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_recommendations_rejects_a_malformed_catalog(tmp_path: Path) -> None:
+    catalog = tmp_path / "broken.csv"
+    catalog.write_text("id,category,title,author,year\n1,POETRY,Leaves of Grass,Walt Whitman,1855\n")
+    result = run_binary(RECOMMENDATIONS, "--port", str(free_port()), "--catalog", str(catalog))
+    assert result.returncode == 2
+    assert "cannot load catalog: book 1 has unknown category 'POETRY'" in result.stderr
+
+
+def test_marketplace_rejects_a_bad_timeout() -> None:
+    result = run_binary(MARKETPLACE, "--port", str(free_port()), "--recommendations-timeout", "0")
+    assert result.returncode == 2
+    assert "--recommendations-timeout must be positive" in result.stderr

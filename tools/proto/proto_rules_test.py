@@ -1,0 +1,30 @@
+"""The proto rules generate importable messages, type stubs and gRPC code across imports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import timestamp_pb2
+
+from books.catalog.v1 import catalog_pb2
+from testdata import shelf_event_pb2, shelf_event_pb2_grpc
+
+
+def test_messages_import_well_known_types_and_our_protos() -> None:
+    event = shelf_event_pb2.ShelfEvent(at=timestamp_pb2.Timestamp(seconds=1_700_000_000), category=catalog_pb2.MYSTERY)
+    decoded = shelf_event_pb2.ShelfEvent.FromString(event.SerializeToString())
+    assert decoded.at.seconds == 1_700_000_000 and decoded.category == catalog_pb2.MYSTERY
+    dependencies = [dep.name for dep in shelf_event_pb2.DESCRIPTOR.dependencies]
+    assert dependencies == ["books/catalog/v1/catalog.proto", "google/protobuf/timestamp.proto"]
+
+
+def test_grpc_code_is_generated() -> None:
+    assert hasattr(shelf_event_pb2_grpc, "ShelfEventsStub")
+    assert hasattr(shelf_event_pb2_grpc, "ShelfEventsServicer")
+    assert hasattr(shelf_event_pb2_grpc, "add_ShelfEventsServicer_to_server")
+
+
+def test_type_stubs_sit_beside_the_modules() -> None:
+    for module, declared in ((shelf_event_pb2, "class ShelfEvent("), (catalog_pb2, "class BookCategory(")):
+        stub = Path(module.__file__).with_suffix(".pyi")
+        assert declared in stub.read_text(), stub
