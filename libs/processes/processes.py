@@ -88,7 +88,8 @@ class ChildProcess:
         return self
 
     def _read(self) -> None:
-        assert self._process and self._process.stdout
+        assert self._process
+        assert self._process.stdout
         for line in self._process.stdout:
             line = line.rstrip("\n")
             self.lines.append(line)

@@ -10,7 +10,9 @@ from books.recommendations.v1 import recommendations_pb2
 from services.marketplace.app import HOME_MAX_RESULTS, UNAVAILABLE_NOTICE, create_app
 
 BOOKS = [
-    recommendations_pb2.BookRecommendation(id=1, title="Murder on the Orient Express", author="Agatha Christie", year=1934),
+    recommendations_pb2.BookRecommendation(
+        id=1, title="Murder on the Orient Express", author="Agatha Christie", year=1934
+    ),
     recommendations_pb2.BookRecommendation(id=2, title="The Big Sleep", author="Raymond Chandler", year=1939),
     recommendations_pb2.BookRecommendation(id=3, title="Rebecca", author="Daphne du Maurier", year=1938),
 ]
@@ -46,7 +48,9 @@ def test_home_lists_the_recommended_mysteries() -> None:
     assert ">Mystery books you may like</h1>" in response.text
     assert response.text.count("<li>") == 3
     for book in BOOKS:
-        assert book.title in response.text and f"by {book.author}" in response.text and f"({book.year})" in response.text
+        assert book.title in response.text
+        assert f"by {book.author}" in response.text
+        assert f"({book.year})" in response.text
     assert UNAVAILABLE_NOTICE not in response.text
 
 
@@ -71,10 +75,12 @@ def test_titles_are_escaped() -> None:
     evil = recommendations_pb2.BookRecommendation(id=9, title="<script>alert('x')</script>", author="A & B", year=2000)
     response = get_home(FakeRecommendations([evil]))
     assert "<script>" not in response.text
-    assert "&lt;script&gt;" in response.text and "A &amp; B" in response.text
+    assert "&lt;script&gt;" in response.text
+    assert "A &amp; B" in response.text
 
 
 def test_stylesheet_is_served() -> None:
     with TestClient(create_app(FakeRecommendations(BOOKS), timeout=0.25)) as client:
         response = client.get("/static/style.css")
-    assert response.status_code == 200 and "text/css" in response.headers["content-type"]
+    assert response.status_code == 200
+    assert "text/css" in response.headers["content-type"]

@@ -18,7 +18,7 @@ MAX_RESULTS_CAP = 20
 
 def category_names() -> list[str]:
     """The categories a book may have: every enum value but UNSPECIFIED."""
-    return [name for name in catalog_pb2.BookCategory.keys() if name != "BOOK_CATEGORY_UNSPECIFIED"]
+    return [value.name for value in catalog_pb2.BookCategory.DESCRIPTOR.values if value.number != 0]
 
 
 def validate(request: recommendations_pb2.RecommendRequest) -> str:

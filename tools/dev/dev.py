@@ -22,8 +22,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1", help="loopback address both services bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="Marketplace HTTP port (default: 8080)")
-    parser.add_argument("--recommendations-port", type=int, default=50051, help="Recommendations gRPC port (default: 50051)")
-    parser.add_argument("--startup-timeout", type=float, default=30.0, help="seconds to wait for each service to listen")
+    parser.add_argument(
+        "--recommendations-port", type=int, default=50051, help="Recommendations gRPC port (default: 50051)"
+    )
+    parser.add_argument(
+        "--startup-timeout", type=float, default=30.0, help="seconds to wait for each service to listen"
+    )
     return parser.parse_args(argv)
 
 

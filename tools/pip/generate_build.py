@@ -80,9 +80,7 @@ def main(site_arg: str, lock_arg: str, repo: str) -> int:
         name = normalize(raw_name)
         files[name], scripts[name], skipped = record_files(site, dist_info)
         notes += [f"# {name}: skipped {path!r} (not a valid Bazel label)" for path in skipped]
-        edges[name] = {
-            normalize(req.name) for req in requires if req.marker is None or req.marker.evaluate(env)
-        }
+        edges[name] = {normalize(req.name) for req in requires if req.marker is None or req.marker.evaluate(env)}
 
     missing = sorted(set(locked) - set(files))
     if missing:
@@ -115,8 +113,7 @@ def main(site_arg: str, lock_arg: str, repo: str) -> int:
             listed = "".join(f'        "{path}",\n' for path in scripts[name])
             out.append(f'filegroup(\n    name = "{name}_scripts",\n    srcs = [\n{listed}    ],\n)\n')
         out.append(
-            f'py_library(\n    name = "{name}",\n    data = [\n{data}    ],\n'
-            f'    imports = ["{site.name}"],\n)\n'
+            f'py_library(\n    name = "{name}",\n    data = [\n{data}    ],\n    imports = ["{site.name}"],\n)\n'
         )
     Path("BUILD.bazel").write_text("\n".join(out))
 

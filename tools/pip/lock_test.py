@@ -32,7 +32,9 @@ def test_every_pin_has_a_hash_and_nothing_is_machine_specific() -> None:
     assert len(pins) >= len(direct_requirements())
     for pin in pins:
         assert "--hash=sha256:" in pin, pin.splitlines()[0]
-    assert "--find-links" not in text and "--index-url" not in text and "file://" not in text
+    assert "--find-links" not in text
+    assert "--index-url" not in text
+    assert "file://" not in text
 
 
 def test_normalize_matches_the_requirement_helper() -> None:

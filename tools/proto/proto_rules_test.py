@@ -13,7 +13,8 @@ from testdata import shelf_event_pb2, shelf_event_pb2_grpc
 def test_messages_import_well_known_types_and_our_protos() -> None:
     event = shelf_event_pb2.ShelfEvent(at=timestamp_pb2.Timestamp(seconds=1_700_000_000), category=catalog_pb2.MYSTERY)
     decoded = shelf_event_pb2.ShelfEvent.FromString(event.SerializeToString())
-    assert decoded.at.seconds == 1_700_000_000 and decoded.category == catalog_pb2.MYSTERY
+    assert decoded.at.seconds == 1_700_000_000
+    assert decoded.category == catalog_pb2.MYSTERY
     dependencies = [dep.name for dep in shelf_event_pb2.DESCRIPTOR.dependencies]
     assert dependencies == ["books/catalog/v1/catalog.proto", "google/protobuf/timestamp.proto"]
 

@@ -36,7 +36,9 @@ def test_a_failing_test_fails_the_target_and_is_reported_in_xml(tmp_path: Path) 
     result, xml = run_shim(tmp_path, SAMPLE)
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout
     report = xml.read_text()
-    assert 'name="test_fails"' in report and "<failure" in report and 'name="test_passes"' in report
+    assert 'name="test_fails"' in report
+    assert "<failure" in report
+    assert 'name="test_passes"' in report
 
 
 def test_filter_selects_tests(tmp_path: Path) -> None:
