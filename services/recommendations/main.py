@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--shutdown-grace",
         type=float,
-        default=5.0,
-        help="seconds in-flight calls may take to finish after SIGTERM/SIGINT (default: 5)",
+        default=float(os.environ.get("RECOMMENDATIONS_SHUTDOWN_GRACE", "5")),
+        help="seconds in-flight calls may take to finish after SIGTERM/SIGINT (env RECOMMENDATIONS_SHUTDOWN_GRACE; default: 5)",
     )
     return parser.parse_args(argv)
 
