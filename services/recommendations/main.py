@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--shutdown-grace",
         type=float,
         default=float(os.environ.get("RECOMMENDATIONS_SHUTDOWN_GRACE", "5")),
-        help="seconds in-flight calls may take to finish after SIGTERM/SIGINT (env RECOMMENDATIONS_SHUTDOWN_GRACE; default: 5)",
+        help="seconds in-flight calls get to finish on SIGTERM/SIGINT (env RECOMMENDATIONS_SHUTDOWN_GRACE; default: 5)",
     )
     return parser.parse_args(argv)
 
