@@ -10,7 +10,14 @@ import grpc
 import pytest
 from grpc_interceptor.exceptions import InvalidArgument, NotFound
 
-from libs.interceptors import ErrorLoggingInterceptor, ExceptionToStatusInterceptor, server_interceptors
+from libs.interceptors import (
+    AccessPolicy,
+    AuthorizationInterceptor,
+    DeadlineServerInterceptor,
+    ErrorLoggingInterceptor,
+    ExceptionToStatusInterceptor,
+    server_interceptors,
+)
 from libs.interceptors.exception_to_status import INTERNAL_ERROR_DETAILS
 
 SERVICE = "test.Probe"
@@ -190,4 +197,15 @@ class TestErrorLogging:
 
 def test_stack_order_maps_status_outside_logging() -> None:
     stack = server_interceptors()
-    assert [type(i) for i in stack] == [ExceptionToStatusInterceptor, ErrorLoggingInterceptor]
+    assert [type(i) for i in stack] == [
+        ExceptionToStatusInterceptor,
+        ErrorLoggingInterceptor,
+        DeadlineServerInterceptor,
+    ]
+    with_policy = server_interceptors(policy=AccessPolicy({"Recommend": ["marketplace"]}))
+    assert [type(i) for i in with_policy] == [
+        ExceptionToStatusInterceptor,
+        ErrorLoggingInterceptor,
+        AuthorizationInterceptor,
+        DeadlineServerInterceptor,
+    ]

@@ -1,8 +1,9 @@
 """The Marketplace web app: server-rendered pages filled by the Recommendations gRPC service.
 
 `create_app` takes the gRPC stub it calls, so the process entry point owns the channel and tests
-pass a fake. A failing or slow backend never breaks the page: it renders a notice in place of the
-list, within the per-call deadline.
+pass a fake. Each page has a time budget (`timeout`) that bounds every backend call it makes
+(libs/interceptors/deadlines). A failing or slow backend never breaks the page: it renders a notice
+in place of the list. A request the backend rejects as invalid gets a 400 page naming what is wrong.
 """
 
 from __future__ import annotations
@@ -21,35 +22,49 @@ from starlette.templating import Jinja2Templates
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from libs.interceptors.deadlines import deadline_scope
+from libs.interceptors.errors import field_violations
 
 HERE = Path(__file__).parent
 HOME_MAX_RESULTS = 3
+DEFAULT_USER = 1
 UNAVAILABLE_NOTICE = "Recommendations are unavailable right now. Please try again in a moment."
+INVALID_NOTICE = "We could not show recommendations for this request:"
 
 logger = logging.getLogger("marketplace")
 
 
 def create_app(recommendations: recommendations_pb2_grpc.RecommendationServiceStub, timeout: float) -> Starlette:
-    """The ASGI app; `timeout` is the deadline in seconds of each call to Recommendations."""
+    """The ASGI app; `timeout` is each page's budget in seconds for its calls to Recommendations."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
     templates = Jinja2Templates(env=environment)
 
     async def home(request: Request) -> Response:
-        books, notice = [], None
+        context: dict = {"books": [], "notice": None, "problems": []}
+        status = 200
+        user = request.query_params.get("user", str(DEFAULT_USER))
+        if not user.lstrip("-").isdigit():
+            context.update(notice=INVALID_NOTICE, problems=[f"user: must be a whole number, got {user[:40]!r}"])
+            return templates.TemplateResponse(request, "home.html", context, status_code=400)
         try:
-            response = await recommendations.Recommend(
-                recommendations_pb2.RecommendRequest(
-                    user_id=1, category=catalog_pb2.MYSTERY, max_results=HOME_MAX_RESULTS
-                ),
-                timeout=timeout,
-            )
-            books = list(response.recommendations)
+            with deadline_scope(timeout):
+                response = await recommendations.Recommend(
+                    recommendations_pb2.RecommendRequest(
+                        user_id=int(user), category=catalog_pb2.MYSTERY, max_results=HOME_MAX_RESULTS
+                    )
+                )
+            context["books"] = list(response.recommendations)
         except grpc.aio.AioRpcError as error:
-            logger.warning("Recommend failed: %s: %s", error.code().name, error.details())
-            notice = UNAVAILABLE_NOTICE
-        return templates.TemplateResponse(request, "home.html", {"books": books, "notice": notice})
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                status = 400
+                problems = field_violations(error)
+                context.update(notice=INVALID_NOTICE, problems=[str(p) for p in problems] or [error.details()])
+            else:
+                logger.warning("Recommend failed: %s: %s", error.code().name, error.details())
+                context["notice"] = UNAVAILABLE_NOTICE
+        return templates.TemplateResponse(request, "home.html", context, status_code=status)
 
     return Starlette(
         routes=[

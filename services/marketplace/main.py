@@ -6,44 +6,60 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 from collections.abc import Iterator
 
-import grpc
 import uvicorn
 
 from books.recommendations.v1 import recommendations_pb2_grpc
+from libs.runtime.channel import create_channel, normalize_target
+from libs.runtime.config import add_flag, add_tls_flags, tls_files
+from libs.runtime.tls import TlsFiles
 from services.marketplace.app import create_app
+
+ENV_PREFIX = "MARKETPLACE"
 
 logger = logging.getLogger("marketplace")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--host",
-        default=os.environ.get("MARKETPLACE_HOST", "0.0.0.0"),
-        help="address to listen on (env MARKETPLACE_HOST; default: all interfaces)",
-    )
-    parser.add_argument(
-        "--port",
-        type=int,
-        default=int(os.environ.get("MARKETPLACE_PORT", "8080")),
-        help="port to listen on (env MARKETPLACE_PORT; default: 8080)",
-    )
-    parser.add_argument(
+def parser() -> argparse.ArgumentParser:
+    result = argparse.ArgumentParser(description=__doc__)
+    add_flag(result, ENV_PREFIX, "--host", "0.0.0.0", "address to listen on")
+    add_flag(result, ENV_PREFIX, "--port", 8080, "HTTP port", type=int)
+    add_tls_flags(result, ENV_PREFIX)
+    # The Recommendations settings keep their own names: RECOMMENDATIONS_ADDR is what callers expect.
+    add_flag(
+        result,
+        "RECOMMENDATIONS",
         "--recommendations-addr",
-        default=os.environ.get("RECOMMENDATIONS_ADDR", "localhost:50051"),
-        help="gRPC target of the Recommendations service (env RECOMMENDATIONS_ADDR; default: localhost:50051)",
+        "localhost:50051",
+        "gRPC target: host:port, dns:///name:port (balanced over every address) or ip:port,ip:port",
     )
-    parser.add_argument(
+    add_flag(
+        result,
+        "RECOMMENDATIONS",
         "--recommendations-timeout",
+        0.3,
+        "seconds each page may spend on Recommendations",
         type=float,
-        default=float(os.environ.get("RECOMMENDATIONS_TIMEOUT", "0.3")),
-        help="deadline in seconds of each Recommendations call (env RECOMMENDATIONS_TIMEOUT; default: 0.3)",
     )
-    return parser.parse_args(argv)
+    add_flag(
+        result,
+        "RECOMMENDATIONS",
+        "--recommendations-tls-name",
+        "recommendations",
+        "name the Recommendations certificate must carry",
+    )
+    return result
+
+
+def validate(args: argparse.Namespace) -> list[str]:
+    problems = []
+    if not 0 <= args.port <= 65535:
+        problems.append(f"--port must be between 0 and 65535, got {args.port}")
+    if args.recommendations_timeout <= 0:
+        problems.append(f"--recommendations-timeout must be positive, got {args.recommendations_timeout}")
+    return problems
 
 
 class Server(uvicorn.Server):
@@ -63,9 +79,15 @@ class Server(uvicorn.Server):
                 signal.signal(signum, handler)
 
 
-async def serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, tls: TlsFiles | None) -> None:
     """Serves HTTP until SIGTERM/SIGINT (uvicorn handles both), then closes the gRPC channel."""
-    async with grpc.aio.insecure_channel(args.recommendations_addr) as channel:
+    channel = create_channel(
+        args.recommendations_addr,
+        tls=tls,
+        tls_server_name=args.recommendations_tls_name,
+        default_timeout=args.recommendations_timeout,
+    )
+    async with channel:
         app = create_app(recommendations_pb2_grpc.RecommendationServiceStub(channel), args.recommendations_timeout)
         config = uvicorn.Config(app, host=args.host, port=args.port, http="httptools", lifespan="off", log_config=None)
         logger.info("calling Recommendations at %s", args.recommendations_addr)
@@ -74,14 +96,17 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    if not 0 <= args.port <= 65535:
-        logger.error("--port must be between 0 and 65535, got %d", args.port)
-        return 2
-    if args.recommendations_timeout <= 0:
-        logger.error("--recommendations-timeout must be positive, got %s", args.recommendations_timeout)
-        return 2
-    asyncio.run(serve(args))
+    argument_parser = parser()
+    args = argument_parser.parse_args(argv)
+    problems = validate(args)
+    tls = tls_files(args, problems)
+    try:
+        normalize_target(args.recommendations_addr)
+    except ValueError as error:
+        problems.append(f"--recommendations-addr: {error}")
+    if problems:
+        argument_parser.error("; ".join(problems))  # exits 2 before binding anything
+    asyncio.run(serve(args, tls))
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import sqlite3
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +36,9 @@ class Catalog:
     def __init__(self, books: Iterable[Book], categories: Iterable[str]) -> None:
         """`categories` are the names a book may have (the API's enum names)."""
         self._categories = frozenset(categories)
-        # check_same_thread=False: built on one thread, queried by the server's; SQLite serialises.
+        # Queried from the server's executor threads: one connection, used under a lock (queries take µs).
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
+        self._lock = threading.Lock()
         self._db.execute(
             "CREATE TABLE books (id INTEGER PRIMARY KEY, category TEXT NOT NULL, title TEXT NOT NULL,"
             " author TEXT NOT NULL, year INTEGER NOT NULL)"
@@ -57,16 +59,18 @@ class Catalog:
 
     def sample(self, category: str, limit: int) -> list[Book]:
         """Up to `limit` distinct books of `category` in random order; [] if it has none."""
-        rows = self._db.execute(
-            "SELECT id, category, title, author, year FROM books WHERE category = ? ORDER BY random() LIMIT ?",
-            (category, limit),
-        ).fetchall()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, category, title, author, year FROM books WHERE category = ? ORDER BY random() LIMIT ?",
+                (category, limit),
+            ).fetchall()
         return [Book(*row) for row in rows]
 
     def count(self, category: str | None = None) -> int:
-        if category is None:
-            return self._db.execute("SELECT count(*) FROM books").fetchone()[0]
-        return self._db.execute("SELECT count(*) FROM books WHERE category = ?", (category,)).fetchone()[0]
+        with self._lock:
+            if category is None:
+                return self._db.execute("SELECT count(*) FROM books").fetchone()[0]
+            return self._db.execute("SELECT count(*) FROM books WHERE category = ?", (category,)).fetchone()[0]
 
 
 def _row(book: Book) -> tuple[int, str, str, str, int]:

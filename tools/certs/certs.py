@@ -43,7 +43,7 @@ class Issued:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def mint_ca(common_name: str = "Online Books For You dev CA", hours: float = 24 * 30) -> Issued:

@@ -1,0 +1,84 @@
+"""Per-method authorisation on the caller's mTLS identity.
+
+The identity of a caller is the set of DNS names in the SAN of the client certificate it presented
+(verified by the TLS handshake against our CA), read from `context.auth_context()`. A policy maps
+methods to the identities allowed to call them. Health checking and reflection are open to every
+verified caller; any method without a rule is denied (PERMISSION_DENIED), so a new RPC is closed
+until someone says who may call it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+from grpc_interceptor import AsyncServerInterceptor
+from grpc_interceptor.exceptions import PermissionDenied, Unauthenticated
+
+ANY_IDENTITY = "*"
+OPEN_SERVICES = (
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "grpc.reflection.v1.ServerReflection",
+)
+
+
+def peer_identities(context: grpc.aio.ServicerContext) -> frozenset[str]:
+    """DNS SANs of the verified client certificate; empty without mTLS."""
+    names = context.auth_context().get("x509_subject_alternative_name", [])
+    return frozenset(name.decode() for name in names)
+
+
+class AccessPolicy:
+    """Who may call which method. Keys are full method paths or bare method names (`Recommend`)."""
+
+    def __init__(self, rules: Mapping[str, Iterable[str]]) -> None:
+        self._rules = {method: frozenset(identities) for method, identities in rules.items()}
+
+    def with_overrides(self, overrides: Mapping[str, Iterable[str]]) -> AccessPolicy:
+        """A policy where each overridden method's rule is replaced (matched by full path or bare name)."""
+        rules = dict(self._rules)
+        for method, identities in overrides.items():
+            for key in [k for k in rules if _same_method(k, method)]:
+                del rules[key]
+            rules[method] = frozenset(identities)
+        return AccessPolicy(rules)
+
+    def allowed(self, method: str) -> frozenset[str] | None:
+        """The identities allowed on `method` ('/pkg.Service/Method'); None if it has no rule."""
+        for key, identities in self._rules.items():
+            if _same_method(key, method):
+                return identities
+        return None
+
+    def permits(self, method: str, identities: frozenset[str]) -> bool:
+        if method.lstrip("/").split("/", 1)[0] in OPEN_SERVICES:
+            return True
+        allowed = self.allowed(method)
+        return allowed is not None and (ANY_IDENTITY in allowed or bool(allowed & identities))
+
+
+def _same_method(key: str, method: str) -> bool:
+    return key == method or ("/" not in key and method.rsplit("/", 1)[-1] == key)
+
+
+class AuthorizationInterceptor(AsyncServerInterceptor):
+    """grpc.aio server interceptor enforcing an AccessPolicy; install it only when mTLS is on."""
+
+    def __init__(self, policy: AccessPolicy) -> None:
+        self._policy = policy
+
+    async def intercept(
+        self, method: Callable, request_or_iterator: Any, context: grpc.aio.ServicerContext, method_name: str
+    ) -> Any:
+        identities = peer_identities(context)
+        if not identities:
+            raise Unauthenticated("a client certificate with a DNS SAN is required")
+        if not self._policy.permits(method_name, identities):
+            who = sorted(identities)[0] if len(identities) == 1 else ",".join(sorted(identities))
+            raise PermissionDenied(f"{who} may not call {method_name}")
+        response_or_iterator = method(request_or_iterator, context)
+        if hasattr(response_or_iterator, "__aiter__"):
+            return response_or_iterator
+        return await response_or_iterator

@@ -1,0 +1,207 @@
+"""One configuration surface for our processes: command-line flags with environment-variable fallbacks.
+
+Every flag `--some-flag` of a service with prefix `RECOMMENDATIONS` falls back to the environment
+variable `RECOMMENDATIONS_SOME_FLAG`, and `--help` names both. Invalid values are reported all at once
+by `ConfigError`, before the process binds any port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from libs.runtime.tls import TlsConfigError, TlsFiles
+
+_TRUE = {"1", "true", "yes", "on"}
+
+
+class ConfigError(ValueError):
+    """One or more configuration values are invalid; the message lists each."""
+
+
+def env_name(prefix: str, flag: str) -> str:
+    return f"{prefix}_{flag.lstrip('-').upper().replace('-', '_')}"
+
+
+def add_flag(parser: argparse.ArgumentParser, prefix: str, flag: str, default: Any, help: str, **kwargs: Any) -> None:
+    """Adds `flag` whose default comes from its environment variable, then `default`."""
+    env = env_name(prefix, flag)
+    if kwargs.get("action") == "store_true":
+        value: Any = os.environ.get(env, str(default)).strip().lower() in _TRUE
+    else:
+        value = os.environ.get(env, default)  # a string from the environment is parsed by `type`
+    parser.add_argument(flag, default=value, help=f"{help} (env {env}; default: {default})", **kwargs)
+
+
+def add_tls_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
+    add_flag(parser, prefix, "--tls-cert", "", "PEM certificate of this service")
+    add_flag(parser, prefix, "--tls-key", "", "PEM private key of this service")
+    add_flag(parser, prefix, "--tls-ca", "", "PEM CA certificate that signs trusted peers")
+    add_flag(
+        parser, prefix, "--insecure", False, "use plaintext instead of mTLS (local work only)", action="store_true"
+    )
+
+
+def tls_files(args: argparse.Namespace, problems: list[str]) -> TlsFiles | None:
+    """The mTLS files, or None with --insecure; appends to `problems` what is wrong."""
+    given = {name: getattr(args, name) for name in ("tls_cert", "tls_key", "tls_ca")}
+    if args.insecure:
+        if any(given.values()):
+            problems.append("--insecure and --tls-* exclude each other")
+        return None
+    missing = [f"--{name.replace('_', '-')}" for name, value in given.items() if not value]
+    if missing:
+        problems.append(f"mTLS needs {', '.join(missing)} (or --insecure for plaintext local work)")
+        return None
+    files = TlsFiles(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca))
+    try:
+        files.read()
+    except TlsConfigError as error:
+        problems.append(str(error))
+        return None
+    return files
+
+
+def parse_allow(entries: Sequence[str], problems: list[str]) -> dict[str, frozenset[str]]:
+    """`Method=id1,id2` entries (also ';'-separated in one string) → {method: identities}."""
+    rules: dict[str, frozenset[str]] = {}
+    for entry in (part.strip() for text in entries for part in text.split(";")):
+        if not entry:
+            continue
+        method, sep, identities = entry.partition("=")
+        names = frozenset(name.strip() for name in identities.split(",") if name.strip())
+        if not sep or not method.strip():
+            problems.append(f"--allow {entry!r} must look like Method=identity[,identity]")
+            continue
+        rules[method.strip()] = names
+    return rules
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "[::]"
+    port: int = 50051
+    health_port: int = 0
+    tls: TlsFiles | None = None
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_concurrent_rpcs: int = 0
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
+    drain_seconds: float = 5.0
+    shutdown_grace: float = 10.0
+    blocking_workers: int = 4
+    allow: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port: int) -> None:
+    """The flags every gRPC server of ours takes; read them back with `server_config`."""
+    defaults = ServerConfig()
+    add_flag(parser, prefix, "--host", "[::]", "address to listen on")
+    add_flag(parser, prefix, "--port", default_port, "gRPC port; 0 picks a free one", type=int)
+    add_flag(
+        parser,
+        prefix,
+        "--health-port",
+        0,
+        "extra plaintext port serving only grpc.health.v1 (for probes); 0 = off",
+        type=int,
+    )
+    add_tls_flags(parser, prefix)
+    add_flag(parser, prefix, "--max-message-bytes", defaults.max_message_bytes, "largest message in or out", type=int)
+    add_flag(
+        parser,
+        prefix,
+        "--max-concurrent-rpcs",
+        0,
+        "calls in progress before RESOURCE_EXHAUSTED; 0 = no limit",
+        type=int,
+    )
+    add_flag(parser, prefix, "--keepalive-time", defaults.keepalive_time, "seconds between keepalive pings", type=float)
+    add_flag(
+        parser,
+        prefix,
+        "--keepalive-timeout",
+        defaults.keepalive_timeout,
+        "seconds to wait for a ping ack",
+        type=float,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--drain-seconds",
+        defaults.drain_seconds,
+        "on SIGTERM, seconds to keep serving while health says NOT_SERVING",
+        type=float,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--shutdown-grace",
+        defaults.shutdown_grace,
+        "then seconds in-flight calls get to finish",
+        type=float,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--blocking-workers",
+        defaults.blocking_workers,
+        "threads for blocking work (SQLite, CPU)",
+        type=int,
+    )
+    allow_env = env_name(prefix, "--allow")
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[os.environ[allow_env]] if os.environ.get(allow_env) else [],
+        help="who may call a method, replacing the service's default rule: 'Method=identity[,identity]'; "
+        f"repeatable, or ';'-separated (env {allow_env}; default: the service's rules)",
+    )
+
+
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """Validates the parsed flags; raises ConfigError listing every problem."""
+    problems: list[str] = []
+
+    def check(name: str, ok: Callable[[Any], bool], rule: str) -> None:
+        value = getattr(args, name)
+        if not ok(value):
+            problems.append(f"--{name.replace('_', '-')} {rule}, got {value}")
+
+    check("port", lambda v: 0 <= v <= 65535, "must be between 0 and 65535")
+    check("health_port", lambda v: 0 <= v <= 65535, "must be between 0 and 65535")
+    check("max_message_bytes", lambda v: 1024 <= v <= 2**31 - 1, "must be between 1024 and 2147483647")
+    check("max_concurrent_rpcs", lambda v: v >= 0, "must be 0 or more")
+    check("keepalive_time", lambda v: v >= 1, "must be at least 1 second")
+    check("keepalive_timeout", lambda v: v > 0, "must be positive")
+    check("drain_seconds", lambda v: v >= 0, "must be 0 or more")
+    check("shutdown_grace", lambda v: v >= 0, "must be 0 or more")
+    check("blocking_workers", lambda v: 1 <= v <= 256, "must be between 1 and 256")
+    if args.health_port and args.health_port == args.port:
+        problems.append("--health-port must differ from --port")
+    tls = tls_files(args, problems)
+    allow = parse_allow(args.allow, problems)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return ServerConfig(
+        host=args.host,
+        port=args.port,
+        health_port=args.health_port,
+        tls=tls,
+        max_message_bytes=args.max_message_bytes,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        keepalive_time=args.keepalive_time,
+        keepalive_timeout=args.keepalive_timeout,
+        drain_seconds=args.drain_seconds,
+        shutdown_grace=args.shutdown_grace,
+        blocking_workers=args.blocking_workers,
+        allow=allow,
+    )

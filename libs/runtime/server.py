@@ -1,0 +1,147 @@
+"""The shared grpc.aio server runtime: what every gRPC service of ours gets by calling it.
+
+`GrpcServer` adds to a service's handlers: the standard interceptor stack (libs/interceptors), mTLS
+with per-method authorisation (or plaintext with --insecure), grpc.health.v1 with overall and
+per-service status (optionally also on a plaintext probe port), server reflection, message-size
+limits, keepalive, a bounded executor for blocking work, and graceful shutdown: on SIGTERM/SIGINT
+health turns NOT_SERVING, calls are still served for the drain period (so load balancers stop
+sending), then `stop(grace)` lets in-flight calls finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from libs.interceptors import AccessPolicy, server_interceptors
+from libs.runtime.config import ServerConfig
+from libs.runtime.tls import server_credentials
+
+OVERALL = ""  # the health service's name for the server as a whole
+
+
+@dataclass(frozen=True)
+class Service:
+    """A gRPC service to host: its full name (for health and reflection) and how to add its handlers."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+
+
+class StartError(RuntimeError):
+    """The server could not start, e.g. its port is taken."""
+
+
+def server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    keepalive_ms = int(config.keepalive_time * 1000)
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.keepalive_time_ms", keepalive_ms),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Accept client pings as often as our own clients send them (libs/runtime/channel.py).
+        ("grpc.http2.min_ping_interval_without_data_ms", min(keepalive_ms, 10_000)),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class GrpcServer:
+    def __init__(
+        self,
+        config: ServerConfig,
+        default_policy: Mapping[str, Iterable[str]] | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        """`default_policy` says who may call each method under mTLS; `config.allow` overrides it.
+        Add services with `add_service` before `start`."""
+        self.config = config
+        self.services: list[Service] = []
+        self.logger = logger or logging.getLogger(__name__)
+        self.policy = AccessPolicy(default_policy or {}).with_overrides(config.allow)
+        self.health = health.aio.HealthServicer()
+        # Handlers hand blocking work (SQLite, CPU) to this bounded pool and keep the event loop free.
+        self.executor = ThreadPoolExecutor(config.blocking_workers, thread_name_prefix="blocking")
+        self.port = 0
+        self.health_port = 0
+        self._servers: list[grpc.aio.Server] = []
+
+    def add_service(self, name: str, register: Callable[[grpc.aio.Server], None]) -> None:
+        """Hosts the service `name` (full name, e.g. 'pkg.v1.Service'); `register` adds its handlers."""
+        self.services.append(Service(name, register))
+
+    def _bind(self, server: grpc.aio.Server, address: str, secure: bool) -> int:
+        try:
+            if secure and self.config.tls:
+                return server.add_secure_port(address, server_credentials(self.config.tls))
+            return server.add_insecure_port(address)
+        except RuntimeError as error:  # gRPC's way of saying the address cannot be bound
+            raise StartError(f"cannot listen on {address}: {error}") from error
+
+    async def start(self) -> None:
+        config = self.config
+        policy = self.policy if config.tls else None
+        server = grpc.aio.server(
+            interceptors=server_interceptors(self.logger, policy),
+            options=server_options(config),
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
+        )
+        for service in self.services:
+            service.register(server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        names = [s.name for s in self.services] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        self.port = self._bind(server, config.address, secure=True)
+        self._servers.append(server)
+
+        if config.health_port:
+            # Kubernetes' native gRPC probes cannot present a client certificate: health only, plaintext.
+            probe = grpc.aio.server(options=server_options(config))
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, probe)
+            self.health_port = self._bind(probe, f"{config.host}:{config.health_port}", secure=False)
+            self._servers.append(probe)
+
+        for each in self._servers:
+            await each.start()
+        for name in [OVERALL, *(s.name for s in self.services)]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.logger.info(
+            "serving %s on %s:%d (%s)%s",
+            ", ".join(s.name for s in self.services),
+            config.host,
+            self.port,
+            "mTLS" if config.tls else "plaintext, --insecure",
+            f", health probes on port {self.health_port}" if self.health_port else "",
+        )
+
+    async def shutdown(self) -> None:
+        """NOT_SERVING, drain, then stop with grace; in-flight calls finish, new ones are refused."""
+        await self.health.enter_graceful_shutdown()
+        self.logger.info(
+            "health NOT_SERVING; draining %.1fs, then %.1fs grace",
+            self.config.drain_seconds,
+            self.config.shutdown_grace,
+        )
+        await asyncio.sleep(self.config.drain_seconds)
+        await asyncio.gather(*(server.stop(self.config.shutdown_grace) for server in self._servers))
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        self.logger.info("stopped")
+
+    async def run(self) -> None:
+        """Starts, serves until SIGTERM or SIGINT, then shuts down gracefully."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await self.start()
+        await stop.wait()
+        await self.shutdown()

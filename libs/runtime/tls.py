@@ -1,0 +1,87 @@
+"""mTLS material on disk, for servers (reloaded on change) and clients.
+
+Files are PEM: the service's certificate and key, and the CA that signs the peers it trusts. Servers
+re-read them when any file's modification time or size changes, on the next TLS handshake, so a
+rotated certificate takes effect without a restart (cert-manager and `//tools/certs` both replace
+files in place).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+
+logger = logging.getLogger(__name__)
+
+
+class TlsConfigError(ValueError):
+    """The TLS files are missing or unreadable; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+    def read(self) -> tuple[bytes, bytes, bytes]:
+        """(cert, key, ca) PEM bytes, checked to parse, or TlsConfigError naming the bad file."""
+        contents = []
+        for label, path in (("certificate", self.cert), ("key", self.key), ("CA", self.ca)):
+            try:
+                contents.append(path.read_bytes())
+            except OSError as error:
+                raise TlsConfigError(f"cannot read TLS {label} {path}: {error.strerror}") from error
+        cert, key, ca = contents
+        for label, path, data in (("certificate", self.cert, cert), ("CA", self.ca, ca)):
+            try:
+                x509.load_pem_x509_certificates(data)
+            except ValueError as error:
+                raise TlsConfigError(f"TLS {label} {path} is not a PEM certificate") from error
+        if b"PRIVATE KEY" not in key:
+            raise TlsConfigError(f"TLS key {self.key} is not a PEM private key")
+        return cert, key, ca
+
+    def fingerprint(self) -> tuple[tuple[int, int], ...]:
+        """Changes whenever any of the files is replaced or rewritten."""
+        stats = [os.stat(path) for path in (self.cert, self.key, self.ca)]
+        return tuple((stat.st_mtime_ns, stat.st_size) for stat in stats)
+
+
+def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Credentials that require and verify client certificates, reloading `files` when they change."""
+    lock = threading.Lock()
+    cert, key, ca = files.read()
+    state = {"fingerprint": files.fingerprint()}
+
+    def configuration(cert: bytes, key: bytes, ca: bytes) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        # Called by gRPC on every new handshake: a stat() of three files, and a read only on change.
+        with lock:
+            try:
+                fingerprint = files.fingerprint()
+                if fingerprint == state["fingerprint"]:
+                    return None
+                new = files.read()
+            except (OSError, TlsConfigError) as error:
+                logger.error("keeping the current TLS certificate: %s", error)
+                return None
+            state["fingerprint"] = fingerprint
+            logger.info("reloaded TLS certificate %s", files.cert)
+            return configuration(*new)
+
+    return grpc.dynamic_ssl_server_credentials(configuration(cert, key, ca), fetch, require_client_authentication=True)
+
+
+def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:
+    """Client credentials presenting our certificate and trusting only `files.ca`."""
+    cert, key, ca = files.read()
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
