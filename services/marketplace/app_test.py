@@ -7,7 +7,9 @@ from starlette.testclient import TestClient
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2
-from services.marketplace.app import HOME_MAX_RESULTS, UNAVAILABLE_NOTICE, create_app
+from libs.interceptors.deadlines import time_remaining
+from libs.interceptors.errors import BadRequest, FieldViolation
+from services.marketplace.app import HOME_MAX_RESULTS, INVALID_NOTICE, UNAVAILABLE_NOTICE, create_app
 
 BOOKS = [
     recommendations_pb2.BookRecommendation(
@@ -25,19 +27,19 @@ class FakeRecommendations:
         self.books, self.error, self.calls = list(books), error, []
 
     async def Recommend(self, request, timeout=None):
-        self.calls.append((request, timeout))
+        self.calls.append((request, time_remaining()))
         if self.error:
             raise self.error
         return recommendations_pb2.RecommendResponse(recommendations=self.books)
 
 
-def rpc_error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details=details)
+def rpc_error(code: grpc.StatusCode, details: str, trailers: tuple = ()) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details=details)
 
 
-def get_home(stub: FakeRecommendations):
+def get_home(stub: FakeRecommendations, path: str = "/"):
     with TestClient(create_app(stub, timeout=0.25)) as client:
-        return client.get("/")
+        return client.get(path)
 
 
 def test_home_lists_the_recommended_mysteries() -> None:
@@ -54,12 +56,37 @@ def test_home_lists_the_recommended_mysteries() -> None:
     assert UNAVAILABLE_NOTICE not in response.text
 
 
-def test_home_asks_for_mysteries_with_the_deadline() -> None:
+def test_home_asks_for_mysteries_within_the_page_budget() -> None:
     stub = FakeRecommendations(BOOKS)
     get_home(stub)
-    [(request, timeout)] = stub.calls
+    [(request, remaining)] = stub.calls
     assert (request.user_id, request.category, request.max_results) == (1, catalog_pb2.MYSTERY, HOME_MAX_RESULTS)
-    assert timeout == 0.25
+    assert 0 < remaining <= 0.25
+
+
+def test_user_query_parameter_picks_the_shopper() -> None:
+    stub = FakeRecommendations(BOOKS)
+    get_home(stub, "/?user=42")
+    assert stub.calls[0][0].user_id == 42
+
+
+def test_non_numeric_user_is_a_400_page_without_calling_the_backend() -> None:
+    stub = FakeRecommendations(BOOKS)
+    response = get_home(stub, "/?user=<b>x</b>")
+    assert response.status_code == 400
+    assert INVALID_NOTICE in response.text
+    assert "user: must be a whole number" in response.text
+    assert "<b>x</b>" not in response.text
+    assert not stub.calls
+
+
+def test_backend_field_violations_become_a_400_page_with_human_messages() -> None:
+    bad = BadRequest([FieldViolation("user_id", "must be a positive id, got 0")])
+    trailers = (("grpc-status-details-bin", bad.status_proto().SerializeToString()),)
+    response = get_home(FakeRecommendations(error=rpc_error(grpc.StatusCode.INVALID_ARGUMENT, bad.details, trailers)))
+    assert response.status_code == 400
+    assert INVALID_NOTICE in response.text
+    assert '<li class="problem">user_id: must be a positive id, got 0</li>' in response.text
 
 
 def test_backend_failure_shows_a_notice_instead_of_a_500() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,7 +17,9 @@ import pytest
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from libs.interceptors.errors import FieldViolation, field_violations
 from libs.processes.processes import ChildProcess, free_port, runfile
+from tools.certs.certs import mint_all
 
 RECOMMENDATIONS = runfile("services/recommendations/recommendations")
 MARKETPLACE = runfile("services/marketplace/marketplace")
@@ -37,6 +41,7 @@ class Bookstore:
     recommendations_port: int
     marketplace: ChildProcess
     marketplace_port: int
+    certs: Path
 
     @property
     def url(self) -> str:
@@ -51,26 +56,57 @@ def write_catalog(path: Path) -> Path:
     return path
 
 
-def start_recommendations(catalog: Path, port: int) -> ChildProcess:
+def tls_flags(certs: Path, service: str) -> list[str | Path]:
+    return ["--tls-cert", certs / f"{service}.pem", "--tls-key", certs / f"{service}.key", "--tls-ca", certs / "ca.pem"]
+
+
+def start_recommendations(catalog: Path, port: int, certs: Path) -> ChildProcess:
     child = ChildProcess(
-        "recommendations", [RECOMMENDATIONS, "--host", "127.0.0.1", "--port", port, "--catalog", catalog]
+        "recommendations",
+        [
+            RECOMMENDATIONS,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            port,
+            "--catalog",
+            catalog,
+            "--drain-seconds",
+            "0",
+            *tls_flags(certs, "recommendations"),
+        ],
     ).start()
     child.wait_for_port(port)
     return child
 
 
 @pytest.fixture
-def bookstore(tmp_path: Path) -> Iterator[Bookstore]:
+def certs(tmp_path: Path) -> Path:
+    mint_all(tmp_path / "certs")
+    return tmp_path / "certs"
+
+
+@pytest.fixture
+def bookstore(tmp_path: Path, certs: Path) -> Iterator[Bookstore]:
     catalog = write_catalog(tmp_path / "books.csv")
     rec_port, web_port = free_port(), free_port()
-    recommendations = start_recommendations(catalog, rec_port)
+    recommendations = start_recommendations(catalog, rec_port, certs)
     marketplace = ChildProcess(
         "marketplace",
-        [MARKETPLACE, "--host", "127.0.0.1", "--port", web_port, "--recommendations-addr", f"127.0.0.1:{rec_port}"],
+        [
+            MARKETPLACE,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            web_port,
+            "--recommendations-addr",
+            f"127.0.0.1:{rec_port}",
+            *tls_flags(certs, "marketplace"),
+        ],
     ).start()
     try:
         marketplace.wait_for_port(web_port)
-        yield Bookstore(recommendations, rec_port, marketplace, web_port)
+        yield Bookstore(recommendations, rec_port, marketplace, web_port, certs)
     finally:
         assert marketplace.stop() == 0, "marketplace did not exit cleanly on SIGTERM"
         recommendations.stop()
@@ -78,13 +114,23 @@ def bookstore(tmp_path: Path) -> Iterator[Bookstore]:
 
 def get(url: str) -> tuple[int, str, float]:
     started = time.monotonic()
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.status, response.read().decode(), time.monotonic() - started
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.read().decode(), time.monotonic() - started
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode(), time.monotonic() - started
 
 
-def recommend(port: int, **fields) -> recommendations_pb2.RecommendResponse:
+def recommend(bookstore: Bookstore, **fields) -> recommendations_pb2.RecommendResponse:
+    """Calls Recommend as the marketplace would: mTLS with the marketplace's certificate."""
+    certs = bookstore.certs
+    credentials = grpc.ssl_channel_credentials(
+        (certs / "ca.pem").read_bytes(),
+        (certs / "marketplace.key").read_bytes(),
+        (certs / "marketplace.pem").read_bytes(),
+    )
     request = recommendations_pb2.RecommendRequest(**{"user_id": 1, "max_results": 3, **fields})
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    with grpc.secure_channel(f"127.0.0.1:{bookstore.recommendations_port}", credentials) as channel:
         return recommendations_pb2_grpc.RecommendationServiceStub(channel).Recommend(request, timeout=5)
 
 
@@ -101,23 +147,31 @@ def test_home_page_lists_three_mysteries(bookstore: Bookstore) -> None:
 
 
 def test_recommend_over_the_wire(bookstore: Bookstore) -> None:
-    response = recommend(bookstore.recommendations_port, category=catalog_pb2.SCIENCE_FICTION, max_results=5)
+    response = recommend(bookstore, category=catalog_pb2.SCIENCE_FICTION, max_results=5)
     assert [(b.title, b.author, b.year) for b in response.recommendations] == [("Dune", "Frank Herbert", 1965)]
 
 
 def test_empty_category_is_not_found_over_the_wire(bookstore: Bookstore) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        recommend(bookstore.recommendations_port, category=catalog_pb2.FANTASY)
+        recommend(bookstore, category=catalog_pb2.FANTASY)
     assert raised.value.code() == grpc.StatusCode.NOT_FOUND
     assert raised.value.details() == "no books in category FANTASY"
 
 
 def test_bad_request_is_invalid_argument_over_the_wire(bookstore: Bookstore) -> None:
     with pytest.raises(grpc.RpcError) as raised:
-        recommend(bookstore.recommendations_port, category=catalog_pb2.MYSTERY, max_results=0, user_id=0)
+        recommend(bookstore, category=catalog_pb2.MYSTERY, max_results=0, user_id=0)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "max_results must be between 1 and 20, got 0" in raised.value.details()
-    assert "user_id must be a positive id, got 0" in raised.value.details()
+    assert field_violations(raised.value) == [
+        FieldViolation("user_id", "must be a positive id, got 0"),
+        FieldViolation("max_results", "must be between 1 and 20, got 0"),
+    ]
+
+
+def test_invalid_shopper_is_a_400_page_naming_the_field(bookstore: Bookstore) -> None:
+    status, body, _ = get(bookstore.url + "?user=0")
+    assert status == 400
+    assert "user_id: must be a positive id, got 0" in body
 
 
 def test_page_degrades_while_recommendations_is_down_and_recovers(bookstore: Bookstore, tmp_path: Path) -> None:
@@ -129,7 +183,9 @@ def test_page_degrades_while_recommendations_is_down_and_recovers(bookstore: Boo
         assert "<li>" not in body
         assert seconds < 2.0, f"degraded page took {seconds:.2f}s"
 
-    bookstore.recommendations = start_recommendations(tmp_path / "books.csv", bookstore.recommendations_port)
+    bookstore.recommendations = start_recommendations(
+        tmp_path / "books.csv", bookstore.recommendations_port, bookstore.certs
+    )
     deadline = time.monotonic() + 20  # gRPC reconnect backoff decides when the channel comes back
     while time.monotonic() < deadline:
         _, body, _ = get(bookstore.url)
@@ -146,12 +202,39 @@ def run_binary(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_recommendations_rejects_a_malformed_catalog(tmp_path: Path) -> None:
     catalog = tmp_path / "broken.csv"
     catalog.write_text("id,category,title,author,year\n1,POETRY,Leaves of Grass,Walt Whitman,1855\n")
-    result = run_binary(RECOMMENDATIONS, "--port", str(free_port()), "--catalog", str(catalog))
+    result = run_binary(RECOMMENDATIONS, "--port", str(free_port()), "--catalog", str(catalog), "--insecure")
     assert result.returncode == 2
     assert "cannot load catalog: book 1 has unknown category 'POETRY'" in result.stderr
 
 
 def test_marketplace_rejects_a_bad_timeout() -> None:
-    result = run_binary(MARKETPLACE, "--port", str(free_port()), "--recommendations-timeout", "0")
+    result = run_binary(MARKETPLACE, "--port", str(free_port()), "--recommendations-timeout", "0", "--insecure")
     assert result.returncode == 2
     assert "--recommendations-timeout must be positive" in result.stderr
+
+
+def test_servers_refuse_to_start_without_tls_or_insecure() -> None:
+    for binary in (RECOMMENDATIONS, MARKETPLACE):
+        result = run_binary(binary, "--port", str(free_port()))
+        assert result.returncode == 2
+        assert "mTLS needs --tls-cert, --tls-key, --tls-ca (or --insecure for plaintext local work)" in result.stderr
+
+
+def test_invalid_configuration_is_reported_all_at_once_before_binding(tmp_path: Path) -> None:
+    result = run_binary(
+        RECOMMENDATIONS, "--port", "70000", "--blocking-workers", "0", "--tls-cert", str(tmp_path / "nope.pem"),
+        "--tls-key", "k", "--tls-ca", "c",
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "--port must be between 0 and 65535, got 70000" in result.stderr
+    assert "--blocking-workers must be between 1 and 256, got 0" in result.stderr
+    assert "cannot read TLS certificate" in result.stderr
+
+
+def test_invalid_environment_value_is_a_clear_error() -> None:
+    result = subprocess.run(
+        [RECOMMENDATIONS, "--insecure"], env={**os.environ, "RECOMMENDATIONS_PORT": "fifty"},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "argument --port: invalid int value: 'fifty'" in result.stderr

@@ -1,8 +1,10 @@
 """Starts the whole bookstore on loopback: `./bazelw run //:dev`.
 
-Runs Recommendations and the Marketplace as child processes, prefixes each log line with the
-service's name, prints the URL to open, and on Ctrl-C (or SIGTERM) stops the Marketplace, then
-Recommendations. If either exits on its own, the other is stopped too and the exit code is non-zero.
+Mints a throwaway CA and certificates into a temporary directory (services talk mTLS, as in
+production; `--insecure` for plaintext), runs Recommendations and the Marketplace as child
+processes, prefixes each log line with the service's name, prints the URL to open, and on Ctrl-C
+(or SIGTERM) stops the Marketplace, then Recommendations. If either exits on its own, the other is
+stopped too and the exit code is non-zero.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import argparse
 import logging
 import signal
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 from libs.processes.processes import ChildProcess, runfile
+from tools.certs.certs import mint_all
 
 logger = logging.getLogger("dev")
 
@@ -28,19 +33,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--startup-timeout", type=float, default=30.0, help="seconds to wait for each service to listen"
     )
+    parser.add_argument("--insecure", action="store_true", help="plaintext gRPC instead of mTLS")
     return parser.parse_args(argv)
+
+
+def tls_flags(certs: Path | None, service: str) -> list[str | Path]:
+    if certs is None:
+        return ["--insecure"]
+    return ["--tls-cert", certs / f"{service}.pem", "--tls-key", certs / f"{service}.key", "--tls-ca", certs / "ca.pem"]
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)15s | %(message)s")
     args = parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="online-books-certs-") as temporary:
+        certs = None
+        if not args.insecure:
+            certs = Path(temporary)
+            mint_all(certs, hours=24)
+            logger.info("minted a throwaway CA and mTLS certificates into %s", certs)
+        return run(args, certs)
+
+
+def run(args: argparse.Namespace, certs: Path | None) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
     recommendations = ChildProcess(
         "recommendations",
-        [runfile("services/recommendations/recommendations"), "--host", args.host, "--port", args.recommendations_port],
+        [
+            runfile("services/recommendations/recommendations"),
+            "--host",
+            args.host,
+            "--port",
+            args.recommendations_port,
+            "--drain-seconds",
+            "0",  # nothing balances across a single local process: stop at once
+            *tls_flags(certs, "recommendations"),
+        ],
     )
     marketplace = ChildProcess(
         "marketplace",
@@ -52,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             "--recommendations-addr",
             f"{args.host}:{args.recommendations_port}",
+            *tls_flags(certs, "marketplace"),
         ],
     )
     started: list[ChildProcess] = []
