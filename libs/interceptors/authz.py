@@ -9,6 +9,7 @@ until someone says who may call it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -25,9 +26,24 @@ OPEN_SERVICES = (
 
 
 def peer_identities(context: grpc.aio.ServicerContext) -> frozenset[str]:
-    """DNS SANs of the verified client certificate; empty without mTLS."""
-    names = context.auth_context().get("x509_subject_alternative_name", [])
-    return frozenset(name.decode() for name in names)
+    """DNS names in the SAN of the verified client certificate (IP SANs say nothing of who it is);
+    empty without mTLS."""
+    names = (name.decode() for name in context.auth_context().get("x509_subject_alternative_name", []))
+    return frozenset(name for name in names if not _is_ip(name))
+
+
+def peer_name(context: grpc.aio.ServicerContext) -> str:
+    """A short name of the caller for messages and logs: the certificate's common name."""
+    common_name = context.auth_context().get("x509_common_name", [])
+    return common_name[0].decode() if common_name else ",".join(sorted(peer_identities(context))) or "anonymous"
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class AccessPolicy:
@@ -76,8 +92,7 @@ class AuthorizationInterceptor(AsyncServerInterceptor):
         if not identities:
             raise Unauthenticated("a client certificate with a DNS SAN is required")
         if not self._policy.permits(method_name, identities):
-            who = sorted(identities)[0] if len(identities) == 1 else ",".join(sorted(identities))
-            raise PermissionDenied(f"{who} may not call {method_name}")
+            raise PermissionDenied(f"{peer_name(context)} may not call {method_name}")
         response_or_iterator = method(request_or_iterator, context)
         if hasattr(response_or_iterator, "__aiter__"):
             return response_or_iterator

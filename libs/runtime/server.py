@@ -74,6 +74,7 @@ class GrpcServer:
         self.port = 0
         self.health_port = 0
         self._servers: list[grpc.aio.Server] = []
+        self._stopping = False
 
     def add_service(self, name: str, register: Callable[[grpc.aio.Server], None]) -> None:
         """Hosts the service `name` (full name, e.g. 'pkg.v1.Service'); `register` adds its handlers."""
@@ -124,7 +125,12 @@ class GrpcServer:
         )
 
     async def shutdown(self) -> None:
-        """NOT_SERVING, drain, then stop with grace; in-flight calls finish, new ones are refused."""
+        """NOT_SERVING, drain, then stop with grace; in-flight calls finish, new ones are refused.
+
+        Only the first call acts (a second signal during the drain changes nothing)."""
+        if self._stopping:
+            return
+        self._stopping = True
         await self.health.enter_graceful_shutdown()
         self.logger.info(
             "health NOT_SERVING; draining %.1fs, then %.1fs grace",

@@ -1,0 +1,226 @@
+"""The shared server runtime over the wire: mTLS and identities, health, reflection, drain, rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from libs.runtime.config import ServerConfig
+from libs.processes.processes import free_port
+from libs.runtime.server import GrpcServer, StartError
+from libs.runtime.tls import TlsFiles
+from tools.certs.certs import mint_all, mint_leaf, write_leaf
+
+SERVICE = "test.v1.Echo"
+ECHO = f"/{SERVICE}/Echo"
+
+
+async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    if request.startswith(b"sleep:"):
+        await asyncio.sleep(float(request.removeprefix(b"sleep:")))
+    return b"echo:" + request
+
+
+def register(server: grpc.aio.Server) -> None:
+    handler = grpc.method_handlers_generic_handler(SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    server.add_generic_rpc_handlers((handler,))
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> Path:
+    """A CA with certificates for the server, an allowed caller and a caller with no rights."""
+    out = tmp_path / "certs"
+    ca = mint_all(out, services=("recommendations", "marketplace"))
+    write_leaf(out, "intruder", mint_leaf(ca, "intruder"))
+    return out
+
+
+def files(certs: Path, service: str) -> TlsFiles:
+    return TlsFiles(certs / f"{service}.pem", certs / f"{service}.key", certs / "ca.pem")
+
+
+def credentials(certs: Path, service: str | None, ca: Path | None = None) -> grpc.ChannelCredentials:
+    root = (ca or certs / "ca.pem").read_bytes()
+    if service is None:
+        return grpc.ssl_channel_credentials(root)
+    key, cert = (certs / f"{service}.key").read_bytes(), (certs / f"{service}.pem").read_bytes()
+    return grpc.ssl_channel_credentials(root, key, cert)
+
+
+def serve(config: ServerConfig, scenario: Callable[[GrpcServer], Awaitable[None]]) -> None:
+    async def main() -> None:
+        server = GrpcServer(config, {"Echo": ["marketplace"]})
+        server.add_service(SERVICE, register)
+        await server.start()
+        try:
+            await scenario(server)
+        finally:
+            await server.shutdown()
+
+    asyncio.run(main())
+
+
+def mtls_config(certs: Path, **overrides) -> ServerConfig:
+    values = {"host": "127.0.0.1", "port": 0, "tls": files(certs, "recommendations"), "drain_seconds": 0}
+    return ServerConfig(**{**values, **overrides})
+
+
+async def call_echo(port: int, creds: grpc.ChannelCredentials | None, payload: bytes = b"hi") -> bytes:
+    target = f"localhost:{port}"
+    channel = grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
+    async with channel:
+        return await channel.unary_unary(ECHO)(payload, timeout=5)
+
+
+async def expect_failure(port: int, creds: grpc.ChannelCredentials | None) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await call_echo(port, creds)
+    return raised.value
+
+
+def test_allowed_identity_succeeds(certs: Path) -> None:
+    async def scenario(server: GrpcServer) -> None:
+        assert await call_echo(server.port, credentials(certs, "marketplace")) == b"echo:hi"
+
+    serve(mtls_config(certs), scenario)
+
+
+def test_plaintext_client_is_rejected(certs: Path) -> None:
+    async def scenario(server: GrpcServer) -> None:
+        error = await expect_failure(server.port, None)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+    serve(mtls_config(certs), scenario)
+
+
+def test_client_without_certificate_fails_the_handshake(certs: Path) -> None:
+    async def scenario(server: GrpcServer) -> None:
+        error = await expect_failure(server.port, credentials(certs, None))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+    serve(mtls_config(certs), scenario)
+
+
+def test_client_certificate_from_another_ca_fails_the_handshake(certs: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    mint_all(other, services=("marketplace",))  # same name, different CA
+
+    async def scenario(server: GrpcServer) -> None:
+        error = await expect_failure(server.port, credentials(other, "marketplace", ca=certs / "ca.pem"))
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+    serve(mtls_config(certs), scenario)
+
+
+def test_valid_but_not_allowed_identity_is_permission_denied(certs: Path) -> None:
+    async def scenario(server: GrpcServer) -> None:
+        error = await expect_failure(server.port, credentials(certs, "intruder"))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert error.details() == f"intruder may not call {ECHO}"
+
+    serve(mtls_config(certs), scenario)
+
+
+def test_allow_flag_overrides_the_service_policy(certs: Path) -> None:
+    async def scenario(server: GrpcServer) -> None:
+        assert await call_echo(server.port, credentials(certs, "intruder")) == b"echo:hi"
+        error = await expect_failure(server.port, credentials(certs, "marketplace"))
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    serve(mtls_config(certs, allow={"Echo": frozenset({"intruder"})}), scenario)
+
+
+def test_rotated_certificates_are_picked_up_without_restart(certs: Path, tmp_path: Path) -> None:
+    rotated = tmp_path / "rotated"
+    mint_all(rotated, services=("recommendations", "marketplace"))  # a whole new CA
+
+    async def scenario(server: GrpcServer) -> None:
+        assert await call_echo(server.port, credentials(certs, "marketplace")) == b"echo:hi"
+        for name in ("recommendations.pem", "recommendations.key", "ca.pem"):
+            shutil.copyfile(rotated / name, certs / f".{name}")
+            os.replace(certs / f".{name}", certs / name)
+        # New connections now need the new CA: the old client fails, a client of the new CA works.
+        assert await call_echo(server.port, credentials(rotated, "marketplace")) == b"echo:hi"
+        old = credentials(tmp_path / "certs", "marketplace", ca=rotated / "ca.pem")
+        error = await expect_failure(server.port, old)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+    serve(mtls_config(certs), scenario)
+
+
+async def health_status(port: int, creds: grpc.ChannelCredentials | None, service: str = "") -> int:
+    target = f"localhost:{port}"
+    channel = grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
+    async with channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+        return response.status
+
+
+def test_health_serving_then_not_serving_during_drain_while_calls_still_work(certs: Path) -> None:
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+
+    async def scenario(server: GrpcServer) -> None:
+        creds = credentials(certs, "marketplace")
+        assert await health_status(server.port, creds) == serving
+        assert await health_status(server.port, creds, SERVICE) == serving
+        shutdown = asyncio.create_task(server.shutdown())
+        await asyncio.sleep(0.2)
+        assert await health_status(server.port, creds) == not_serving
+        assert await health_status(server.port, creds, SERVICE) == not_serving
+        assert await call_echo(server.port, creds) == b"echo:hi"  # draining: still served
+        await shutdown
+        error = await expect_failure(server.port, creds)
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+    serve(mtls_config(certs, drain_seconds=1.0), scenario)
+
+
+def test_plaintext_health_port_serves_probes_only(certs: Path) -> None:
+    async def scenario(server: GrpcServer) -> None:
+        assert server.health_port
+        assert await health_status(server.health_port, None) == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call_echo(server.health_port, None)
+        assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+    serve(mtls_config(certs, health_port=free_port()), scenario)
+
+
+def test_reflection_lists_our_service(certs: Path) -> None:
+    async def scenario(server: GrpcServer) -> None:
+        async with grpc.aio.secure_channel(f"localhost:{server.port}", credentials(certs, "marketplace")) as channel:
+            stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+            responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+            async for response in responses:
+                names = {service.name for service in response.list_services_response.service}
+                break
+        assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+    serve(mtls_config(certs), scenario)
+
+
+def test_insecure_mode_has_no_identity_checks() -> None:
+    async def scenario(server: GrpcServer) -> None:
+        assert await call_echo(server.port, None) == b"echo:hi"
+
+    serve(ServerConfig(host="127.0.0.1", port=0, tls=None, drain_seconds=0), scenario)
+
+
+def test_port_in_use_is_a_start_error(certs: Path) -> None:
+    async def scenario(server: GrpcServer) -> None:
+        second = GrpcServer(mtls_config(certs, port=server.port))
+        second.add_service(SERVICE, register)
+        with pytest.raises(StartError, match=f"cannot listen on 127.0.0.1:{server.port}"):
+            await second.start()
+
+    serve(mtls_config(certs), scenario)
