@@ -13,8 +13,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from libs.runtime.config import ServerConfig
 from libs.processes.processes import free_port
+from libs.runtime.config import ServerConfig
 from libs.runtime.server import GrpcServer, StartError
 from libs.runtime.tls import TlsFiles
 from tools.certs.certs import mint_all, mint_leaf, write_leaf
