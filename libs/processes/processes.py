@@ -122,6 +122,11 @@ class ChildProcess:
         if self.poll() is None:
             self._process.send_signal(signum)
 
+    def wait(self, timeout: float) -> int:
+        """Waits for the process to exit by itself; raises subprocess.TimeoutExpired after `timeout`."""
+        assert self._process
+        return self._process.wait(timeout)
+
     def stop(self, timeout: float = 10.0) -> int:
         """SIGTERM, then SIGKILL after `timeout` seconds; returns the exit code."""
         if self._process is None:

@@ -1,0 +1,48 @@
+"""A tiny service on the shared runtime, for tests that need a real server process.
+
+`test.v1.Echo/Echo` answers `echo:<request>`; a request `sleep:<seconds>` first sleeps that long,
+to hold a call in flight. Takes every flag of libs/runtime/config.py (prefix ECHO).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import grpc
+
+from libs.runtime.config import ConfigError, add_server_flags, server_config
+from libs.runtime.server import GrpcServer
+
+SERVICE = "test.v1.Echo"
+
+
+async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    if request.startswith(b"sleep:"):
+        await asyncio.sleep(float(request.removeprefix(b"sleep:")))
+    return b"echo:" + request
+
+
+def register(server: grpc.aio.Server) -> None:
+    handler = grpc.method_handlers_generic_handler(SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
+    server.add_generic_rpc_handlers((handler,))
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_server_flags(parser, "ECHO", 0)
+    try:
+        config = server_config(parser.parse_args(argv))
+    except ConfigError as error:
+        parser.error(str(error))
+    server = GrpcServer(config, {"Echo": ["*"]})
+    server.add_service(SERVICE, register)
+    asyncio.run(server.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
