@@ -1,0 +1,130 @@
+"""The Recommendations server as wired in main.py, over mTLS on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from books.catalog.v1 import catalog_pb2
+from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from libs.interceptors.errors import FieldViolation, field_violations
+from libs.runtime.config import ServerConfig
+from libs.runtime.tls import TlsFiles
+from services.recommendations.catalog import Book, Catalog
+from services.recommendations.main import build_server
+from services.recommendations.servicer import SERVICE_NAME, category_names
+from tools.certs.certs import mint_all, mint_leaf, write_leaf
+
+BOOKS = [Book(i, "MYSTERY", f"Mystery {i}", f"Author {i}", 1900 + i) for i in range(1, 8)]
+
+
+class SlowCatalog(Catalog):
+    """Every query blocks its thread for 200 ms."""
+
+    def sample(self, category: str, limit: int):
+        time.sleep(0.2)
+        return super().sample(category, limit)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    ca = mint_all(out)
+    write_leaf(out, "intruder", mint_leaf(ca, "intruder"))
+    return out
+
+
+def run(certs: Path, catalog: Catalog, scenario) -> None:
+    config = ServerConfig(
+        host="127.0.0.1",
+        port=0,
+        drain_seconds=0,
+        blocking_workers=5,
+        tls=TlsFiles(certs / "recommendations.pem", certs / "recommendations.key", certs / "ca.pem"),
+    )
+
+    async def main() -> None:
+        server = build_server(config, catalog)
+        await server.start()
+        as_marketplace = channel(certs, "marketplace", server.port)
+        try:
+            await scenario(server, as_marketplace)
+        finally:
+            await as_marketplace.close()
+            await server.shutdown()
+
+    asyncio.run(main())
+
+
+def channel(certs: Path, identity: str, port: int) -> grpc.aio.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        (certs / "ca.pem").read_bytes(), (certs / f"{identity}.key").read_bytes(), (certs / f"{identity}.pem").read_bytes()
+    )
+    return grpc.aio.secure_channel(f"localhost:{port}", credentials)
+
+
+def request(**fields) -> recommendations_pb2.RecommendRequest:
+    return recommendations_pb2.RecommendRequest(**{"user_id": 1, "category": catalog_pb2.MYSTERY, "max_results": 3, **fields})
+
+
+def test_five_concurrent_200ms_calls_overlap(certs: Path) -> None:
+    async def scenario(server, as_marketplace: grpc.aio.Channel) -> None:
+        stub = recommendations_pb2_grpc.RecommendationServiceStub(as_marketplace)
+        await stub.Recommend(request(), timeout=5)  # connect and warm up first
+        begun = time.monotonic()
+        responses = await asyncio.gather(*(stub.Recommend(request(), timeout=5) for _ in range(5)))
+        elapsed = time.monotonic() - begun
+        assert all(len(r.recommendations) == 3 for r in responses)
+        assert elapsed < 0.6, f"5 concurrent 200 ms calls took {elapsed:.2f}s: the event loop was blocked"
+
+    run(certs, SlowCatalog(BOOKS, category_names()), scenario)
+
+
+def test_bad_request_carries_field_violations_over_the_wire(certs: Path) -> None:
+    async def scenario(server, as_marketplace: grpc.aio.Channel) -> None:
+        stub = recommendations_pb2_grpc.RecommendationServiceStub(as_marketplace)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.Recommend(request(user_id=0, category=0, max_results=99), timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(raised.value) == [
+            FieldViolation("user_id", "must be a positive id, got 0"),
+            FieldViolation("category", "is required"),
+            FieldViolation("max_results", "must be between 1 and 20, got 99"),
+        ]
+
+    run(certs, Catalog(BOOKS, category_names()), scenario)
+
+
+def test_only_the_marketplace_may_recommend(certs: Path) -> None:
+    async def scenario(server, as_marketplace: grpc.aio.Channel) -> None:
+        async with channel(certs, "intruder", server.port) as as_intruder:
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await recommendations_pb2_grpc.RecommendationServiceStub(as_intruder).Recommend(request(), timeout=5)
+            assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            # Health is open to any verified caller.
+            health = await health_pb2_grpc.HealthStub(as_intruder).Check(
+                health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=5
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+
+    run(certs, Catalog(BOOKS, category_names()), scenario)
+
+
+def test_reflection_describes_the_recommendation_service(certs: Path) -> None:
+    async def scenario(server, as_marketplace: grpc.aio.Channel) -> None:
+        stub = reflection_pb2_grpc.ServerReflectionStub(as_marketplace)
+        requests = [
+            reflection_pb2.ServerReflectionRequest(list_services=""),
+            reflection_pb2.ServerReflectionRequest(file_containing_symbol=SERVICE_NAME),
+        ]
+        responses = [response async for response in stub.ServerReflectionInfo(iter(requests))]
+        assert SERVICE_NAME in {s.name for s in responses[0].list_services_response.service}
+        assert responses[1].file_descriptor_response.file_descriptor_proto  # clients can build stubs from it
+
+    run(certs, Catalog(BOOKS, category_names()), scenario)
