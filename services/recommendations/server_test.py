@@ -64,13 +64,17 @@ def run(certs: Path, catalog: Catalog, scenario) -> None:
 
 def channel(certs: Path, identity: str, port: int) -> grpc.aio.Channel:
     credentials = grpc.ssl_channel_credentials(
-        (certs / "ca.pem").read_bytes(), (certs / f"{identity}.key").read_bytes(), (certs / f"{identity}.pem").read_bytes()
+        (certs / "ca.pem").read_bytes(),
+        (certs / f"{identity}.key").read_bytes(),
+        (certs / f"{identity}.pem").read_bytes(),
     )
     return grpc.aio.secure_channel(f"localhost:{port}", credentials)
 
 
 def request(**fields) -> recommendations_pb2.RecommendRequest:
-    return recommendations_pb2.RecommendRequest(**{"user_id": 1, "category": catalog_pb2.MYSTERY, "max_results": 3, **fields})
+    return recommendations_pb2.RecommendRequest(
+        **{"user_id": 1, "category": catalog_pb2.MYSTERY, "max_results": 3, **fields}
+    )
 
 
 def test_five_concurrent_200ms_calls_overlap(certs: Path) -> None:
