@@ -1,42 +1,90 @@
-"""Server and client middleware shared by every gRPC service of the bookstore.
+"""Middleware shared by every gRPC service and client of the bookstore (grpc.aio and sync).
 
-`server_interceptors()` returns the server stack in the order it must run; pass it to
-`grpc.aio.server` (libs/runtime does). Client-side pieces live in `deadlines`.
+A new service gets the whole stack with one call:
+
+    grpc.aio.server(interceptors=server_interceptors("recommendations"))             # aio
+    grpc.server(executor, interceptors=server_interceptors("x", asynchronous=False))  # sync
+
+libs/runtime/server.py does this for our services, and libs/runtime/channel.py adds
+`client_interceptors(...)` to every channel.
 """
 
 from __future__ import annotations
 
 import logging
 
-from grpc_interceptor import AsyncServerInterceptor
+import grpc
+from opentelemetry import trace
+from prometheus_client import REGISTRY, CollectorRegistry
 
-from libs.interceptors.authz import AccessPolicy, AuthorizationInterceptor
-from libs.interceptors.deadlines import DeadlineServerInterceptor
-from libs.interceptors.error_logging import ErrorLoggingInterceptor
-from libs.interceptors.exception_to_status import ExceptionToStatusInterceptor
+from libs.interceptors.access_log import AccessLog
+from libs.interceptors.authz import AccessPolicy, Authorization
+from libs.interceptors.client import AsyncClientInterceptor, SyncClientInterceptor
+from libs.interceptors.core import AsyncServerInterceptor, Middleware, SyncServerInterceptor
+from libs.interceptors.deadlines import DeadlineRecorder
+from libs.interceptors.error_logging import ErrorLogging
+from libs.interceptors.exception_to_status import ExceptionToStatus
+from libs.interceptors.metrics import ServerMetrics
+from libs.interceptors.request_id import RequestId
+from libs.interceptors.tracing import Tracing
 
 __all__ = [
     "AccessPolicy",
-    "AuthorizationInterceptor",
-    "DeadlineServerInterceptor",
-    "ErrorLoggingInterceptor",
-    "ExceptionToStatusInterceptor",
+    "client_interceptors",
     "server_interceptors",
+    "server_middleware",
 ]
 
 
-def server_interceptors(
-    logger: logging.Logger | None = None, policy: AccessPolicy | None = None
-) -> list[AsyncServerInterceptor]:
-    """The standard server stack, outermost first.
+def server_middleware(
+    service_name: str,
+    *,
+    logger: logging.Logger | None = None,
+    policy: AccessPolicy | None = None,
+    registry: CollectorRegistry = REGISTRY,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> list[Middleware]:
+    """The standard server stack, in the order `begin` runs (`end` runs in reverse):
 
-    1. ExceptionToStatus: turns whatever the inner layers raise into a status.
-    2. ErrorLogging: must see the handler's original exception, so it sits inside (1).
-    3. Authorization (when a policy is given, i.e. with mTLS): rejects before any work is done.
-    4. Deadline: records the caller's deadline for the handler's outgoing calls.
+    1. RequestId: first, so everything after can log the request's id.
+    2. Tracing: continues the caller's trace; the trace id is known from here on.
+    3. ServerMetrics: started / in flight now; handled and latency with the final code.
+    4. AccessLog: one JSON line with the final code, after everything inside has ended.
+    5. ExceptionToStatus: turns what the inner layers and the handler raise into a status.
+    6. ErrorLogging: logs unexpected exceptions once, with the request id still set.
+    7. Authorization (with mTLS, i.e. when a policy is given): rejects before any work is done.
+    8. DeadlineRecorder: the caller's deadline, for the handler's outgoing calls.
     """
-    stack: list[AsyncServerInterceptor] = [ExceptionToStatusInterceptor(), ErrorLoggingInterceptor(logger)]
+    stack: list[Middleware] = [
+        RequestId(),
+        Tracing(tracer_provider),
+        ServerMetrics(registry),
+        AccessLog(service_name),
+        ExceptionToStatus(),
+        ErrorLogging(logger),
+    ]
     if policy is not None:
-        stack.append(AuthorizationInterceptor(policy))
-    stack.append(DeadlineServerInterceptor())
+        stack.append(Authorization(policy))
+    stack.append(DeadlineRecorder())
     return stack
+
+
+def server_interceptors(
+    service_name: str, *, asynchronous: bool = True, **options
+) -> list[grpc.ServerInterceptor | grpc.aio.ServerInterceptor]:
+    """The whole stack as one interceptor for `grpc.aio.server` (or, asynchronous=False, `grpc.server`).
+    `options` are those of `server_middleware`."""
+    middleware = server_middleware(service_name, **options)
+    return [AsyncServerInterceptor(middleware) if asynchronous else SyncServerInterceptor(middleware)]
+
+
+def client_interceptors(
+    *,
+    default_timeout: float | None = None,
+    asynchronous: bool = True,
+    registry: CollectorRegistry = REGISTRY,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> list:
+    """One interceptor for a grpc.aio channel (or, asynchronous=False, for `grpc.intercept_channel`)."""
+    kind = AsyncClientInterceptor if asynchronous else SyncClientInterceptor
+    return [kind(default_timeout, registry, tracer_provider)]

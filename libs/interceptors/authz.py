@@ -10,12 +10,12 @@ until someone says who may call it.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import grpc
-from grpc_interceptor import AsyncServerInterceptor
 from grpc_interceptor.exceptions import PermissionDenied, Unauthenticated
+
+from libs.interceptors.core import Call, Middleware
 
 ANY_IDENTITY = "*"
 OPEN_SERVICES = (
@@ -25,17 +25,18 @@ OPEN_SERVICES = (
 )
 
 
-def peer_identities(context: grpc.aio.ServicerContext) -> frozenset[str]:
+def peer_identities(context: Any) -> frozenset[str]:
     """DNS names in the SAN of the verified client certificate (IP SANs say nothing of who it is);
     empty without mTLS."""
     names = (name.decode() for name in context.auth_context().get("x509_subject_alternative_name", []))
     return frozenset(name for name in names if not _is_ip(name))
 
 
-def peer_name(context: grpc.aio.ServicerContext) -> str:
-    """A short name of the caller for messages and logs: the certificate's common name."""
+def peer_name(context: Any) -> str:
+    """A short name of the verified caller for messages and logs (the certificate's common name);
+    "" without mTLS."""
     common_name = context.auth_context().get("x509_common_name", [])
-    return common_name[0].decode() if common_name else ",".join(sorted(peer_identities(context))) or "anonymous"
+    return common_name[0].decode() if common_name else ",".join(sorted(peer_identities(context)))
 
 
 def _is_ip(name: str) -> bool:
@@ -79,21 +80,17 @@ def _same_method(key: str, method: str) -> bool:
     return key == method or ("/" not in key and method.rsplit("/", 1)[-1] == key)
 
 
-class AuthorizationInterceptor(AsyncServerInterceptor):
-    """grpc.aio server interceptor enforcing an AccessPolicy; install it only when mTLS is on."""
+class Authorization(Middleware):
+    """Enforces an AccessPolicy on the verified client certificate; use it only with mTLS."""
 
     def __init__(self, policy: AccessPolicy) -> None:
         self._policy = policy
 
-    async def intercept(
-        self, method: Callable, request_or_iterator: Any, context: grpc.aio.ServicerContext, method_name: str
-    ) -> Any:
-        identities = peer_identities(context)
+    def begin(self, call: Call) -> None:
+        if call.context is None:
+            return  # an unregistered method: gRPC answers UNIMPLEMENTED
+        identities = peer_identities(call.context)
         if not identities:
             raise Unauthenticated("a client certificate with a DNS SAN is required")
-        if not self._policy.permits(method_name, identities):
-            raise PermissionDenied(f"{peer_name(context)} may not call {method_name}")
-        response_or_iterator = method(request_or_iterator, context)
-        if hasattr(response_or_iterator, "__aiter__"):
-            return response_or_iterator
-        return await response_or_iterator
+        if not self._policy.permits(call.method, identities):
+            raise PermissionDenied(f"{peer_name(call.context) or 'anonymous'} may not call {call.method}")

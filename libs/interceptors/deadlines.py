@@ -1,9 +1,10 @@
 """Deadline propagation: a call made while handling a request never outlives the caller's deadline.
 
-The server interceptor records the incoming call's deadline in a context variable (each RPC runs in
-its own task, so the value stays with that request). Web handlers open `deadline_scope(seconds)`
-for their own budget. The client interceptors give every outgoing call the smaller of its own
-timeout (or the channel's default) and the time left, and fail at once with DEADLINE_EXCEEDED when
+`DeadlineRecorder` (server middleware) records the incoming call's deadline in a context variable
+(each aio RPC runs in its own task, each sync RPC on its own thread, so the value stays with that
+request). Web handlers open `deadline_scope(seconds)` for their own budget. The client interceptors
+(libs/interceptors/client.py) give every outgoing call `clamp(timeout)`: the smaller of its own
+timeout (or the channel default) and the time left, failing at once with DEADLINE_EXCEEDED when
 nothing is left, without sending anything.
 """
 
@@ -12,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import grpc
-from grpc_interceptor import AsyncServerInterceptor
+from libs.interceptors.core import Call, Middleware
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+
+
+class DeadlineExpired(Exception):
+    """The caller's deadline passed before an outgoing call could start."""
 
 
 def time_remaining() -> float | None:
@@ -39,50 +42,19 @@ def deadline_scope(seconds: float) -> Iterator[None]:
         _deadline.reset(token)
 
 
-class DeadlineServerInterceptor(AsyncServerInterceptor):
+def clamp(timeout: float | None) -> float | None:
+    """The timeout an outgoing call may have; raises DeadlineExpired if the caller's time is up."""
+    remaining = time_remaining()
+    if remaining is None:
+        return timeout
+    if remaining <= 0:
+        raise DeadlineExpired("the caller's deadline expired before the call started")
+    return remaining if timeout is None else min(timeout, remaining)
+
+
+class DeadlineRecorder(Middleware):
     """Records the caller's deadline for the handler's own outgoing calls."""
 
-    async def intercept(
-        self, method: Callable, request_or_iterator: Any, context: grpc.aio.ServicerContext, method_name: str
-    ) -> Any:
-        remaining = context.time_remaining()
-        if remaining is not None:
-            _deadline.set(time.monotonic() + remaining)
-        response_or_iterator = method(request_or_iterator, context)
-        if hasattr(response_or_iterator, "__aiter__"):
-            return response_or_iterator
-        return await response_or_iterator
-
-
-class _Clamp:
-    def __init__(self, default_timeout: float | None) -> None:
-        self._default = default_timeout
-
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        timeout = details.timeout if details.timeout is not None else self._default
-        remaining = time_remaining()
-        if remaining is not None:
-            if remaining <= 0:
-                raise grpc.aio.AioRpcError(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.aio.Metadata(),
-                    grpc.aio.Metadata(),
-                    details=f"the caller's deadline expired before calling {details.method.decode()}",
-                )
-            timeout = remaining if timeout is None else min(timeout, remaining)
-        return details._replace(timeout=timeout)
-
-
-class DeadlineUnaryUnaryInterceptor(_Clamp, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
-        return await continuation(self._details(client_call_details), request)
-
-
-class DeadlineUnaryStreamInterceptor(_Clamp, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, client_call_details, request):
-        return await continuation(self._details(client_call_details), request)
-
-
-def deadline_client_interceptors(default_timeout: float | None) -> list[grpc.aio.ClientInterceptor]:
-    """Client interceptors applying `default_timeout` and the propagated deadline to every call."""
-    return [DeadlineUnaryUnaryInterceptor(default_timeout), DeadlineUnaryStreamInterceptor(default_timeout)]
+    def begin(self, call: Call) -> None:
+        remaining = call.context.time_remaining() if call.context is not None else None
+        _deadline.set(None if remaining is None else time.monotonic() + remaining)

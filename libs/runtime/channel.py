@@ -1,7 +1,8 @@
 """The one way our processes open gRPC channels (grpc.aio).
 
-`create_channel` gives every channel: mTLS with our certificate (or plaintext with --insecure), a
-default deadline per call and propagation of the caller's deadline (libs/interceptors/deadlines),
+`create_channel` gives every channel: mTLS with our certificate (or plaintext with --insecure), the
+client interceptors of libs/interceptors (request ids, trace context, metrics, failure logs, a
+default deadline per call and propagation of the caller's deadline),
 retries on UNAVAILABLE only with bounded exponential backoff (gRPC service config), round_robin
 load balancing over every address of a `dns:///` name or a comma-separated list of replicas, and
 keepalive pings that detect dead connections.
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from libs.interceptors.deadlines import deadline_client_interceptors
+from libs.interceptors import client_interceptors
 from libs.runtime.tls import TlsFiles, channel_credentials
 
 
@@ -101,7 +102,7 @@ def create_channel(
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.max_reconnect_backoff_ms", 2000),
     ]
-    interceptors = deadline_client_interceptors(default_timeout)
+    interceptors = client_interceptors(default_timeout=default_timeout)
     uri = normalize_target(target)
     if tls is None:
         return grpc.aio.insecure_channel(uri, options=options, interceptors=interceptors)

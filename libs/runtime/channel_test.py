@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+from prometheus_client import CollectorRegistry
 
 from libs.interceptors import server_interceptors
 from libs.interceptors.deadlines import deadline_scope
@@ -23,7 +24,7 @@ class Backend:
         self.attempts: collections.Counter[bytes] = collections.Counter()
         self.remaining: list[float | None] = []
         self.front_channel: grpc.aio.Channel | None = None
-        self.server = grpc.aio.server(interceptors=server_interceptors())
+        self.server = grpc.aio.server(interceptors=server_interceptors("backend", registry=CollectorRegistry()))
         handlers = {
             "Call": grpc.unary_unary_rpc_method_handler(self.call),
             "Forward": grpc.unary_unary_rpc_method_handler(self.forward),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from libs.runtime.logs import FORMATS
 from libs.runtime.tls import TlsConfigError, TlsFiles
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -44,6 +45,10 @@ def add_tls_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
     add_flag(
         parser, prefix, "--insecure", False, "use plaintext instead of mTLS (local work only)", action="store_true"
     )
+
+
+def add_log_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
+    add_flag(parser, prefix, "--log-format", "json", "log lines as 'json' objects or 'text'", choices=FORMATS)
 
 
 def tls_files(args: argparse.Namespace, problems: list[str]) -> TlsFiles | None:
@@ -94,6 +99,7 @@ class ServerConfig:
     drain_seconds: float = 5.0
     shutdown_grace: float = 10.0
     blocking_workers: int = 4
+    metrics_port: int = 0
     allow: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
@@ -157,6 +163,8 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port:
         "threads for blocking work (SQLite, CPU)",
         type=int,
     )
+    add_flag(parser, prefix, "--metrics-port", 0, "HTTP port serving Prometheus /metrics; 0 = off", type=int)
+    add_log_flags(parser, prefix)
     allow_env = env_name(prefix, "--allow")
     parser.add_argument(
         "--allow",
@@ -178,6 +186,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
 
     check("port", lambda v: 0 <= v <= 65535, "must be between 0 and 65535")
     check("health_port", lambda v: 0 <= v <= 65535, "must be between 0 and 65535")
+    check("metrics_port", lambda v: 0 <= v <= 65535, "must be between 0 and 65535")
     check("max_message_bytes", lambda v: 1024 <= v <= 2**31 - 1, "must be between 1024 and 2147483647")
     check("max_concurrent_rpcs", lambda v: v >= 0, "must be 0 or more")
     check("keepalive_time", lambda v: v >= 1, "must be at least 1 second")
@@ -185,8 +194,9 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     check("drain_seconds", lambda v: v >= 0, "must be 0 or more")
     check("shutdown_grace", lambda v: v >= 0, "must be 0 or more")
     check("blocking_workers", lambda v: 1 <= v <= 256, "must be between 1 and 256")
-    if args.health_port and args.health_port == args.port:
-        problems.append("--health-port must differ from --port")
+    extra_ports = [port for port in (args.health_port, args.metrics_port) if port]
+    if len(set(extra_ports)) != len(extra_ports) or args.port in extra_ports:
+        problems.append("--port, --health-port and --metrics-port must differ")
     tls = tls_files(args, problems)
     allow = parse_allow(args.allow, problems)
     if problems:
@@ -203,5 +213,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         drain_seconds=args.drain_seconds,
         shutdown_grace=args.shutdown_grace,
         blocking_workers=args.blocking_workers,
+        metrics_port=args.metrics_port,
         allow=allow,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -21,7 +21,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from libs.interceptors import AccessPolicy, server_interceptors
+from libs.interceptors import AccessPolicy, server_middleware
+from libs.interceptors.core import AsyncServerInterceptor, Middleware
+from libs.interceptors.metrics import start_metrics_server
 from libs.runtime.config import ServerConfig
 from libs.runtime.tls import server_credentials
 
@@ -61,9 +63,13 @@ class GrpcServer:
         config: ServerConfig,
         default_policy: Mapping[str, Iterable[str]] | None = None,
         logger: logging.Logger | None = None,
+        service_name: str = "",
+        middleware: Sequence[Middleware] | None = None,
     ) -> None:
         """`default_policy` says who may call each method under mTLS; `config.allow` overrides it.
-        Add services with `add_service` before `start`."""
+        `service_name` names this process in logs and metrics; `middleware` replaces the standard
+        stack of libs/interceptors (benchmarks pass [] for a bare server). Add services with
+        `add_service` before `start`."""
         self.config = config
         self.services: list[Service] = []
         self.logger = logger or logging.getLogger(__name__)
@@ -75,6 +81,8 @@ class GrpcServer:
         self.health_port = 0
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
+        self._middleware = middleware
+        self.service_name = service_name or "grpc-server"
 
     def add_service(self, name: str, register: Callable[[grpc.aio.Server], None]) -> None:
         """Hosts the service `name` (full name, e.g. 'pkg.v1.Service'); `register` adds its handlers."""
@@ -91,8 +99,11 @@ class GrpcServer:
     async def start(self) -> None:
         config = self.config
         policy = self.policy if config.tls else None
+        middleware = self._middleware
+        if middleware is None:
+            middleware = server_middleware(self.service_name, logger=self.logger, policy=policy)
         server = grpc.aio.server(
-            interceptors=server_interceptors(self.logger, policy),
+            interceptors=[AsyncServerInterceptor(middleware)] if middleware else [],
             options=server_options(config),
             maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
         )
@@ -111,6 +122,11 @@ class GrpcServer:
             self.health_port = self._bind(probe, f"{config.host}:{config.health_port}", secure=False)
             self._servers.append(probe)
 
+        if config.metrics_port:
+            try:
+                start_metrics_server(config.metrics_port, config.host.strip("[]") or "0.0.0.0")
+            except OSError as error:
+                raise StartError(f"cannot serve /metrics on port {config.metrics_port}: {error}") from error
         for each in self._servers:
             await each.start()
         for name in [OVERALL, *(s.name for s in self.services)]:
@@ -123,6 +139,8 @@ class GrpcServer:
             "mTLS" if config.tls else "plaintext, --insecure",
             f", health probes on port {self.health_port}" if self.health_port else "",
         )
+        if config.metrics_port:
+            self.logger.info("Prometheus metrics on http://%s:%d/metrics", config.host, config.metrics_port)
 
     async def shutdown(self) -> None:
         """NOT_SERVING, drain, then stop with grace; in-flight calls finish, new ones are refused.

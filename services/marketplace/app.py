@@ -13,17 +13,21 @@ from pathlib import Path
 
 import grpc
 import jinja2
+import prometheus_client
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.interceptors.deadlines import deadline_scope
 from libs.interceptors.errors import field_violations
+from libs.interceptors.request_id import HTTP_HEADER, use_request_id
 
 HERE = Path(__file__).parent
 HOME_MAX_RESULTS = 3
@@ -32,6 +36,33 @@ UNAVAILABLE_NOTICE = "Recommendations are unavailable right now. Please try agai
 INVALID_NOTICE = "We could not show recommendations for this request:"
 
 logger = logging.getLogger("marketplace")
+
+
+class RequestIdMiddleware:
+    """Takes X-Request-ID from the request (or makes one), keeps it for logs and gRPC calls, and
+    returns it in the response. Plain ASGI: no per-request task, unlike BaseHTTPMiddleware."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = HTTP_HEADER.lower().encode()
+        given = next((value for key, value in scope["headers"] if key == header), b"")
+        request_id = use_request_id(given.decode("latin-1")).encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (header, request_id)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def metrics(request: Request) -> Response:
+    return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
 
 def create_app(recommendations: recommendations_pb2_grpc.RecommendationServiceStub, timeout: float) -> Starlette:
@@ -67,8 +98,10 @@ def create_app(recommendations: recommendations_pb2_grpc.RecommendationServiceSt
         return templates.TemplateResponse(request, "home.html", context, status_code=status)
 
     return Starlette(
+        middleware=[Middleware(RequestIdMiddleware)],
         routes=[
             Route("/", home),
+            Route("/metrics", metrics),
             # Runfiles and image layers hold symlinks; paths are still confined to the directory.
             Mount("/static", StaticFiles(directory=HERE / "static", follow_symlink=True), name="static"),
         ]

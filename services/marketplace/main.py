@@ -13,7 +13,9 @@ import uvicorn
 
 from books.recommendations.v1 import recommendations_pb2_grpc
 from libs.runtime.channel import create_channel, normalize_target
-from libs.runtime.config import add_flag, add_tls_flags, tls_files
+from libs.interceptors.tracing import configure_tracing
+from libs.runtime.config import add_flag, add_log_flags, add_tls_flags, tls_files
+from libs.runtime.logs import configure_logging
 from libs.runtime.tls import TlsFiles
 from services.marketplace.app import create_app
 
@@ -27,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     add_flag(result, ENV_PREFIX, "--host", "0.0.0.0", "address to listen on")
     add_flag(result, ENV_PREFIX, "--port", 8080, "HTTP port", type=int)
     add_tls_flags(result, ENV_PREFIX)
+    add_log_flags(result, ENV_PREFIX)
     # The Recommendations settings keep their own names: RECOMMENDATIONS_ADDR is what callers expect.
     add_flag(
         result,
@@ -95,9 +98,10 @@ async def serve(args: argparse.Namespace, tls: TlsFiles | None) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argument_parser = parser()
     args = argument_parser.parse_args(argv)
+    configure_logging(args.log_format)
+    configure_tracing("marketplace")
     problems = validate(args)
     tls = tls_files(args, problems)
     try:

@@ -9,7 +9,9 @@ import os
 from pathlib import Path
 
 from books.recommendations.v1 import recommendations_pb2_grpc
+from libs.interceptors.tracing import configure_tracing
 from libs.runtime.config import ConfigError, ServerConfig, add_flag, add_server_flags, server_config
+from libs.runtime.logs import configure_logging
 from libs.runtime.server import GrpcServer, StartError
 from services.recommendations.catalog import DEFAULT_CATALOG, Catalog, CatalogError
 from services.recommendations.servicer import (
@@ -35,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
 
 def build_server(config: ServerConfig, catalog: Catalog) -> GrpcServer:
     """The server with its dependencies passed in: the catalog, and the runtime's executor."""
-    server = GrpcServer(config, DEFAULT_POLICY, logger)
+    server = GrpcServer(config, DEFAULT_POLICY, logger, service_name="recommendations")
     servicer = RecommendationServicer(catalog, server.executor)
     server.add_service(
         SERVICE_NAME,
@@ -45,9 +47,10 @@ def build_server(config: ServerConfig, catalog: Catalog) -> GrpcServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argument_parser = parser()
     args = argument_parser.parse_args(argv)
+    configure_logging(args.log_format)
+    configure_tracing("recommendations")
     try:
         config = server_config(args)
     except ConfigError as error:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
 import grpc
 
 from libs.runtime.config import ConfigError, add_server_flags, server_config
+from libs.runtime.logs import configure_logging
 from libs.runtime.server import GrpcServer
 
 SERVICE = "test.v1.Echo"
@@ -31,14 +31,15 @@ def register(server: grpc.aio.Server) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     parser = argparse.ArgumentParser(description=__doc__)
     add_server_flags(parser, "ECHO", 0)
     try:
-        config = server_config(parser.parse_args(argv))
+        args = parser.parse_args(argv)
+        config = server_config(args)
     except ConfigError as error:
         parser.error(str(error))
-    server = GrpcServer(config, {"Echo": ["*"]})
+    configure_logging(args.log_format)
+    server = GrpcServer(config, {"Echo": ["*"]}, service_name="echo")
     server.add_service(SERVICE, register)
     asyncio.run(server.run())
     return 0

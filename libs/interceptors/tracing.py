@@ -1,0 +1,92 @@
+"""Distributed tracing with OpenTelemetry, W3C `traceparent` in gRPC metadata.
+
+The server middleware continues the caller's trace (or starts one) with a SERVER span named
+`pkg.Service/Method` carrying the standard RPC attributes (rpc.system, rpc.service, rpc.method,
+rpc.grpc.status_code); the client interceptors start a CLIENT span and inject `traceparent` into
+the outgoing metadata. Without configuration the OpenTelemetry API is a no-op that still carries
+the trace context across hops (so logs keep trace ids). `configure_tracing()` switches on the SDK
+with an OTLP/HTTP exporter when the standard variables ask for it: OTEL_TRACES_EXPORTER=otlp or
+OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (plus OTEL_SERVICE_NAME, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagators.textmap import DefaultGetter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from libs.interceptors.core import Call, Middleware
+
+PROPAGATOR = TraceContextTextMapPropagator()
+_GETTER = DefaultGetter()
+logger = logging.getLogger(__name__)
+
+
+def trace_id_of(span: trace.Span) -> str:
+    span_context = span.get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
+
+
+def current_trace_id() -> str:
+    return trace_id_of(trace.get_current_span())
+
+
+def rpc_attributes(service: str, method: str) -> dict[str, str]:
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+
+
+def end_span(span: trace.Span, code_name: str, code_value: int, exception: BaseException | None) -> None:
+    span.set_attribute("rpc.grpc.status_code", code_value)
+    if code_name != "OK":
+        span.set_status(Status(StatusCode.ERROR, code_name))
+    if exception is not None:
+        span.record_exception(exception)
+    span.end()
+
+
+class Tracing(Middleware):
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+
+    def begin(self, call: Call) -> None:
+        parent = PROPAGATOR.extract(call.metadata, getter=_GETTER)
+        span = self._tracer.start_span(
+            f"{call.service}/{call.name}", context=parent, kind=SpanKind.SERVER,
+            attributes=rpc_attributes(call.service, call.name),
+        )  # fmt: skip
+        call.scratch["span"] = span
+        call.scratch["otel_token"] = otel_context.attach(trace.set_span_in_context(span, parent))
+        call.trace_id = trace_id_of(span)
+
+    def end(self, call: Call) -> None:
+        span = call.scratch.get("span")
+        if span is None:
+            return
+        end_span(span, call.code.name, call.code.value[0], call.exception if call.unexpected else None)
+        otel_context.detach(call.scratch["otel_token"])
+
+
+def configure_tracing(service_name: str) -> bool:
+    """Installs the OpenTelemetry SDK with an OTLP/HTTP exporter if the environment asks; returns
+    whether it did. Otherwise tracing stays a no-op that only propagates context."""
+    wanted = os.environ.get("OTEL_TRACES_EXPORTER", "").lower() == "otlp" or any(
+        os.environ.get(name) for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+    if not wanted or os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return False
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)})
+    provider = TracerProvider(resource=resource)
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    logger.info("tracing on: OTLP/HTTP export of %s spans", service_name)
+    return True
