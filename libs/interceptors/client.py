@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client import CollectorRegistry
 
 from libs.interceptors.core import split_method
 from libs.interceptors.deadlines import DeadlineExpired, clamp
@@ -28,8 +28,11 @@ from libs.interceptors.tracing import PROPAGATOR, end_span, rpc_attributes
 
 logger = logging.getLogger("grpc.client")
 
+
 class _SyncDetails(
-    collections.namedtuple("_SyncDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")),
+    collections.namedtuple(
+        "_SyncDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
+    ),
     grpc.ClientCallDetails,
 ):
     pass
@@ -82,9 +85,7 @@ def _expired(method: str) -> grpc.aio.AioRpcError:
     )
 
 
-class AsyncClientInterceptor(
-    _Outgoing, grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
-):
+class AsyncClientInterceptor(_Outgoing, grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
     """For grpc.aio channels: `grpc.aio.insecure_channel(..., interceptors=[AsyncClientInterceptor(...)])`."""
 
     def _details(self, details: grpc.aio.ClientCallDetails, kind: str) -> tuple[grpc.aio.ClientCallDetails, dict]:

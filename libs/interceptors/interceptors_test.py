@@ -1,211 +1,349 @@
-"""Tests of the server interceptors against a real in-process grpc.aio server on loopback."""
+"""The middleware stack against real in-process servers, in both forms: grpc.aio and sync grpc.server."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
-from collections.abc import Awaitable, Callable
+import re
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import grpc
 import pytest
-from grpc_interceptor.exceptions import InvalidArgument, NotFound
+from grpc_interceptor.exceptions import NotFound
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry
 
-from libs.interceptors import (
-    AccessPolicy,
-    AuthorizationInterceptor,
-    DeadlineServerInterceptor,
-    ErrorLoggingInterceptor,
-    ExceptionToStatusInterceptor,
-    server_interceptors,
-)
+from libs.interceptors import AccessPolicy, client_interceptors, server_interceptors, server_middleware
+from libs.interceptors.errors import BadRequest, FieldViolation, field_violations
 from libs.interceptors.exception_to_status import INTERNAL_ERROR_DETAILS
+from libs.interceptors.request_id import current_request_id
+from libs.interceptors.tracing import current_trace_id
 
-SERVICE = "test.Probe"
+SERVICE = "test.v1.Probe"
+KINDS = ["aio", "sync"]
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+ACCESS_FIELDS = {
+    "timestamp", "service", "method", "code", "duration_ms", "peer", "peer_address", "request_id", "trace_id",
+}  # fmt: skip
 
 
-async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    """Behaves as the request says: the interceptors see every kind of outcome."""
+def outcome(request: bytes) -> bytes:
+    """What the handler does for a request, the same in both forms (aborts are form-specific)."""
     if request == b"not-found":
         raise NotFound("no such book")
-    if request == b"invalid":
-        raise InvalidArgument("max_results must be between 1 and 20")
+    if request == b"bad-request":
+        raise BadRequest([FieldViolation("max_results", "must be between 1 and 20"), FieldViolation("user_id", "<1")])
     if request == b"crash":
         raise RuntimeError("secret: /var/lib/catalog.db is corrupt")
-    if request == b"abort":
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler said no")
+    if request == b"whoami":
+        return json.dumps({"request_id": current_request_id(), "trace_id": current_trace_id()}).encode()
     return b"ok:" + request
 
 
-async def stream(request: bytes, context: grpc.aio.ServicerContext):
-    yield b"first"
-    if request == b"crash":
-        raise RuntimeError("secret stream failure")
-    yield b"second"
+@dataclass
+class Server:
+    kind: str
+    port: int
+    registry: CollectorRegistry
+    spans: InMemorySpanExporter
+    provider: TracerProvider
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(f"127.0.0.1:{self.port}")
 
 
-HANDLERS = grpc.method_handlers_generic_handler(
-    SERVICE,
-    {
-        "Unary": grpc.unary_unary_rpc_method_handler(unary),
-        "Stream": grpc.unary_stream_rpc_method_handler(stream),
-    },
-)
+@contextlib.contextmanager
+def serve(kind: str, downstream: Server | None = None, name: str = "probe", provider=None) -> Iterator[Server]:
+    """A server of `kind` with the full stack; `forward` requests go on to `downstream` through the
+    client interceptors of the same kind."""
+    registry = CollectorRegistry()
+    spans = InMemorySpanExporter()
+    if provider is None:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(spans))
+    options = {"registry": registry, "tracer_provider": provider}
+    target = f"127.0.0.1:{downstream.port}" if downstream else None
+    if kind == "sync":
+        yield from _serve_sync(name, options, target, registry, spans, provider)
+    else:
+        yield from _serve_aio(name, options, target, registry, spans, provider)
 
 
-def run(interceptors: list, scenario: Callable[[grpc.aio.Channel], Awaitable[None]]) -> None:
-    """Starts a server with `interceptors`, runs `scenario` against it, stops the server."""
+def _serve_sync(name, options, target, registry, spans, provider) -> Iterator[Server]:
+    downstream = None
+    if target:
+        interceptors = client_interceptors(asynchronous=False, **options)
+        downstream = grpc.intercept_channel(grpc.insecure_channel(target), *interceptors)
 
-    async def main() -> None:
-        server = grpc.aio.server(interceptors=interceptors)
-        server.add_generic_rpc_handlers((HANDLERS,))
+    def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+        if request == b"abort":
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler said no")
+        if request == b"forward":
+            return downstream.unary_unary(f"/{SERVICE}/Unary")(b"whoami", timeout=5)
+        return outcome(request)
+
+    def stream(request: bytes, context: grpc.ServicerContext):
+        yield b"first"
+        outcome(request)
+        yield b"second"
+
+    server = grpc.server(ThreadPoolExecutor(4), interceptors=server_interceptors(name, asynchronous=False, **options))
+    server.add_generic_rpc_handlers((_handlers(unary, stream),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield Server("sync", port, registry, spans, provider)
+    finally:
+        server.stop(None)
+
+
+def _serve_aio(name, options, target, registry, spans, provider) -> Iterator[Server]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    state: dict = {}
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if request == b"abort":
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler said no")
+        if request == b"forward":
+            return await state["downstream"].unary_unary(f"/{SERVICE}/Unary")(b"whoami", timeout=5)
+        return outcome(request)
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext):
+        yield b"first"
+        outcome(request)
+        yield b"second"
+
+    async def start() -> int:
+        if target:
+            state["downstream"] = grpc.aio.insecure_channel(target, interceptors=client_interceptors(**options))
+        server = grpc.aio.server(interceptors=server_interceptors(name, **options))
+        server.add_generic_rpc_handlers((_handlers(unary, stream),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                await scenario(channel)
-        finally:
-            await server.stop(None)
+        state["server"] = server
+        return port
 
-    asyncio.run(main())
-
-
-async def call(channel: grpc.aio.Channel, request: bytes) -> bytes:
-    return await channel.unary_unary(f"/{SERVICE}/Unary")(request, timeout=5)
-
-
-async def collect(channel: grpc.aio.Channel, request: bytes, into: list[bytes]) -> None:
-    async for message in channel.unary_stream(f"/{SERVICE}/Stream")(request, timeout=5):
-        into.append(message)
+    port = asyncio.run_coroutine_threadsafe(start(), loop).result(10)
+    try:
+        yield Server("aio", port, registry, spans, provider)
+    finally:
+        asyncio.run_coroutine_threadsafe(state["server"].stop(None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
 
 
-async def expect_status(channel: grpc.aio.Channel, request: bytes) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as raised:
-        await call(channel, request)
+def _handlers(unary, stream) -> grpc.GenericRpcHandler:
+    return grpc.method_handlers_generic_handler(
+        SERVICE,
+        {"Unary": grpc.unary_unary_rpc_method_handler(unary), "Stream": grpc.unary_stream_rpc_method_handler(stream)},
+    )
+
+
+def call(server: Server, request: bytes, method: str = "Unary", metadata=()) -> bytes:
+    with server.channel() as channel:
+        return channel.unary_unary(f"/{SERVICE}/{method}")(request, timeout=5, metadata=metadata)
+
+
+def fail(server: Server, request: bytes, method: str = "Unary") -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as raised:
+        call(server, request, method)
     return raised.value
 
 
-class TestExceptionToStatus:
-    def test_ok_calls_pass_through(self) -> None:
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            assert await call(channel, b"hello") == b"ok:hello"
-
-        run([ExceptionToStatusInterceptor()], scenario)
-
-    @pytest.mark.parametrize(
-        ("request_bytes", "code", "details"),
-        [
-            (b"not-found", grpc.StatusCode.NOT_FOUND, "no such book"),
-            (b"invalid", grpc.StatusCode.INVALID_ARGUMENT, "max_results must be between 1 and 20"),
-        ],
-    )
-    def test_named_exceptions_become_their_status(self, request_bytes, code, details) -> None:
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            error = await expect_status(channel, request_bytes)
-            assert (error.code(), error.details()) == (code, details)
-
-        run([ExceptionToStatusInterceptor()], scenario)
-
-    def test_unexpected_exception_is_internal_without_details(self) -> None:
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            error = await expect_status(channel, b"crash")
-            assert error.code() == grpc.StatusCode.INTERNAL
-            assert error.details() == INTERNAL_ERROR_DETAILS
-            assert "secret" not in (error.debug_error_string() or "")
-
-        run([ExceptionToStatusInterceptor()], scenario)
-
-    def test_handler_abort_keeps_its_status(self) -> None:
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            error = await expect_status(channel, b"abort")
-            assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, "handler said no")
-
-        run([ExceptionToStatusInterceptor()], scenario)
-
-    def test_streaming_failure_after_first_message(self) -> None:
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            received: list[bytes] = []
-            with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await collect(channel, b"crash", received)
-            assert received == [b"first"]
-            assert raised.value.code() == grpc.StatusCode.INTERNAL
-            assert raised.value.details() == INTERNAL_ERROR_DETAILS
-
-        run([ExceptionToStatusInterceptor()], scenario)
+# --- exception → status ---------------------------------------------------------------------------
 
 
-class TestErrorLogging:
-    def test_unexpected_exception_logged_once_with_method_and_traceback(self, caplog) -> None:
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            error = await expect_status(channel, b"crash")
-            assert error.code() == grpc.StatusCode.INTERNAL
-
-        with caplog.at_level(logging.ERROR):
-            run(server_interceptors(), scenario)
-        records = [r for r in caplog.records if r.name == "libs.interceptors.error_logging"]
-        assert len(records) == 1
-        assert records[0].getMessage() == f"unexpected exception in /{SERVICE}/Unary"
-        assert records[0].exc_info
-        assert records[0].exc_info[0] is RuntimeError
-        assert "Traceback" in caplog.text
-        assert "secret: /var/lib/catalog.db is corrupt" in caplog.text
-
-    def test_streaming_exception_logged(self, caplog) -> None:
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            with pytest.raises(grpc.aio.AioRpcError):
-                await collect(channel, b"crash", [])
-
-        with caplog.at_level(logging.ERROR):
-            run(server_interceptors(), scenario)
-        messages = [r.getMessage() for r in caplog.records if r.name == "libs.interceptors.error_logging"]
-        assert messages == [f"unexpected exception in /{SERVICE}/Stream"]
-
-    @pytest.mark.parametrize(
-        ("request_bytes", "code"),
-        [
-            (b"not-found", grpc.StatusCode.NOT_FOUND),
-            (b"invalid", grpc.StatusCode.INVALID_ARGUMENT),
-            (b"abort", grpc.StatusCode.PERMISSION_DENIED),
-        ],
-    )
-    def test_expected_failures_are_not_logged(self, caplog, request_bytes, code) -> None:
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            assert await call(channel, b"fine") == b"ok:fine"
-            assert (await expect_status(channel, request_bytes)).code() == code
-
-        with caplog.at_level(logging.DEBUG):
-            run(server_interceptors(), scenario)
-        assert not [r for r in caplog.records if r.name == "libs.interceptors.error_logging"]
-
-    def test_never_swallows_the_exception(self, caplog) -> None:
-        # Alone, without ExceptionToStatus: the call must still fail, as grpc's own handling decides.
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            error = await expect_status(channel, b"crash")
-            assert error.code() == grpc.StatusCode.UNKNOWN
-
-        with caplog.at_level(logging.ERROR):
-            run([ErrorLoggingInterceptor()], scenario)
-        assert len([r for r in caplog.records if r.name == "libs.interceptors.error_logging"]) == 1
-
-    def test_uses_the_given_logger(self, caplog) -> None:
-        async def scenario(channel: grpc.aio.Channel) -> None:
-            await expect_status(channel, b"crash")
-
-        with caplog.at_level(logging.ERROR):
-            run(server_interceptors(logging.getLogger("recommendations")), scenario)
-        assert [r.name for r in caplog.records if r.levelno == logging.ERROR].count("recommendations") == 1
+@pytest.mark.parametrize("kind", KINDS)
+def test_named_exceptions_become_their_status(kind: str) -> None:
+    with serve(kind) as server:
+        assert call(server, b"hello") == b"ok:hello"
+        error = fail(server, b"not-found")
+        assert (error.code(), error.details()) == (grpc.StatusCode.NOT_FOUND, "no such book")
 
 
-def test_stack_order_maps_status_outside_logging() -> None:
-    stack = server_interceptors()
-    assert [type(i) for i in stack] == [
-        ExceptionToStatusInterceptor,
-        ErrorLoggingInterceptor,
-        DeadlineServerInterceptor,
-    ]
-    with_policy = server_interceptors(policy=AccessPolicy({"Recommend": ["marketplace"]}))
-    assert [type(i) for i in with_policy] == [
-        ExceptionToStatusInterceptor,
-        ErrorLoggingInterceptor,
-        AuthorizationInterceptor,
-        DeadlineServerInterceptor,
-    ]
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_request_carries_every_field_violation(kind: str) -> None:
+    with serve(kind) as server:
+        error = fail(server, b"bad-request")
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert error.details() == "max_results: must be between 1 and 20; user_id: <1"
+        assert field_violations(error) == [
+            FieldViolation("max_results", "must be between 1 and 20"),
+            FieldViolation("user_id", "<1"),
+        ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unexpected_exception_is_internal_without_details(kind: str) -> None:
+    with serve(kind) as server:
+        error = fail(server, b"crash")
+        assert (error.code(), error.details()) == (grpc.StatusCode.INTERNAL, INTERNAL_ERROR_DETAILS)
+        assert "secret" not in str(error.debug_error_string())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_handler_abort_keeps_its_status(kind: str) -> None:
+    with serve(kind) as server:
+        error = fail(server, b"abort")
+        assert (error.code(), error.details()) == (grpc.StatusCode.PERMISSION_DENIED, "handler said no")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_streaming_failure_after_the_first_message(kind: str) -> None:
+    with serve(kind) as server, server.channel() as channel:
+        received: list[bytes] = []
+        with pytest.raises(grpc.RpcError) as raised:
+            received.extend(channel.unary_stream(f"/{SERVICE}/Stream")(b"crash", timeout=5))
+        assert received == [b"first"]
+        assert raised.value.code() == grpc.StatusCode.INTERNAL
+        assert list(channel.unary_stream(f"/{SERVICE}/Stream")(b"fine", timeout=5)) == [b"first", b"second"]
+
+
+# --- error log ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unexpected_exception_logged_once_with_method_and_traceback(kind: str, caplog) -> None:
+    with caplog.at_level(logging.INFO), serve(kind) as server:
+        for request in (b"hello", b"not-found", b"bad-request", b"abort", b"crash"):
+            with contextlib.suppress(grpc.RpcError):
+                call(server, request)
+    errors = [r for r in caplog.records if r.name == "libs.interceptors.error_logging"]
+    assert [r.getMessage() for r in errors] == [f"unexpected exception in /{SERVICE}/Unary"]
+    assert errors[0].exc_info[0] is RuntimeError
+    assert "Traceback" in caplog.text
+
+
+# --- access log -----------------------------------------------------------------------------------
+
+
+def access_lines(caplog) -> list[dict]:
+    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "access"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_access_log_is_one_json_line_per_rpc(kind: str, caplog) -> None:
+    with caplog.at_level(logging.INFO), serve(kind, name="recommendations") as server:
+        call(server, b"hello", metadata=(("x-request-id", "req-123"), ("traceparent", TRACEPARENT)))
+        fail(server, b"bad-request")
+        fail(server, b"crash")
+        fail(server, b"nothing", method="Missing")
+    lines = access_lines(caplog)
+    assert [line["code"] for line in lines] == ["OK", "INVALID_ARGUMENT", "INTERNAL", "UNIMPLEMENTED"]
+    for line in lines:
+        assert set(line) == ACCESS_FIELDS
+        assert line["service"] == "recommendations"
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$", line["timestamp"])
+        assert isinstance(line["duration_ms"], float)
+        assert line["duration_ms"] >= 0
+        assert line["peer"] is None  # plaintext: no certificate identity
+        assert re.match(r"^[0-9a-f]{32}$", line["trace_id"])
+    first = lines[0]
+    assert (first["method"], first["request_id"], first["trace_id"]) == (f"/{SERVICE}/Unary", "req-123", TRACE_ID)
+    assert first["peer_address"].startswith(("ipv4:127.0.0.1:", "ipv6:"))
+    assert re.match(r"^[0-9a-f]{32}$", lines[1]["request_id"])  # made up when the caller sent none
+    assert lines[3]["method"] == "unknown"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_malformed_request_id_is_replaced(kind: str, caplog) -> None:
+    with caplog.at_level(logging.INFO), serve(kind) as server:
+        call(server, b"hello", metadata=(("x-request-id", 'x" forged=1'),))
+    assert re.match(r"^[0-9a-f]{32}$", access_lines(caplog)[0]["request_id"])
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_metric_values_after_known_calls(kind: str) -> None:
+    with serve(kind) as server:
+        call(server, b"hello")
+        fail(server, b"bad-request")
+        fail(server, b"crash")
+        fail(server, b"nothing", method="Missing")
+        fail(server, b"nothing", method="Missing2")
+    value = server.registry.get_sample_value
+    unary = {"grpc_service": SERVICE, "grpc_method": "Unary", "grpc_type": "unary"}
+    unknown = {"grpc_service": "unknown", "grpc_method": "unknown", "grpc_type": "unary"}
+    assert value("grpc_server_started_total", unary) == 3
+    for code in ("OK", "INVALID_ARGUMENT", "INTERNAL"):
+        assert value("grpc_server_handled_total", {**unary, "grpc_code": code}) == 1, code
+    assert value("grpc_server_handling_seconds_count", unary) == 3
+    assert value("grpc_server_handling_seconds_bucket", {**unary, "le": "10.0"}) == 3
+    assert value("grpc_server_in_flight", unary) == 0
+    assert value("grpc_server_handled_total", {**unknown, "grpc_code": "UNIMPLEMENTED"}) == 2  # collapsed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_client_metrics_count_outgoing_calls(kind: str) -> None:
+    with serve(kind) as downstream, serve(kind, downstream=downstream) as front:
+        call(front, b"forward")
+    labels = {"grpc_service": SERVICE, "grpc_method": "Unary", "grpc_type": "unary", "grpc_code": "OK"}
+    assert front.registry.get_sample_value("grpc_client_handled_total", labels) == 1
+
+
+# --- propagation across two hops ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_request_id_and_trace_context_cross_two_hops(kind: str, caplog) -> None:
+    provider = TracerProvider()
+    spans = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    with (
+        caplog.at_level(logging.INFO),
+        serve(kind, name="back", provider=provider) as back,
+        serve(kind, downstream=back, name="front", provider=provider) as front,
+    ):
+        seen = json.loads(call(front, b"forward", metadata=(("x-request-id", "abc-1"), ("traceparent", TRACEPARENT))))
+    assert seen == {"request_id": "abc-1", "trace_id": TRACE_ID}
+    by_service = {line["service"]: line for line in access_lines(caplog)}
+    assert by_service["front"]["request_id"] == by_service["back"]["request_id"] == "abc-1"
+    assert by_service["front"]["trace_id"] == by_service["back"]["trace_id"] == TRACE_ID
+
+    servers = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    clients = [s for s in spans.get_finished_spans() if s.kind == SpanKind.CLIENT]
+    assert len(servers) == 2
+    assert len(clients) == 1
+    assert {format(s.context.trace_id, "032x") for s in servers + clients} == {TRACE_ID}
+    front_span, back_span = sorted(servers, key=lambda s: s.start_time)
+    assert clients[0].parent.span_id == front_span.context.span_id
+    assert back_span.parent.span_id == clients[0].context.span_id
+    assert front_span.attributes["rpc.system"] == "grpc"
+    assert front_span.attributes["rpc.service"] == SERVICE
+    assert front_span.attributes["rpc.method"] == "Unary"
+    assert front_span.attributes["rpc.grpc.status_code"] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_failed_calls_mark_the_span_as_error(kind: str) -> None:
+    with serve(kind) as server:
+        fail(server, b"crash")
+    [span] = server.spans.get_finished_spans()
+    assert span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
+    assert span.status.status_code.name == "ERROR"
+    assert span.events[0].name == "exception"
+
+
+# --- ordering -------------------------------------------------------------------------------------
+
+
+def test_stack_order() -> None:
+    names = [type(m).__name__ for m in server_middleware("x", registry=CollectorRegistry())]
+    assert names == [
+        "RequestId", "Tracing", "ServerMetrics", "AccessLog", "ExceptionToStatus", "ErrorLogging", "DeadlineRecorder",
+    ]  # fmt: skip
+    with_policy = server_middleware("x", policy=AccessPolicy({}), registry=CollectorRegistry())
+    assert [type(m).__name__ for m in with_policy][-2:] == ["Authorization", "DeadlineRecorder"]

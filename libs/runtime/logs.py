@@ -31,7 +31,9 @@ class JsonFormatter(logging.Formatter):
         if record.name == ACCESS_LOGGER:
             return record.getMessage()
         entry = {
-            "timestamp": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(timespec="milliseconds"),
+            "timestamp": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),

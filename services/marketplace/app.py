@@ -104,5 +104,5 @@ def create_app(recommendations: recommendations_pb2_grpc.RecommendationServiceSt
             Route("/metrics", metrics),
             # Runfiles and image layers hold symlinks; paths are still confined to the directory.
             Mount("/static", StaticFiles(directory=HERE / "static", follow_symlink=True), name="static"),
-        ]
+        ],
     )

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 import uvicorn
 
 from books.recommendations.v1 import recommendations_pb2_grpc
-from libs.runtime.channel import create_channel, normalize_target
 from libs.interceptors.tracing import configure_tracing
+from libs.runtime.channel import create_channel, normalize_target
 from libs.runtime.config import add_flag, add_log_flags, add_tls_flags, tls_files
 from libs.runtime.logs import configure_logging
 from libs.runtime.tls import TlsFiles
