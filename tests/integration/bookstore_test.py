@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
+import re
 import subprocess
 import time
 import urllib.error
@@ -144,6 +146,31 @@ def test_home_page_lists_three_mysteries(bookstore: Bookstore) -> None:
     assert sum(title in body for title in mysteries) == 3
     assert "Dune" not in body
     assert NOTICE not in body
+
+
+def test_request_id_reaches_recommendations_access_log(bookstore: Bookstore) -> None:
+    request = urllib.request.Request(bookstore.url, headers={"X-Request-ID": "checkout-7f3a"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.headers["X-Request-ID"] == "checkout-7f3a"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        access = [
+            json.loads(line) for line in list(bookstore.recommendations.lines) if '"request_id":"checkout-7f3a"' in line
+        ]
+        if access:
+            break
+        time.sleep(0.05)
+    assert access, "the request id never reached Recommendations' access log"
+    [line] = access
+    assert line["method"] == "/books.recommendations.v1.RecommendationService/Recommend"
+    assert line["code"] == "OK"
+    assert line["peer"] == "marketplace"  # the mTLS identity of the caller
+    assert line["service"] == "recommendations"
+
+
+def test_a_request_id_is_made_when_none_is_sent(bookstore: Bookstore) -> None:
+    with urllib.request.urlopen(bookstore.url, timeout=10) as response:
+        assert re.match(r"^[0-9a-f]{32}$", response.headers["X-Request-ID"])
 
 
 def test_recommend_over_the_wire(bookstore: Bookstore) -> None:

@@ -70,6 +70,8 @@ def run(args: argparse.Namespace, certs: Path | None) -> int:
             args.recommendations_port,
             "--drain-seconds",
             "0",  # nothing balances across a single local process: stop at once
+            "--log-format",
+            "text",
             *tls_flags(certs, "recommendations"),
         ],
     )
@@ -83,6 +85,8 @@ def run(args: argparse.Namespace, certs: Path | None) -> int:
             args.port,
             "--recommendations-addr",
             f"{args.host}:{args.recommendations_port}",
+            "--log-format",
+            "text",
             *tls_flags(certs, "marketplace"),
         ],
     )
