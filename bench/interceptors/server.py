@@ -1,0 +1,30 @@
+"""The Recommendations server for bench/interceptors: `--variant full` (our whole middleware stack)
+or `--variant bare` (no interceptors at all), plaintext, otherwise exactly the production wiring."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from libs.runtime.config import add_server_flags, server_config
+from libs.runtime.logs import configure_logging
+from services.recommendations.catalog import DEFAULT_CATALOG, Catalog
+from services.recommendations.main import build_server
+from services.recommendations.servicer import category_names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    add_server_flags(parser, "BENCH", 0)
+    parser.add_argument("--variant", choices=("full", "bare"), required=True)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_format)
+    catalog = Catalog.from_csv(DEFAULT_CATALOG, category_names())
+    server = build_server(server_config(args), catalog, middleware=None if args.variant == "full" else [])
+    asyncio.run(server.run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
