@@ -13,6 +13,7 @@ servers must answer a sample of calls from a real gRPC client with OK.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -30,6 +31,9 @@ from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_gr
 from libs.processes.processes import ChildProcess, free_port, runfile
 
 METHOD = "/books.recommendations.v1.RecommendationService/Recommend"
+# One core for the server, the other for h2load: without pinning, the two fight over both cores and
+# rounds of the same variant differ by 30 %.
+PIN_SERVER, PIN_LOAD = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if shutil.which("taskset") else ([], [])
 REQUEST = recommendations_pb2.RecommendRequest(user_id=1, category=catalog_pb2.MYSTERY, max_results=3)
 
 
@@ -38,6 +42,13 @@ class Result:
     requests_per_second: float
     mean_latency_ms: float
     succeeded: int
+    cpu_us_per_request: float = 0.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -47,6 +58,7 @@ def grpc_frame(message: bytes) -> bytes:
 
 def run_h2load(port: int, body: Path, requests: int, clients: int, streams: int) -> Result:
     command = [
+        *PIN_LOAD,
         "h2load", "-n", str(requests), "-c", str(clients), "-m", str(streams), "-t", "1",
         "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body),
         f"http://127.0.0.1:{port}{METHOD}",
@@ -75,11 +87,19 @@ def handled_ok(metrics_port: int) -> float:
 
 def start(variant: str) -> tuple[ChildProcess, int, int]:
     port, metrics_port = free_port(), free_port()
-    args = [runfile("bench/interceptors/server"), "--variant", variant, "--insecure", "--host", "127.0.0.1"]
+    args = [
+        *PIN_SERVER,
+        runfile("bench/interceptors/server"),
+        "--variant",
+        variant,
+        "--insecure",
+        "--host",
+        "127.0.0.1",
+    ]
     args += ["--port", str(port), "--drain-seconds", "0", "--blocking-workers", "4"]
     if variant == "full":
         args += ["--metrics-port", str(metrics_port)]
-    server = ChildProcess(variant, args, on_line=lambda line: None).start()
+    server = ChildProcess(variant, args, discard_output=True).start()
     server.wait_for_port(port)
     return server, port, metrics_port
 
@@ -98,15 +118,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as temporary:
         body = Path(temporary) / "request.bin"
         body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
-        results: dict[str, list[Result]] = {"bare": [], "full": []}
+        results: dict[str, list[Result]] = {"bare": [], "noop": [], "full": []}
         servers = {variant: start(variant) for variant in results}
         try:
             for _, port, _ in servers.values():
                 check_statuses(port)
                 run_h2load(port, body, min(args.requests, 5000), args.clients, args.streams)  # warm-up
             for _ in range(args.rounds):
-                for variant, (_, port, _) in servers.items():
-                    results[variant].append(run_h2load(port, body, args.requests, args.clients, args.streams))
+                for variant, (server, port, _) in servers.items():
+                    before = cpu_seconds(server.pid)
+                    result = run_h2load(port, body, args.requests, args.clients, args.streams)
+                    result.cpu_us_per_request = (cpu_seconds(server.pid) - before) / args.requests * 1e6
+                    results[variant].append(result)
             full_port, full_metrics = servers["full"][1], servers["full"][2]
             expected = 50 + min(args.requests, 5000) + args.rounds * args.requests
             assert handled_ok(full_metrics) == expected, "some requests did not end with grpc-status OK"
@@ -118,13 +141,20 @@ def main(argv: list[str] | None = None) -> int:
 
     median = {v: sorted(r, key=lambda x: x.requests_per_second)[len(r) // 2] for v, r in results.items()}
     bare, full = median["bare"], median["full"]
-    print(f"Recommend over loopback, h2load -n{args.requests} -c{args.clients} -m{args.streams} -t1, median of {args.rounds}")
+    print(
+        f"Recommend over loopback, h2load -n{args.requests} -c{args.clients} -m{args.streams} -t1, median of {args.rounds}"
+    )
     print(f"{'variant':<40} {'req/s':>10} {'mean latency':>14} {'vs bare':>8}")
-    print(f"{'bare grpc.aio (no interceptors)':<40} {bare.requests_per_second:>10,.0f} {bare.mean_latency_ms:>11.2f} ms {1:>8.2f}")
+    print(
+        f"{'bare grpc.aio (no interceptors)':<40} {bare.requests_per_second:>10,.0f} {bare.mean_latency_ms:>11.2f} ms {1:>8.2f}"
+    )
     print(
         f"{'full stack (libs/interceptors)':<40} {full.requests_per_second:>10,.0f} {full.mean_latency_ms:>11.2f} ms "
         f"{full.requests_per_second / bare.requests_per_second:>8.2f}"
     )
+    for variant, rs in results.items():
+        cpu = statistics.median(r.cpu_us_per_request for r in rs)
+        print(f"{variant}: server CPU {cpu:.0f} us/request")
     spread = {v: [round(r.requests_per_second) for r in rs] for v, rs in results.items()}
     print(f"all rounds (req/s): {spread}; every request answered grpc-status OK (server metrics)")
     cost = 1 - full.requests_per_second / bare.requests_per_second

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import sys
 
+from libs.interceptors.core import Middleware
 from libs.runtime.config import add_server_flags, server_config
 from libs.runtime.logs import configure_logging
 from services.recommendations.catalog import DEFAULT_CATALOG, Catalog
@@ -17,11 +18,12 @@ from services.recommendations.servicer import category_names
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     add_server_flags(parser, "BENCH", 0)
-    parser.add_argument("--variant", choices=("full", "bare"), required=True)
+    parser.add_argument("--variant", choices=("full", "bare", "noop"), required=True)
     args = parser.parse_args(argv)
     configure_logging(args.log_format)
     catalog = Catalog.from_csv(DEFAULT_CATALOG, category_names())
-    server = build_server(server_config(args), catalog, middleware=None if args.variant == "full" else [])
+    middleware = {"full": None, "bare": [], "noop": [Middleware()]}[args.variant]
+    server = build_server(server_config(args), catalog, middleware=middleware)
     asyncio.run(server.run())
     return 0
 

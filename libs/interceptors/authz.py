@@ -90,7 +90,8 @@ class Authorization(Middleware):
         if call.context is None:
             return  # an unregistered method: gRPC answers UNIMPLEMENTED
         identities = peer_identities(call.context)
+        call.peer = peer_name(call.context)
         if not identities:
             raise Unauthenticated("a client certificate with a DNS SAN is required")
         if not self._policy.permits(call.method, identities):
-            raise PermissionDenied(f"{peer_name(call.context) or 'anonymous'} may not call {call.method}")
+            raise PermissionDenied(f"{call.peer or 'anonymous'} may not call {call.method}")

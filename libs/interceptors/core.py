@@ -7,25 +7,33 @@ authorisation, deadlines) is a `Middleware` with three hooks that know nothing o
 - `fail(call, exc)` when the handler (or a `begin`) raised: may return the `Abort` to answer with;
 - `end(call)` after the call, in reverse order, always, with the final status code in `call.code`.
 
-`AsyncServerInterceptor` and `SyncServerInterceptor` run the whole stack in ONE interceptor layer.
-We keep grpc-interceptor's named exceptions (one per status code) and its handler plumbing idea, but
-not one interceptor per concern: every layer costs a wrapper closure (and, on aio, a coroutine) per
-call, and this stack has eight concerns (see bench/interceptors for the measured cost of the stack).
-Calls to methods no service registered never reach a handler; they are reported to the pipeline
-with method "unknown" so that metrics count them without unbounded labels.
+A `Pipeline` wraps a method's handler once; the wrapper runs the hooks around each call, in the
+call's own form (sync or aio). It reaches the server in one of two ways:
+
+- `AsyncServerInterceptor` / `SyncServerInterceptor`: standard gRPC server interceptors, for any
+  server (`server_interceptors()` in __init__.py);
+- `instrument(server, pipeline)`: wraps the handlers as services register them, which is what
+  libs/runtime does. Measured with bench/interceptors: grpc.aio's interceptor path costs about 8 %
+  of Recommend throughput by itself (an extra coroutine and handler lookup per call, and no use of
+  the registered-method fast path), more than all our hooks together once tuned.
+
+Why not one grpc-interceptor `AsyncServerInterceptor` per concern, as that library suggests: every
+layer adds that interceptor cost again, eight times for this stack. We keep grpc-interceptor's named
+exceptions (one per status code), which the ExceptionToStatus hook understands.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from grpc_interceptor.exceptions import GrpcException
 
 UNKNOWN = "unknown"
+_HANDLER_CACHE_LIMIT = 4096  # wrapped handlers kept per adapter; a bound against per-call handlers
 
 
 @dataclass(frozen=True)
@@ -37,25 +45,33 @@ class Abort:
     trailers: tuple[tuple[str, str | bytes], ...] = ()
 
 
-@dataclass
 class Call:
     """What the middleware knows of one RPC; hooks read it and add to it."""
 
-    method: str  # "/pkg.Service/Method", or "unknown" for an unregistered method
-    service: str
-    name: str
-    kind: str  # unary, client_stream, server_stream, bidi_stream
-    context: Any  # grpc.ServicerContext or grpc.aio.ServicerContext; None for unregistered methods
-    metadata: dict[str, str]
-    started: float = field(default_factory=time.perf_counter)
-    code: grpc.StatusCode = grpc.StatusCode.OK
-    exception: BaseException | None = None
-    unexpected: bool = False  # an exception that is neither a GrpcException nor a deliberate abort
-    duration: float = 0.0
-    request_id: str = ""
-    trace_id: str = ""
-    begun: int = 0  # how many middleware began: only those are ended
-    scratch: dict[str, Any] = field(default_factory=dict)
+    __slots__ = (
+        "method", "service", "name", "kind", "context", "metadata", "started", "code", "exception",
+        "unexpected", "duration", "request_id", "trace_id", "peer", "begun", "span", "otel_token", "series",
+    )  # fmt: skip
+
+    def __init__(self, method: str, service: str, name: str, kind: str, context: Any, metadata: dict) -> None:
+        self.method = method  # "/pkg.Service/Method", or "unknown" for an unregistered method
+        self.service = service
+        self.name = name
+        self.kind = kind  # unary, client_stream, server_stream, bidi_stream
+        self.context = context  # grpc.ServicerContext or grpc.aio.ServicerContext; None if unregistered
+        self.metadata = metadata
+        self.started = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        self.exception: BaseException | None = None
+        self.unexpected = False  # neither a GrpcException nor a deliberate abort
+        self.duration = 0.0
+        self.request_id = ""
+        self.trace_id = ""
+        self.peer = ""  # the verified caller's name under mTLS (set by Authorization)
+        self.begun = 0  # how many middleware began: only those are ended
+        self.span: Any = None  # Tracing's
+        self.otel_token: Any = None
+        self.series: Any = None  # ServerMetrics'
 
 
 class Middleware:
@@ -76,25 +92,34 @@ def split_method(method: str) -> tuple[str, str]:
     return service or UNKNOWN, name or UNKNOWN
 
 
-def _kind(handler: grpc.RpcMethodHandler) -> str:
+def kind_of(handler: grpc.RpcMethodHandler) -> str:
     if handler.request_streaming:
         return "bidi_stream" if handler.response_streaming else "client_stream"
     return "server_stream" if handler.response_streaming else "unary"
 
 
-def _metadata(details: grpc.HandlerCallDetails) -> dict[str, str]:
-    return {key: value for key, value in (details.invocation_metadata or ()) if isinstance(value, str)}
+def _metadata(pairs: Any) -> dict[str, str]:
+    return {key: value for key, value in (pairs or ()) if isinstance(value, str)}
+
+
+def _aborted(exc: BaseException, context_code: grpc.StatusCode | None) -> bool:
+    # aio raises AbortError from context.abort(); sync raises a plain Exception after setting the code.
+    return isinstance(exc, grpc.aio.AbortError) or (context_code is not None and context_code != grpc.StatusCode.OK)
+
+
+_FACTORIES = {
+    "unary": grpc.unary_unary_rpc_method_handler,
+    "client_stream": grpc.stream_unary_rpc_method_handler,
+    "server_stream": grpc.unary_stream_rpc_method_handler,
+    "bidi_stream": grpc.stream_stream_rpc_method_handler,
+}
 
 
 class Pipeline:
-    """The ordered middleware stack and the bookkeeping the adapters share."""
+    """The ordered middleware stack, and the wrappers that run it around a method's handler."""
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.middleware = tuple(middleware)
-
-    def open(self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, context: Any) -> Call:
-        service, name = split_method(details.method)
-        return Call(details.method, service, name, _kind(handler), context, _metadata(details))
 
     def begin(self, call: Call) -> None:
         for index, middleware in enumerate(self.middleware):
@@ -123,52 +148,70 @@ class Pipeline:
         for middleware in reversed(self.middleware[: call.begun]):
             middleware.end(call)
 
-    def unregistered(self, details: grpc.HandlerCallDetails) -> None:
+    def unregistered(self, metadata: Any) -> None:
         """Counts a call to a method no service offers (gRPC answers UNIMPLEMENTED itself)."""
-        call = Call(UNKNOWN, UNKNOWN, UNKNOWN, "unary", None, _metadata(details), code=grpc.StatusCode.UNIMPLEMENTED)
+        call = Call(UNKNOWN, UNKNOWN, UNKNOWN, "unary", None, _metadata(metadata))
+        call.code = grpc.StatusCode.UNIMPLEMENTED
         self.begin(call)
         self.close(call)
 
+    def wrap_async(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` of `method` for a grpc.aio server, with the pipeline around each call."""
+        service, name = split_method(method)
+        kind, inner = kind_of(handler), _inner(handler)
 
-def _aborted(exc: BaseException, context_code: grpc.StatusCode | None) -> bool:
-    # aio raises AbortError from context.abort(); sync raises a plain Exception after setting the code.
-    return isinstance(exc, grpc.aio.AbortError) or (context_code is not None and context_code != grpc.StatusCode.OK)
+        async def abort_or_raise(call: Call, context: grpc.aio.ServicerContext, exc: BaseException) -> Any:
+            abort = self.failed(call, exc)
+            self.close(call)
+            if abort is None:
+                raise exc
+            await context.abort(abort.code, abort.details, abort.trailers)
 
+        def open_call(context: grpc.aio.ServicerContext) -> Call:
+            return Call(method, service, name, kind, context, _metadata(context.invocation_metadata()))
 
-def _handler(handler: grpc.RpcMethodHandler, behaviour: Callable) -> grpc.RpcMethodHandler:
-    factories = {
-        "unary": grpc.unary_unary_rpc_method_handler,
-        "client_stream": grpc.stream_unary_rpc_method_handler,
-        "server_stream": grpc.unary_stream_rpc_method_handler,
-        "bidi_stream": grpc.stream_stream_rpc_method_handler,
-    }
-    return factories[_kind(handler)](
-        behaviour,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+        if handler.response_streaming:
 
+            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
+                call = open_call(context)
+                try:
+                    self.begin(call)
+                    responses = inner(request, context)
+                    if hasattr(responses, "__aiter__"):
+                        async for response in responses:
+                            yield response
+                    else:  # a coroutine writing with context.write(): the read/write API
+                        await responses
+                except Exception as exc:
+                    await abort_or_raise(call, context, exc)
+                self.succeeded(call)
+                self.close(call)
 
-def _method(handler: grpc.RpcMethodHandler) -> Callable:
-    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+        else:
 
+            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = open_call(context)
+                try:
+                    self.begin(call)
+                    response = inner(request, context)
+                    if hasattr(response, "__await__"):
+                        response = await response
+                except Exception as exc:
+                    return await abort_or_raise(call, context, exc)
+                self.succeeded(call)
+                self.close(call)
+                return response
 
-class SyncServerInterceptor(grpc.ServerInterceptor):
-    """Runs a Pipeline around every call of a sync `grpc.server`."""
+        return _rebuild(handler, kind, behaviour)
 
-    def __init__(self, middleware: Sequence[Middleware]) -> None:
-        self.pipeline = Pipeline(middleware)
-
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
-        handler = continuation(details)
-        if handler is None:
-            self.pipeline.unregistered(details)
-            return None
-        method, pipeline = _method(handler), self.pipeline
+    def wrap_sync(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """`handler` of `method` for a sync grpc.server, with the pipeline around each call."""
+        service, name = split_method(method)
+        kind, inner = kind_of(handler), _inner(handler)
 
         def abort_or_raise(call: Call, context: grpc.ServicerContext, exc: BaseException) -> Any:
-            abort = pipeline.failed(call, exc)
-            pipeline.close(call)
+            abort = self.failed(call, exc)
+            self.close(call)
             if abort is None:
                 raise exc
             if abort.trailers:
@@ -180,75 +223,121 @@ class SyncServerInterceptor(grpc.ServerInterceptor):
                 yield from responses
             except Exception as exc:
                 abort_or_raise(call, context, exc)
-            pipeline.succeeded(call)
-            pipeline.close(call)
+            self.succeeded(call)
+            self.close(call)
 
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
-            call = pipeline.open(details, handler, context)
+            call = Call(method, service, name, kind, context, _metadata(context.invocation_metadata()))
             try:
-                pipeline.begin(call)
-                response = method(request, context)
+                self.begin(call)
+                response = inner(request, context)
             except Exception as exc:
                 return abort_or_raise(call, context, exc)
             if handler.response_streaming:
                 return stream(call, context, response)
-            pipeline.succeeded(call)
-            pipeline.close(call)
+            self.succeeded(call)
+            self.close(call)
             return response
 
-        return _handler(handler, behaviour)
+        return _rebuild(handler, kind, behaviour)
+
+
+def _inner(handler: grpc.RpcMethodHandler) -> Callable:
+    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+
+
+def _rebuild(handler: grpc.RpcMethodHandler, kind: str, behaviour: Callable) -> grpc.RpcMethodHandler:
+    return _FACTORIES[kind](
+        behaviour, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
+
+
+class _HandlerCache:
+    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
+        self._wrap = wrap
+        self._wrapped: dict[tuple[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] = {}
+
+    def get(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        key = (method, handler)
+        found = self._wrapped.get(key)
+        if found is None:
+            found = self._wrap(method, handler)
+            if len(self._wrapped) < _HANDLER_CACHE_LIMIT:
+                self._wrapped[key] = found
+        return found
 
 
 class AsyncServerInterceptor(grpc.aio.ServerInterceptor):
-    """Runs a Pipeline around every call of a `grpc.aio` server."""
+    """Runs a Pipeline around every call of a `grpc.aio` server, as a standard interceptor."""
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.pipeline = Pipeline(middleware)
+        self._cache = _HandlerCache(self.pipeline.wrap_async)
 
     async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         if handler is None:
-            self.pipeline.unregistered(details)
+            self.pipeline.unregistered(details.invocation_metadata)
             return None
-        method, pipeline = _method(handler), self.pipeline
+        return self._cache.get(details.method, handler)
 
-        async def abort_or_raise(call: Call, context: grpc.aio.ServicerContext, exc: BaseException) -> Any:
-            abort = pipeline.failed(call, exc)
-            pipeline.close(call)
-            if abort is None:
-                raise exc
-            await context.abort(abort.code, abort.details, abort.trailers)
 
-        if handler.response_streaming:
+class SyncServerInterceptor(grpc.ServerInterceptor):
+    """Runs a Pipeline around every call of a sync `grpc.server`, as a standard interceptor."""
 
-            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
-                call = pipeline.open(details, handler, context)
-                try:
-                    pipeline.begin(call)
-                    responses = method(request, context)
-                    if hasattr(responses, "__aiter__"):
-                        async for response in responses:
-                            yield response
-                    else:  # a coroutine writing with context.write(): the read/write API
-                        await responses
-                except Exception as exc:
-                    await abort_or_raise(call, context, exc)
-                pipeline.succeeded(call)
-                pipeline.close(call)
+    def __init__(self, middleware: Sequence[Middleware]) -> None:
+        self.pipeline = Pipeline(middleware)
+        self._cache = _HandlerCache(self.pipeline.wrap_sync)
 
-        else:
+    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+        handler = continuation(details)
+        if handler is None:
+            self.pipeline.unregistered(details.invocation_metadata)
+            return None
+        return self._cache.get(details.method, handler)
 
-            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = pipeline.open(details, handler, context)
-                try:
-                    pipeline.begin(call)
-                    response = method(request, context)
-                    if hasattr(response, "__await__"):
-                        response = await response
-                except Exception as exc:
-                    return await abort_or_raise(call, context, exc)
-                pipeline.succeeded(call)
-                pipeline.close(call)
-                return response
 
-        return _handler(handler, behaviour)
+class _WrappedGenericHandler(grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, cache: _HandlerCache) -> None:
+        self._inner, self._cache = inner, cache
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        handler = self._inner.service(details)
+        return None if handler is None else self._cache.get(details.method, handler)
+
+
+class _Unregistered(grpc.GenericRpcHandler):
+    """Last in line: sees only calls no service took, counts them, and lets gRPC say UNIMPLEMENTED."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    def service(self, details: grpc.HandlerCallDetails) -> None:
+        self._pipeline.unregistered(details.invocation_metadata)
+        return None
+
+
+class InstrumentedServer:
+    """A server whose services get the pipeline as they register (`add_XServicer_to_server(s, this)`).
+
+    Call `finish()` after the last service registered: it adds the handler that counts calls to
+    unregistered methods.
+    """
+
+    def __init__(self, server: Any, pipeline: Pipeline, asynchronous: bool = True) -> None:
+        self._server = server
+        self._pipeline = pipeline
+        self._cache = _HandlerCache(pipeline.wrap_async if asynchronous else pipeline.wrap_sync)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_WrappedGenericHandler(h, self._cache) for h in handlers))
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+        wrapped = {name: self._cache.get(f"/{service}/{name}", h) for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, wrapped)
+
+    def finish(self) -> None:
+        self._server.add_generic_rpc_handlers((_Unregistered(self._pipeline),))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)

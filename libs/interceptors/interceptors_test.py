@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from libs.interceptors import AccessPolicy, client_interceptors, server_interceptors, server_middleware
+from libs.interceptors.access_log import flush_all
 from libs.interceptors.errors import BadRequest, FieldViolation, field_violations
 from libs.interceptors.exception_to_status import INTERNAL_ERROR_DETAILS
 from libs.interceptors.request_id import current_request_id
@@ -228,13 +229,23 @@ def test_unexpected_exception_logged_once_with_method_and_traceback(kind: str, c
 # --- access log -----------------------------------------------------------------------------------
 
 
+def fresh_access_log(caplog) -> None:
+    """Drops what earlier tests' servers still had queued, then captures INFO."""
+    flush_all()
+    caplog.clear()
+    caplog.set_level(logging.INFO)
+
+
 def access_lines(caplog) -> list[dict]:
-    return [json.loads(r.getMessage()) for r in caplog.records if r.name == "access"]
+    flush_all()
+    batches = [r.getMessage() for r in caplog.records if r.name == "access"]
+    return [json.loads(line) for batch in batches for line in batch.split("\n")]
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_access_log_is_one_json_line_per_rpc(kind: str, caplog) -> None:
-    with caplog.at_level(logging.INFO), serve(kind, name="recommendations") as server:
+    fresh_access_log(caplog)
+    with serve(kind, name="recommendations") as server:
         call(server, b"hello", metadata=(("x-request-id", "req-123"), ("traceparent", TRACEPARENT)))
         fail(server, b"bad-request")
         fail(server, b"crash")
@@ -258,7 +269,8 @@ def test_access_log_is_one_json_line_per_rpc(kind: str, caplog) -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_malformed_request_id_is_replaced(kind: str, caplog) -> None:
-    with caplog.at_level(logging.INFO), serve(kind) as server:
+    fresh_access_log(caplog)
+    with serve(kind) as server:
         call(server, b"hello", metadata=(("x-request-id", 'x" forged=1'),))
     assert re.match(r"^[0-9a-f]{32}$", access_lines(caplog)[0]["request_id"])
 
@@ -302,8 +314,8 @@ def test_request_id_and_trace_context_cross_two_hops(kind: str, caplog) -> None:
     provider = TracerProvider()
     spans = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(spans))
+    fresh_access_log(caplog)
     with (
-        caplog.at_level(logging.INFO),
         serve(kind, name="back", provider=provider) as back,
         serve(kind, downstream=back, name="front", provider=provider) as front,
     ):

@@ -9,6 +9,8 @@ label values at will. `start_metrics_server(port)` exposes /metrics over HTTP.
 
 from __future__ import annotations
 
+from typing import Any
+
 import prometheus_client
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -48,23 +50,47 @@ class RpcMetrics:
         )
 
 
+class _MethodSeries:
+    """The labelled children of one method, looked up once (`labels()` costs a lock and a dict)."""
+
+    def __init__(self, metrics: RpcMetrics, labels: tuple[str, str, str]) -> None:
+        self._metrics, self._labels = metrics, labels
+        self.started = metrics.started.labels(*labels)
+        self.latency = metrics.latency.labels(*labels)
+        self.in_flight = metrics.in_flight.labels(*labels) if metrics.in_flight is not None else None
+        self._handled: dict[str, Any] = {}
+
+    def handled(self, code: str) -> Any:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._metrics.handled.labels(*self._labels, code)
+        return child
+
+
 class ServerMetrics(Middleware):
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.metrics = RpcMetrics.of("server", registry)
+        self._series: dict[tuple[str, str, str], _MethodSeries] = {}
+
+    def series(self, labels: tuple[str, str, str]) -> _MethodSeries:
+        found = self._series.get(labels)
+        if found is None:  # bounded: registered methods, plus "unknown"
+            found = self._series[labels] = _MethodSeries(self.metrics, labels)
+        return found
 
     def begin(self, call: Call) -> None:
-        labels = (call.service, call.name, call.kind)
-        call.scratch["metric_labels"] = labels
-        self.metrics.started.labels(*labels).inc()
-        if self.metrics.in_flight is not None and call.context is not None:
-            self.metrics.in_flight.labels(*labels).inc()
+        series = self.series((call.service, call.name, call.kind))
+        call.series = series
+        series.started.inc()
+        if series.in_flight is not None and call.context is not None:
+            series.in_flight.inc()
 
     def end(self, call: Call) -> None:
-        labels = call.scratch["metric_labels"]
-        self.metrics.handled.labels(*labels, call.code.name).inc()
-        self.metrics.latency.labels(*labels).observe(call.duration)
-        if self.metrics.in_flight is not None and call.context is not None:
-            self.metrics.in_flight.labels(*labels).dec()
+        series = call.series
+        series.handled(call.code.name).inc()
+        series.latency.observe(call.duration)
+        if series.in_flight is not None and call.context is not None:
+            series.in_flight.dec()
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:

@@ -8,8 +8,8 @@ HTTP front ends call `use_request_id(header_value)` per request.
 from __future__ import annotations
 
 import contextvars
+import os
 import re
-import uuid
 
 from libs.interceptors.core import Call, Middleware
 
@@ -25,7 +25,8 @@ def current_request_id() -> str:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (the shape of a W3C trace id; cheaper than uuid4)."""
+    return os.urandom(16).hex()
 
 
 def use_request_id(candidate: str | None) -> str:

@@ -49,26 +49,35 @@ def end_span(span: trace.Span, code_name: str, code_value: int, exception: BaseE
     span.end()
 
 
+def _recording(provider: trace.TracerProvider | None) -> bool:
+    """Whether spans would be recorded: false until an SDK provider is installed (configure_tracing)."""
+    provider = provider or trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
 class Tracing(Middleware):
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self._provider = tracer_provider
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
     def begin(self, call: Call) -> None:
-        parent = PROPAGATOR.extract(call.metadata, getter=_GETTER)
+        traced = "traceparent" in call.metadata
+        if not traced and not _recording(self._provider):
+            return  # nothing to continue and nothing to record: skip the no-op span's cost
+        parent = PROPAGATOR.extract(call.metadata, getter=_GETTER) if traced else None
         span = self._tracer.start_span(
             f"{call.service}/{call.name}", context=parent, kind=SpanKind.SERVER,
             attributes=rpc_attributes(call.service, call.name),
         )  # fmt: skip
-        call.scratch["span"] = span
-        call.scratch["otel_token"] = otel_context.attach(trace.set_span_in_context(span, parent))
+        call.span = span
+        call.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         call.trace_id = trace_id_of(span)
 
     def end(self, call: Call) -> None:
-        span = call.scratch.get("span")
-        if span is None:
+        if call.span is None:
             return
-        end_span(span, call.code.name, call.code.value[0], call.exception if call.unexpected else None)
-        otel_context.detach(call.scratch["otel_token"])
+        end_span(call.span, call.code.name, call.code.value[0], call.exception if call.unexpected else None)
+        otel_context.detach(call.otel_token)
 
 
 def configure_tracing(service_name: str) -> bool:

@@ -63,12 +63,15 @@ class ChildProcess:
         argv: Sequence[str],
         env: dict[str, str] | None = None,
         on_line: Callable[[str], None] | None = None,
+        discard_output: bool = False,
     ) -> None:
+        """`discard_output` sends the child's output to /dev/null (benchmarks: reading it costs CPU)."""
         self.name = name
         self.argv = [str(arg) for arg in argv]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.lines: collections.deque[str] = collections.deque(maxlen=1000)
         self._on_line = on_line or print_prefixed(name)
+        self._discard = discard_output
         self._process: subprocess.Popen[str] | None = None
         self._reader: threading.Thread | None = None
 
@@ -77,14 +80,15 @@ class ChildProcess:
             self.argv,
             env=self.env,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL if self._discard else subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        self._reader = threading.Thread(target=self._read, name=f"{self.name}-output", daemon=True)
-        self._reader.start()
+        if not self._discard:
+            self._reader = threading.Thread(target=self._read, name=f"{self.name}-output", daemon=True)
+            self._reader.start()
         return self
 
     def _read(self) -> None:

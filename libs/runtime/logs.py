@@ -21,6 +21,8 @@ FORMATS = ("json", "text")
 
 class _ContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == ACCESS_LOGGER:
+            return True  # its JSON already carries both ids
         record.request_id = current_request_id()
         record.trace_id = current_trace_id()
         return True
@@ -29,7 +31,7 @@ class _ContextFilter(logging.Filter):
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         if record.name == ACCESS_LOGGER:
-            return record.getMessage()
+            return record.getMessage()  # already JSON lines, one per call
         entry = {
             "timestamp": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
                 timespec="milliseconds"
@@ -45,6 +47,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, separators=(",", ":"))
 
 
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.name == ACCESS_LOGGER:  # a batch of lines: give each its own prefix
+            prefix = f"{self.formatTime(record)} INFO {ACCESS_LOGGER}: "
+            return "\n".join(prefix + line for line in record.getMessage().split("\n"))
+        return super().format(record)
+
+
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
     """Replaces the root logger's handlers with one writing `log_format` lines to stderr."""
     handler = logging.StreamHandler(sys.stderr)
@@ -52,7 +65,7 @@ def configure_logging(log_format: str = "json", level: int = logging.INFO) -> No
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from libs.interceptors import AccessPolicy, server_middleware
-from libs.interceptors.core import AsyncServerInterceptor, Middleware
+from libs.interceptors.access_log import flush_all
+from libs.interceptors.core import InstrumentedServer, Middleware, Pipeline
 from libs.interceptors.metrics import start_metrics_server
 from libs.runtime.config import ServerConfig
 from libs.runtime.tls import server_credentials
@@ -103,15 +104,20 @@ class GrpcServer:
         if middleware is None:
             middleware = server_middleware(self.service_name, logger=self.logger, policy=policy)
         server = grpc.aio.server(
-            interceptors=[AsyncServerInterceptor(middleware)] if middleware else [],
-            options=server_options(config),
-            maximum_concurrent_rpcs=config.max_concurrent_rpcs or None,
+            options=server_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs or None
         )
+        # The middleware wraps each handler as it registers: cheaper than gRPC's interceptor path.
+        target = InstrumentedServer(server, Pipeline(middleware)) if middleware else server
         for service in self.services:
-            service.register(server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            service.register(target)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
         names = [s.name for s in self.services] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
-        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        # Not reflection.enable_server_reflection: it picks the sync servicer for anything but a bare aio server.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME]), target
+        )
+        if isinstance(target, InstrumentedServer):
+            target.finish()
         self.port = self._bind(server, config.address, secure=True)
         self._servers.append(server)
 
@@ -158,6 +164,7 @@ class GrpcServer:
         await asyncio.sleep(self.config.drain_seconds)
         await asyncio.gather(*(server.stop(self.config.shutdown_grace) for server in self._servers))
         self.executor.shutdown(wait=False, cancel_futures=True)
+        flush_all()
         self.logger.info("stopped")
 
     async def run(self) -> None:

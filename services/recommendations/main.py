@@ -37,9 +37,7 @@ def parser() -> argparse.ArgumentParser:
     return result
 
 
-def build_server(
-    config: ServerConfig, catalog: Catalog, middleware: Sequence[Middleware] | None = None
-) -> GrpcServer:
+def build_server(config: ServerConfig, catalog: Catalog, middleware: Sequence[Middleware] | None = None) -> GrpcServer:
     """The server with its dependencies passed in: the catalog, and the runtime's executor.
     `middleware` replaces the standard stack (bench/interceptors compares against none)."""
     server = GrpcServer(config, DEFAULT_POLICY, logger, service_name="recommendations", middleware=middleware)

@@ -27,6 +27,8 @@ BOOKS = [Book(i, "MYSTERY", f"Mystery {i}", f"Author {i}", 1900 + i) for i in ra
 class SlowCatalog(Catalog):
     """Every query blocks its thread for 200 ms."""
 
+    blocking = True
+
     def sample(self, category: str, limit: int):
         time.sleep(0.2)
         return super().sample(category, limit)

@@ -1,8 +1,8 @@
 """The RecommendationService handler: validates a request and samples the catalog.
 
 Errors are raised as exceptions (BadRequest with one violation per bad field, NotFound);
-libs/interceptors turns them into statuses. The SQLite query runs on the bounded executor the
-runtime provides, so the event loop never blocks on it.
+libs/interceptors turns them into statuses. A catalog whose queries may block runs them on the
+bounded executor the runtime provides, so the event loop never waits on them.
 """
 
 from __future__ import annotations
@@ -63,8 +63,11 @@ class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServi
         self, request: recommendations_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> recommendations_pb2.RecommendResponse:
         category = validate(request)
-        loop = asyncio.get_running_loop()
-        books = await loop.run_in_executor(self._executor, self._catalog.sample, category, request.max_results)
+        if self._catalog.blocking:
+            loop = asyncio.get_running_loop()
+            books = await loop.run_in_executor(self._executor, self._catalog.sample, category, request.max_results)
+        else:
+            books = self._catalog.sample(category, request.max_results)
         if not books:
             raise NotFound(f"no books in category {category}")
         return recommendations_pb2.RecommendResponse(

@@ -96,6 +96,8 @@ def test_every_bad_field_is_reported_at_once(catalog: Catalog) -> None:
 class SlowCatalog(Catalog):
     """A catalog whose query blocks its thread for 200 ms, like a slow disk or a heavy query."""
 
+    blocking = True
+
     def sample(self, category: str, limit: int):
         time.sleep(0.2)
         return super().sample(category, limit)
