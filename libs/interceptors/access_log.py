@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import atexit
 import collections
-import datetime
-import json
 import logging
 import threading
 import time
 import weakref
+from json.encoder import encode_basestring_ascii
 
 from libs.interceptors.core import Call, Middleware
 
@@ -30,9 +29,15 @@ FLUSH_INTERVAL = 0.05
 _instances: weakref.WeakSet[AccessLog] = weakref.WeakSet()
 
 
+def _string(value: str | None) -> str:
+    """A JSON string, or null for None and ""."""
+    return encode_basestring_ascii(value) if value else "null"
+
+
 class AccessLog(Middleware):
     def __init__(self, service_name: str, logger: logging.Logger | None = None) -> None:
-        self._service = service_name
+        self._service_json = _string(service_name)
+        self._second, self._second_text = -1, ""
         self._logger = logger or logging.getLogger(ACCESS_LOGGER)
         self._pending: collections.deque[tuple] = collections.deque()
         self._lock = threading.Lock()
@@ -80,20 +85,17 @@ class AccessLog(Middleware):
             self._logger.handle(record)
 
     def _line(self, ended, method, code, duration, peer, address, request_id, trace_id) -> str:
-        timestamp = datetime.datetime.fromtimestamp(ended, datetime.UTC).isoformat(timespec="milliseconds")
-        return json.dumps(
-            {
-                "timestamp": timestamp,
-                "service": self._service,
-                "method": method,
-                "code": code,
-                "duration_ms": round(duration * 1000, 3),
-                "peer": peer or None,
-                "peer_address": address,
-                "request_id": request_id or None,
-                "trace_id": trace_id or None,
-            },
-            separators=(",", ":"),
+        # Hand-assembled JSON (strings escaped by json's C encoder): a third of json.dumps' cost.
+        second = int(ended)
+        if second != self._second:
+            self._second = second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        millis = int((ended - second) * 1000)
+        return (
+            f'{{"timestamp":"{self._second_text}.{millis:03d}+00:00","service":{self._service_json},'
+            f'"method":{_string(method)},"code":"{code}","duration_ms":{round(duration * 1000, 3)!r},'
+            f'"peer":{_string(peer)},"peer_address":{_string(address)},"request_id":{_string(request_id)},'
+            f'"trace_id":{_string(trace_id)}}}'
         )
 
 

@@ -63,14 +63,13 @@ class _Outgoing:
         request_id = current_request_id() or new_request_id()
         outgoing.append((METADATA_KEY, request_id))
         outgoing.extend(carrier.items())
-        labels = (service, name, kind)
-        self._metrics.started.labels(*labels).inc()
-        state = {"labels": labels, "span": span, "started": time.perf_counter(), "method": method, "id": request_id}
+        series = self._metrics.series((service, name, kind))
+        self._metrics.started(series, in_flight=False)
+        state = {"series": series, "span": span, "started": time.perf_counter(), "method": method, "id": request_id}
         return state, timeout, outgoing
 
     def finish(self, state: dict, code: grpc.StatusCode, details: str | None = None) -> None:
-        self._metrics.handled.labels(*state["labels"], code.name).inc()
-        self._metrics.latency.labels(*state["labels"]).observe(time.perf_counter() - state["started"])
+        self._metrics.finished(state["series"], code.name, time.perf_counter() - state["started"], in_flight=False)
         end_span(state["span"], code.name, code.value[0], None)
         if code != grpc.StatusCode.OK:
             logger.warning("call %s failed: %s: %s (request_id %s)", state["method"], code.name, details, state["id"])
