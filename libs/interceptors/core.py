@@ -87,6 +87,10 @@ class Middleware:
         return None
 
 
+def _overrides(middleware: Middleware, hook: str) -> bool:
+    return getattr(type(middleware), hook) is not getattr(Middleware, hook)
+
+
 def split_method(method: str) -> tuple[str, str]:
     service, _, name = method.lstrip("/").rpartition("/")
     return service or UNKNOWN, name or UNKNOWN
@@ -120,19 +124,24 @@ class Pipeline:
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.middleware = tuple(middleware)
+        # Only the hooks a middleware overrides are called: half of them are the base class's no-ops.
+        self._begins = [(i + 1, m.begin) for i, m in enumerate(self.middleware) if _overrides(m, "begin")]
+        self._fails = [m.fail for m in self.middleware if _overrides(m, "fail")]
+        self._ends = [(i, m.end) for i, m in reversed(list(enumerate(self.middleware))) if _overrides(m, "end")]
 
     def begin(self, call: Call) -> None:
-        for index, middleware in enumerate(self.middleware):
-            call.begun = index + 1  # a middleware whose begin raises is still ended
-            middleware.begin(call)
+        for begun, hook in self._begins:
+            call.begun = begun  # a middleware whose begin raises is still ended
+            hook(call)
+        call.begun = len(self.middleware)
 
     def failed(self, call: Call, exc: BaseException) -> Abort | None:
         """Records `exc`; returns how to answer (None: re-raise, the handler already chose a status)."""
         context_code = call.context.code() if call.context is not None else None
         call.exception = exc
         call.unexpected = not isinstance(exc, GrpcException) and not _aborted(exc, context_code)
-        for middleware in self.middleware:
-            abort = middleware.fail(call, exc)
+        for fail in self._fails:
+            abort = fail(call, exc)
             if abort is not None:
                 call.code = abort.code
                 return abort
@@ -145,8 +154,10 @@ class Pipeline:
 
     def close(self, call: Call) -> None:
         call.duration = time.perf_counter() - call.started
-        for middleware in reversed(self.middleware[: call.begun]):
-            middleware.end(call)
+        begun = call.begun
+        for index, end in self._ends:
+            if index < begun:
+                end(call)
 
     def unregistered(self, metadata: Any) -> None:
         """Counts a call to a method no service offers (gRPC answers UNIMPLEMENTED itself)."""
