@@ -31,7 +31,7 @@ def env_name(prefix: str, flag: str) -> str:
 def add_flag(parser: argparse.ArgumentParser, prefix: str, flag: str, default: Any, help: str, **kwargs: Any) -> None:
     """Adds `flag` whose default comes from its environment variable, then `default`."""
     env = env_name(prefix, flag)
-    if kwargs.get("action") == "store_true":
+    if kwargs.get("action") in ("store_true", argparse.BooleanOptionalAction):
         value: Any = os.environ.get(env, str(default)).strip().lower() in _TRUE
     else:
         value = os.environ.get(env, default)  # a string from the environment is parsed by `type`

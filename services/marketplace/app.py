@@ -1,23 +1,29 @@
-"""The Marketplace web app: server-rendered pages filled by the Recommendations gRPC service.
+"""The Marketplace web app: server-rendered pages and a JSON API over the Recommendations gRPC service.
 
-`create_app` takes the gRPC stub it calls, so the process entry point owns the channel and tests
-pass a fake. Each page has a time budget (`timeout`) that bounds every backend call it makes
-(libs/interceptors/deadlines). A failing or slow backend never breaks the page: it renders a notice
-in place of the list. A request the backend rejects as invalid gets a 400 page naming what is wrong.
+`create_app` takes the gRPC stubs it calls, so the process entry point owns the channel and tests
+pass fakes. Each request has a time budget (`timeout`) that bounds every backend call it makes
+(libs/interceptors/deadlines). A failing or slow backend never breaks a page: each section shows a
+notice in place of its list, within the budget; the API answers 503. Bad input gets a 400 page (or a
+JSON error naming each bad field, from the backend's BadRequest details where present); an unknown
+category gets a friendly 404.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import jinja2
 import prometheus_client
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -26,16 +32,58 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.interceptors.deadlines import deadline_scope
-from libs.interceptors.errors import field_violations
+from libs.interceptors.errors import FieldViolation, field_violations
 from libs.interceptors.request_id import HTTP_HEADER, use_request_id
 
 HERE = Path(__file__).parent
 HOME_MAX_RESULTS = 3
+CATEGORY_MAX_RESULTS = 10
 DEFAULT_USER = 1
+USER_COOKIE = "user"
 UNAVAILABLE_NOTICE = "Recommendations are unavailable right now. Please try again in a moment."
 INVALID_NOTICE = "We could not show recommendations for this request:"
+RECOMMENDATIONS_SERVICE = recommendations_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
 
 logger = logging.getLogger("marketplace")
+
+
+@dataclass(frozen=True)
+class Category:
+    enum: int
+    slug: str  # in URLs: /category/science-fiction
+    title: str  # in text: "Science fiction"
+
+
+_TITLES = {"SELF_HELP": "Self-help"}  # where the enum name's plain spelling is not how people write it
+CATEGORIES = [
+    Category(
+        value.number,
+        value.name.lower().replace("_", "-"),
+        _TITLES.get(value.name, value.name.replace("_", " ").capitalize()),
+    )
+    for value in catalog_pb2.BookCategory.DESCRIPTOR.values
+    if value.number != catalog_pb2.BOOK_CATEGORY_UNSPECIFIED
+]
+BY_SLUG = {category.slug: category for category in CATEGORIES}
+
+
+@dataclass
+class Section:
+    """One category's recommendations on a page, or why there are none."""
+
+    category: Category
+    books: list = field(default_factory=list)
+    notice: str | None = None
+    problems: list[str] = field(default_factory=list)
+    status: int = 200
+
+
+class BadParameters(Exception):
+    """Query parameters the marketplace itself rejects, before calling anything."""
+
+    def __init__(self, violations: list[FieldViolation]) -> None:
+        super().__init__("; ".join(str(v) for v in violations))
+        self.violations = violations
 
 
 class RequestIdMiddleware:
@@ -61,48 +109,165 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-async def metrics(request: Request) -> Response:
-    return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+def parse_int(value: str | None, name: str, default: int | None, violations: list[FieldViolation]) -> int | None:
+    if value is None or value == "":
+        return default
+    text = value.strip()
+    if not text.lstrip("-").isdigit() or len(text) > 12:
+        violations.append(FieldViolation(name, f"must be a whole number, got {value[:40]!r}"))
+        return None
+    return int(text)
 
 
-def create_app(recommendations: recommendations_pb2_grpc.RecommendationServiceStub, timeout: float) -> Starlette:
-    """The ASGI app; `timeout` is each page's budget in seconds for its calls to Recommendations."""
+def shopper(request: Request) -> tuple[int, bool]:
+    """The user id from `?user=` (which also sets the cookie) or the cookie; raises BadParameters."""
+    violations: list[FieldViolation] = []
+    given = request.query_params.get("user")
+    if given is not None:
+        user = parse_int(given, "user", DEFAULT_USER, violations)
+        if violations:
+            raise BadParameters(violations)
+        return user, True
+    cookie = request.cookies.get(USER_COOKIE, "")
+    return (int(cookie) if cookie.isdigit() and len(cookie) <= 12 else DEFAULT_USER), False
+
+
+def create_app(
+    recommendations: recommendations_pb2_grpc.RecommendationServiceStub,
+    timeout: float,
+    health: health_pb2_grpc.HealthStub | None = None,
+) -> Starlette:
+    """The ASGI app; `timeout` is each request's budget in seconds for its calls to Recommendations;
+    `health` (the backend's health service) feeds /readyz."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
     templates = Jinja2Templates(env=environment)
 
-    async def home(request: Request) -> Response:
-        context: dict = {"books": [], "notice": None, "problems": []}
-        status = 200
-        user = request.query_params.get("user", str(DEFAULT_USER))
-        if not user.lstrip("-").isdigit():
-            context.update(notice=INVALID_NOTICE, problems=[f"user: must be a whole number, got {user[:40]!r}"])
-            return templates.TemplateResponse(request, "home.html", context, status_code=400)
+    async def section(category: Category, user: int, max_results: int) -> Section:
+        result = Section(category)
+        request = recommendations_pb2.RecommendRequest(user_id=user, category=category.enum, max_results=max_results)
         try:
-            with deadline_scope(timeout):
-                response = await recommendations.Recommend(
-                    recommendations_pb2.RecommendRequest(
-                        user_id=int(user), category=catalog_pb2.MYSTERY, max_results=HOME_MAX_RESULTS
-                    )
-                )
-            context["books"] = list(response.recommendations)
+            result.books = list((await recommendations.Recommend(request)).recommendations)
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                status = 400
-                problems = field_violations(error)
-                context.update(notice=INVALID_NOTICE, problems=[str(p) for p in problems] or [error.details()])
+                result.status, result.notice = 400, INVALID_NOTICE
+                result.problems = [str(p) for p in field_violations(error)] or [error.details() or ""]
+            elif error.code() == grpc.StatusCode.NOT_FOUND:
+                result.notice = f"We have no {category.title.lower()} books to recommend yet."
             else:
-                logger.warning("Recommend failed: %s: %s", error.code().name, error.details())
-                context["notice"] = UNAVAILABLE_NOTICE
-        return templates.TemplateResponse(request, "home.html", context, status_code=status)
+                logger.warning("Recommend(%s) failed: %s: %s", category.slug, error.code().name, error.details())
+                result.notice = UNAVAILABLE_NOTICE
+        return result
+
+    def render(request: Request, name: str, context: dict, status: int, set_user: int | None = None) -> Response:
+        response = templates.TemplateResponse(request, name, {"categories": CATEGORIES, **context}, status_code=status)
+        if set_user is not None:
+            response.set_cookie(USER_COOKIE, str(set_user), max_age=30 * 86400, httponly=True, samesite="lax")
+        return response
+
+    def bad_request_page(request: Request, error: BadParameters) -> Response:
+        context = {"title": "Bad request", "message": INVALID_NOTICE, "problems": [str(v) for v in error.violations]}
+        return render(request, "error.html", context, 400)
+
+    async def home(request: Request) -> Response:
+        try:
+            user, chosen = shopper(request)
+        except BadParameters as error:
+            return bad_request_page(request, error)
+        with deadline_scope(timeout):
+            sections = await asyncio.gather(*(section(c, user, HOME_MAX_RESULTS) for c in CATEGORIES))
+        status = max(s.status for s in sections)
+        return render(request, "home.html", {"sections": sections, "user": user}, status, user if chosen else None)
+
+    async def category_page(request: Request) -> Response:
+        category = BY_SLUG.get(request.path_params["name"])
+        if category is None:
+            raise HTTPException(404)
+        try:
+            user, chosen = shopper(request)
+        except BadParameters as error:
+            return bad_request_page(request, error)
+        with deadline_scope(timeout):
+            result = await section(category, user, CATEGORY_MAX_RESULTS)
+        context = {"section": result, "user": user}
+        return render(request, "category.html", context, result.status, user if chosen else None)
+
+    async def api_recommendations(request: Request) -> Response:
+        violations: list[FieldViolation] = []
+        params = request.query_params
+        slug = params.get("category", "")
+        category = BY_SLUG.get(slug)
+        if category is None:
+            known = ", ".join(BY_SLUG)
+            violations.append(FieldViolation("category", f"must be one of {known}, got {slug[:40]!r}"))
+        max_results = parse_int(params.get("max_results"), "max_results", HOME_MAX_RESULTS, violations)
+        user = parse_int(params.get("user_id"), "user_id", DEFAULT_USER, violations)
+        if violations:
+            return api_error(400, "invalid request", violations)
+        request_message = recommendations_pb2.RecommendRequest(
+            user_id=user, category=category.enum, max_results=max_results
+        )
+        try:
+            with deadline_scope(timeout):
+                response = await recommendations.Recommend(request_message)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                return api_error(
+                    400, "invalid request", field_violations(error) or [FieldViolation("", error.details())]
+                )
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return api_error(404, error.details() or "not found")
+            logger.warning("Recommend failed: %s: %s", error.code().name, error.details())
+            return api_error(503, "recommendations are unavailable right now", code=error.code().name)
+        books = [{"id": b.id, "title": b.title, "author": b.author, "year": b.year} for b in response.recommendations]
+        return JSONResponse({"category": category.slug, "user_id": user, "recommendations": books})
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        # Ready means this process serves requests. A backend outage does not make it unready: pages
+        # degrade gracefully, and taking every marketplace out of rotation would turn that into errors.
+        backend = "UNKNOWN"
+        if health is not None:
+            try:
+                with deadline_scope(min(timeout, 1.0)):
+                    reply = await health.Check(health_pb2.HealthCheckRequest(service=RECOMMENDATIONS_SERVICE))
+                backend = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as error:
+                backend = error.code().name
+        return JSONResponse({"status": "ready", "recommendations": backend})
+
+    async def metrics(request: Request) -> Response:
+        return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith("/api/"):
+            return api_error(404, "no such resource")
+        context = {"title": "Page not found", "message": "We could not find that page. Try one of the categories."}
+        return render(request, "error.html", context, 404)
 
     return Starlette(
         middleware=[Middleware(RequestIdMiddleware)],
         routes=[
             Route("/", home),
+            Route("/category/{name}", category_page),
+            Route("/api/recommendations", api_recommendations),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
             Route("/metrics", metrics),
             # Runfiles and image layers hold symlinks; paths are still confined to the directory.
             Mount("/static", StaticFiles(directory=HERE / "static", follow_symlink=True), name="static"),
         ],
+        exception_handlers={404: not_found},
     )
+
+
+def api_error(status: int, message: str, violations: list[FieldViolation] = (), code: str | None = None) -> Response:
+    body: dict = {"error": message}
+    if violations:
+        body["fields"] = [{"field": v.field, "description": v.description} for v in violations]
+    if code:
+        body["code"] = code
+    return JSONResponse(body, status_code=status)

@@ -1,15 +1,26 @@
-"""Tests of the Marketplace pages against a fake Recommendations stub (no network)."""
+"""Tests of the Marketplace pages and API against fake Recommendations stubs (no network)."""
 
 from __future__ import annotations
 
+import re
+
 import grpc
+import pytest
+from grpc_health.v1 import health_pb2
 from starlette.testclient import TestClient
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2
 from libs.interceptors.deadlines import time_remaining
 from libs.interceptors.errors import BadRequest, FieldViolation
-from services.marketplace.app import HOME_MAX_RESULTS, INVALID_NOTICE, UNAVAILABLE_NOTICE, create_app
+from services.marketplace.app import (
+    CATEGORIES,
+    CATEGORY_MAX_RESULTS,
+    HOME_MAX_RESULTS,
+    INVALID_NOTICE,
+    UNAVAILABLE_NOTICE,
+    create_app,
+)
 
 BOOKS = [
     recommendations_pb2.BookRecommendation(
@@ -23,91 +34,211 @@ BOOKS = [
 class FakeRecommendations:
     """Stands in for RecommendationServiceStub: records requests, answers or fails as told."""
 
-    def __init__(self, books=(), error: grpc.aio.AioRpcError | None = None) -> None:
-        self.books, self.error, self.calls = list(books), error, []
+    def __init__(self, books=(), error: grpc.aio.AioRpcError | None = None, errors: dict | None = None) -> None:
+        self.books, self.error, self.errors, self.calls = list(books), error, errors or {}, []
 
     async def Recommend(self, request, timeout=None):
         self.calls.append((request, time_remaining()))
+        error = self.errors.get(request.category, self.error)
+        if error:
+            raise error
+        return recommendations_pb2.RecommendResponse(recommendations=self.books[: request.max_results])
+
+
+class FakeHealth:
+    def __init__(self, error: grpc.aio.AioRpcError | None = None) -> None:
+        self.error = error
+
+    async def Check(self, request, timeout=None):
         if self.error:
             raise self.error
-        return recommendations_pb2.RecommendResponse(recommendations=self.books)
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
 
 
-def rpc_error(code: grpc.StatusCode, details: str, trailers: tuple = ()) -> grpc.aio.AioRpcError:
+def rpc_error(code: grpc.StatusCode, details: str = "", trailers: tuple = ()) -> grpc.aio.AioRpcError:
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details=details)
 
 
-def get_home(stub: FakeRecommendations, path: str = "/"):
-    with TestClient(create_app(stub, timeout=0.25)) as client:
-        return client.get(path)
+def bad_request(*violations: FieldViolation) -> grpc.aio.AioRpcError:
+    error = BadRequest(list(violations))
+    trailers = (("grpc-status-details-bin", error.status_proto().SerializeToString()),)
+    return rpc_error(grpc.StatusCode.INVALID_ARGUMENT, error.details, trailers)
 
 
-def test_home_lists_the_recommended_mysteries() -> None:
-    response = get_home(FakeRecommendations(BOOKS))
+def client(stub: FakeRecommendations, health: FakeHealth | None = None) -> TestClient:
+    return TestClient(create_app(stub, timeout=0.25, health=health), raise_server_exceptions=True)
+
+
+def section(body: str, slug: str) -> str:
+    start = body.index(f'id="{slug}-heading"')
+    return body[start : body.index("</section>", start)]
+
+
+def test_home_has_a_section_per_category_and_keeps_the_mystery_heading() -> None:
+    response = client(FakeRecommendations(BOOKS)).get("/")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     assert "<title>Online Books For You</title>" in response.text
-    assert ">Mystery books you may like</h1>" in response.text
-    assert response.text.count("<li>") == 3
+    assert '<h1 id="mystery-heading">Mystery books you may like</h1>' in response.text
+    for category in CATEGORIES:
+        assert section(response.text, category.slug).count("<li><cite>") == HOME_MAX_RESULTS
+    mystery = section(response.text, "mystery")
     for book in BOOKS:
-        assert book.title in response.text
-        assert f"by {book.author}" in response.text
-        assert f"({book.year})" in response.text
+        assert f"<cite>{book.title}</cite>" in mystery
+        assert f"by {book.author}" in mystery
+        assert f"({book.year})" in mystery
     assert UNAVAILABLE_NOTICE not in response.text
 
 
-def test_home_asks_for_mysteries_within_the_page_budget() -> None:
+def test_home_asks_every_category_within_the_page_budget() -> None:
     stub = FakeRecommendations(BOOKS)
-    get_home(stub)
-    [(request, remaining)] = stub.calls
-    assert (request.user_id, request.category, request.max_results) == (1, catalog_pb2.MYSTERY, HOME_MAX_RESULTS)
-    assert 0 < remaining <= 0.25
+    client(stub).get("/")
+    assert sorted(request.category for request, _ in stub.calls) == sorted(c.enum for c in CATEGORIES)
+    for request, remaining in stub.calls:
+        assert (request.user_id, request.max_results) == (1, HOME_MAX_RESULTS)
+        assert 0 < remaining <= 0.25
 
 
-def test_user_query_parameter_picks_the_shopper() -> None:
+def test_category_page_shows_more_books() -> None:
+    stub = FakeRecommendations(BOOKS * 4)
+    response = client(stub).get("/category/science-fiction")
+    assert response.status_code == 200
+    assert "<title>Science fiction · Online Books For You</title>" in response.text
+    assert '<h1 id="science-fiction-heading">Science fiction books you may like</h1>' in response.text
+    assert response.text.count("<li><cite>") == CATEGORY_MAX_RESULTS
+    [(request, _)] = stub.calls
+    assert (request.category, request.max_results) == (catalog_pb2.SCIENCE_FICTION, CATEGORY_MAX_RESULTS)
+
+
+def test_unknown_category_is_a_friendly_404() -> None:
+    response = client(FakeRecommendations(BOOKS)).get("/category/poetry")
+    assert response.status_code == 404
+    assert "Page not found" in response.text
+    assert 'href="/category/mystery"' in response.text  # a way on
+
+
+def test_user_parameter_picks_the_shopper_and_sticks_in_a_cookie() -> None:
     stub = FakeRecommendations(BOOKS)
-    get_home(stub, "/?user=42")
-    assert stub.calls[0][0].user_id == 42
+    web = client(stub)
+    response = web.get("/?user=42")
+    assert "user=42" in response.headers["set-cookie"]
+    assert "HttpOnly" in response.headers["set-cookie"]
+    web.get("/category/mystery")  # no parameter: the cookie decides
+    assert {request.user_id for request, _ in stub.calls} == {42}
 
 
 def test_non_numeric_user_is_a_400_page_without_calling_the_backend() -> None:
     stub = FakeRecommendations(BOOKS)
-    response = get_home(stub, "/?user=<b>x</b>")
+    response = client(stub).get("/?user=<b>x</b>")
     assert response.status_code == 400
-    assert INVALID_NOTICE in response.text
-    assert "user: must be a whole number" in response.text
+    assert "user: must be a whole number, got &#39;&lt;b&gt;x&lt;/b&gt;&#39;" in response.text
     assert "<b>x</b>" not in response.text
     assert not stub.calls
 
 
 def test_backend_field_violations_become_a_400_page_with_human_messages() -> None:
-    bad = BadRequest([FieldViolation("user_id", "must be a positive id, got 0")])
-    trailers = (("grpc-status-details-bin", bad.status_proto().SerializeToString()),)
-    response = get_home(FakeRecommendations(error=rpc_error(grpc.StatusCode.INVALID_ARGUMENT, bad.details, trailers)))
+    stub = FakeRecommendations(error=bad_request(FieldViolation("user_id", "must be a positive id, got 0")))
+    response = client(stub).get("/?user=0")
     assert response.status_code == 400
     assert INVALID_NOTICE in response.text
     assert '<li class="problem">user_id: must be a positive id, got 0</li>' in response.text
 
 
-def test_backend_failure_shows_a_notice_instead_of_a_500() -> None:
-    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL):
-        response = get_home(FakeRecommendations(error=rpc_error(code, "backend trouble")))
-        assert response.status_code == 200
-        assert UNAVAILABLE_NOTICE in response.text
-        assert "<li>" not in response.text
-        assert "backend trouble" not in response.text
+@pytest.mark.parametrize(
+    "code", [grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL]
+)
+def test_backend_failure_shows_notices_instead_of_a_500(code: grpc.StatusCode) -> None:
+    response = client(FakeRecommendations(error=rpc_error(code, "backend trouble"))).get("/")
+    assert response.status_code == 200
+    assert response.text.count(UNAVAILABLE_NOTICE) == len(CATEGORIES)
+    assert "<li><cite>" not in response.text
+    assert "backend trouble" not in response.text
+
+
+def test_one_failing_category_does_not_take_the_others_down() -> None:
+    stub = FakeRecommendations(BOOKS, errors={catalog_pb2.HISTORY: rpc_error(grpc.StatusCode.UNAVAILABLE)})
+    response = client(stub).get("/")
+    assert UNAVAILABLE_NOTICE in section(response.text, "history")
+    assert section(response.text, "mystery").count("<li><cite>") == 3
 
 
 def test_titles_are_escaped() -> None:
     evil = recommendations_pb2.BookRecommendation(id=9, title="<script>alert('x')</script>", author="A & B", year=2000)
-    response = get_home(FakeRecommendations([evil]))
+    response = client(FakeRecommendations([evil])).get("/")
     assert "<script>" not in response.text
-    assert "&lt;script&gt;" in response.text
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in response.text
     assert "A &amp; B" in response.text
 
 
+def test_api_returns_recommendations_as_json() -> None:
+    stub = FakeRecommendations(BOOKS)
+    response = client(stub).get("/api/recommendations?category=mystery&max_results=2&user_id=7")
+    assert response.status_code == 200
+    assert response.json() == {
+        "category": "mystery",
+        "user_id": 7,
+        "recommendations": [
+            {"id": 1, "title": "Murder on the Orient Express", "author": "Agatha Christie", "year": 1934},
+            {"id": 2, "title": "The Big Sleep", "author": "Raymond Chandler", "year": 1939},
+        ],
+    }
+
+
+def test_api_names_every_bad_field_it_can_check_itself() -> None:
+    stub = FakeRecommendations(BOOKS)
+    response = client(stub).get("/api/recommendations?category=poetry&max_results=lots&user_id=1.5")
+    assert response.status_code == 400
+    fields = {f["field"]: f["description"] for f in response.json()["fields"]}
+    assert set(fields) == {"category", "max_results", "user_id"}
+    assert fields["category"].startswith("must be one of mystery, science-fiction")
+    assert not stub.calls
+
+
+def test_api_maps_backend_bad_request_to_400_fields() -> None:
+    error = bad_request(FieldViolation("max_results", "must be between 1 and 20, got 99"))
+    response = client(FakeRecommendations(error=error)).get("/api/recommendations?category=mystery&max_results=99")
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid request",
+        "fields": [{"field": "max_results", "description": "must be between 1 and 20, got 99"}],
+    }
+
+
+def test_api_answers_503_when_the_backend_is_down() -> None:
+    response = client(FakeRecommendations(error=rpc_error(grpc.StatusCode.UNAVAILABLE))).get(
+        "/api/recommendations?category=mystery"
+    )
+    assert response.status_code == 503
+    assert response.json() == {"error": "recommendations are unavailable right now", "code": "UNAVAILABLE"}
+
+
+def test_unknown_api_path_is_a_json_404() -> None:
+    response = client(FakeRecommendations(BOOKS)).get("/api/nothing")
+    assert response.status_code == 404
+    assert response.json() == {"error": "no such resource"}
+
+
+def test_probes_and_metrics() -> None:
+    web = client(FakeRecommendations(BOOKS), FakeHealth())
+    assert web.get("/healthz").json() == {"status": "ok"}
+    assert web.get("/readyz").json() == {"status": "ready", "recommendations": "SERVING"}
+    down = client(FakeRecommendations(BOOKS), FakeHealth(rpc_error(grpc.StatusCode.UNAVAILABLE)))
+    ready = down.get("/readyz")
+    assert ready.status_code == 200  # degraded pages are still pages: stay in rotation
+    assert ready.json() == {"status": "ready", "recommendations": "UNAVAILABLE"}
+    metrics = web.get("/metrics")
+    assert metrics.status_code == 200
+    assert "text/plain" in metrics.headers["content-type"]
+
+
+def test_request_id_is_returned_and_made_when_missing() -> None:
+    web = client(FakeRecommendations(BOOKS))
+    assert web.get("/", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    assert re.match(r"^[0-9a-f]{32}$", web.get("/").headers["X-Request-ID"])
+    assert re.match(r"^[0-9a-f]{32}$", web.get("/", headers={"X-Request-ID": "bad id\n"}).headers["X-Request-ID"])
+
+
 def test_stylesheet_is_served() -> None:
-    with TestClient(create_app(FakeRecommendations(BOOKS), timeout=0.25)) as client:
-        response = client.get("/static/style.css")
+    response = client(FakeRecommendations(BOOKS)).get("/static/style.css")
     assert response.status_code == 200
     assert "text/css" in response.headers["content-type"]

@@ -6,10 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import Iterator
 
 import uvicorn
+
+from grpc_health.v1 import health_pb2_grpc
 
 from books.recommendations.v1 import recommendations_pb2_grpc
 from libs.interceptors.tracing import configure_tracing
@@ -28,6 +32,8 @@ def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=__doc__)
     add_flag(result, ENV_PREFIX, "--host", "0.0.0.0", "address to listen on")
     add_flag(result, ENV_PREFIX, "--port", 8080, "HTTP port", type=int)
+    add_flag(result, ENV_PREFIX, "--workers", 1, "processes serving HTTP, each with its own event loop", type=int)
+    add_flag(result, ENV_PREFIX, "--access-log", True, "log each HTTP request", action=argparse.BooleanOptionalAction)
     add_tls_flags(result, ENV_PREFIX)
     add_log_flags(result, ENV_PREFIX)
     # The Recommendations settings keep their own names: RECOMMENDATIONS_ADDR is what callers expect.
@@ -60,6 +66,8 @@ def validate(args: argparse.Namespace) -> list[str]:
     problems = []
     if not 0 <= args.port <= 65535:
         problems.append(f"--port must be between 0 and 65535, got {args.port}")
+    if not 1 <= args.workers <= 64:
+        problems.append(f"--workers must be between 1 and 64, got {args.workers}")
     if args.recommendations_timeout <= 0:
         problems.append(f"--recommendations-timeout must be positive, got {args.recommendations_timeout}")
     return problems
@@ -82,8 +90,10 @@ class Server(uvicorn.Server):
                 signal.signal(signum, handler)
 
 
-async def serve(args: argparse.Namespace, tls: TlsFiles | None) -> None:
-    """Serves HTTP until SIGTERM/SIGINT (uvicorn handles both), then closes the gRPC channel."""
+async def serve(args: argparse.Namespace, tls: TlsFiles | None, sock: socket.socket | None = None) -> None:
+    """Serves HTTP (on `sock` if given) until SIGTERM/SIGINT (uvicorn handles both), then closes the
+    gRPC channel. Each worker process has its own event loop and channel."""
+    configure_tracing("marketplace")
     channel = create_channel(
         args.recommendations_addr,
         tls=tls,
@@ -91,17 +101,69 @@ async def serve(args: argparse.Namespace, tls: TlsFiles | None) -> None:
         default_timeout=args.recommendations_timeout,
     )
     async with channel:
-        app = create_app(recommendations_pb2_grpc.RecommendationServiceStub(channel), args.recommendations_timeout)
-        config = uvicorn.Config(app, host=args.host, port=args.port, http="httptools", lifespan="off", log_config=None)
+        app = create_app(
+            recommendations_pb2_grpc.RecommendationServiceStub(channel),
+            args.recommendations_timeout,
+            health_pb2_grpc.HealthStub(channel),
+        )
+        config = uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            http="httptools",
+            lifespan="off",
+            log_config=None,
+            access_log=args.access_log,
+        )
         logger.info("calling Recommendations at %s", args.recommendations_addr)
-        await Server(config).serve()
+        await Server(config).serve(sockets=[sock] if sock else None)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(address)
+    sock.listen(2048)
+    return sock
+
+
+def run_workers(args: argparse.Namespace, tls: TlsFiles | None) -> int:
+    """Forks `args.workers` processes sharing one listening socket; SIGTERM/SIGINT go to all of them.
+
+    The parent binds before forking and never touches gRPC: a gRPC channel must not cross a fork.
+    """
+    sock = listen(args.host, args.port)
+    logger.info("listening on %s:%d with %d workers", args.host, sock.getsockname()[1], args.workers)
+    children = []
+    for _ in range(args.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                asyncio.run(serve(args, tls, sock))
+            except BaseException:
+                logger.exception("worker failed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) for child in children]
+    return max(abs(code) for code in codes)
 
 
 def main(argv: list[str] | None = None) -> int:
     argument_parser = parser()
     args = argument_parser.parse_args(argv)
     configure_logging(args.log_format)
-    configure_tracing("marketplace")
     problems = validate(args)
     tls = tls_files(args, problems)
     try:
@@ -110,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"--recommendations-addr: {error}")
     if problems:
         argument_parser.error("; ".join(problems))  # exits 2 before binding anything
+    if args.workers > 1:
+        return run_workers(args, tls)
     asyncio.run(serve(args, tls))
     return 0
 

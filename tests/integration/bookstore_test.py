@@ -34,6 +34,7 @@ TEST_BOOKS = [
     (3, "MYSTERY", "The Maltese Falcon", "Dashiell Hammett", 1930),
     (4, "MYSTERY", "The Moonstone", "Wilkie Collins", 1868),
     (5, "SCIENCE_FICTION", "Dune", "Frank Herbert", 1965),
+    (6, "HISTORY", "<script>alert('history')</script>", "Mallory & Co", 2001),
 ]
 
 
@@ -136,16 +137,59 @@ def recommend(bookstore: Bookstore, **fields) -> recommendations_pb2.RecommendRe
         return recommendations_pb2_grpc.RecommendationServiceStub(channel).Recommend(request, timeout=5)
 
 
+def section(body: str, slug: str) -> str:
+    start = body.index(f'id="{slug}-heading"')
+    return body[start : body.index("</section>", start)]
+
+
 def test_home_page_lists_three_mysteries(bookstore: Bookstore) -> None:
     status, body, _ = get(bookstore.url)
     assert status == 200
     assert "<title>Online Books For You</title>" in body
     assert ">Mystery books you may like</h1>" in body
-    assert body.count("<li>") == 3
+    mystery = section(body, "mystery")
+    assert mystery.count("<li><cite>") == 3
     mysteries = [title for _, category, title, _, _ in TEST_BOOKS if category == "MYSTERY"]
-    assert sum(title in body for title in mysteries) == 3
-    assert "Dune" not in body
+    assert sum(title in mystery for title in mysteries) == 3
+    assert "Dune" in section(body, "science-fiction")
+    assert "We have no fantasy books to recommend yet." in section(body, "fantasy")
     assert NOTICE not in body
+
+
+def test_titles_from_the_backend_render_as_text(bookstore: Bookstore) -> None:
+    _, body, _ = get(bookstore.url + "category/history")
+    assert "<script>alert" not in body
+    assert "&lt;script&gt;alert(&#39;history&#39;)&lt;/script&gt;" in body
+    assert "Mallory &amp; Co" in body
+
+
+def test_category_page_and_unknown_category(bookstore: Bookstore) -> None:
+    status, body, _ = get(bookstore.url + "category/mystery")
+    assert status == 200
+    assert body.count("<li><cite>") == 4  # all the test catalog has
+    status, body, _ = get(bookstore.url + "category/poetry")
+    assert status == 404
+    assert "Page not found" in body
+
+
+def get_json(url: str) -> tuple[int, dict]:
+    status, body, _ = get(url)
+    return status, json.loads(body)
+
+
+def test_api_over_real_services(bookstore: Bookstore) -> None:
+    status, body = get_json(bookstore.url + "api/recommendations?category=science-fiction&max_results=5")
+    assert status == 200
+    assert body["recommendations"] == [{"id": 5, "title": "Dune", "author": "Frank Herbert", "year": 1965}]
+    status, body = get_json(bookstore.url + "api/recommendations?category=mystery&max_results=50&user_id=0")
+    assert status == 400
+    assert body["fields"] == [
+        {"field": "user_id", "description": "must be a positive id, got 0"},
+        {"field": "max_results", "description": "must be between 1 and 20, got 50"},
+    ]
+    status, body = get_json(bookstore.url + "api/recommendations?category=fantasy")
+    assert status == 404
+    assert body == {"error": "no books in category FANTASY"}
 
 
 def test_request_id_reaches_recommendations_access_log(bookstore: Bookstore) -> None:
@@ -161,11 +205,12 @@ def test_request_id_reaches_recommendations_access_log(bookstore: Bookstore) -> 
             break
         time.sleep(0.05)
     assert access, "the request id never reached Recommendations' access log"
-    [line] = access
-    assert line["method"] == "/books.recommendations.v1.RecommendationService/Recommend"
-    assert line["code"] == "OK"
-    assert line["peer"] == "marketplace"  # the mTLS identity of the caller
-    assert line["service"] == "recommendations"
+    assert len(access) == 6  # one Recommend per category section, all with the page's request id
+    for line in access:
+        assert line["method"] == "/books.recommendations.v1.RecommendationService/Recommend"
+        assert line["code"] in ("OK", "NOT_FOUND")  # the test catalog has no fantasy books
+        assert line["peer"] == "marketplace"  # the mTLS identity of the caller
+        assert line["service"] == "recommendations"
 
 
 def test_a_request_id_is_made_when_none_is_sent(bookstore: Bookstore) -> None:
@@ -207,8 +252,14 @@ def test_page_degrades_while_recommendations_is_down_and_recovers(bookstore: Boo
         status, body, seconds = get(bookstore.url)
         assert status == 200
         assert NOTICE in body
-        assert "<li>" not in body
-        assert seconds < 2.0, f"degraded page took {seconds:.2f}s"
+        assert "<li><cite>" not in body
+        assert seconds < 1.0, f"degraded page took {seconds:.2f}s"
+    status, api, seconds = get(bookstore.url + "api/recommendations?category=mystery")
+    assert status == 503
+    assert json.loads(api)["error"] == "recommendations are unavailable right now"
+    assert seconds < 1.0
+    _, ready, _ = get(bookstore.url + "readyz")
+    assert json.loads(ready) == {"status": "ready", "recommendations": "UNAVAILABLE"}
 
     bookstore.recommendations = start_recommendations(
         tmp_path / "books.csv", bookstore.recommendations_port, bookstore.certs
@@ -216,10 +267,12 @@ def test_page_degrades_while_recommendations_is_down_and_recovers(bookstore: Boo
     deadline = time.monotonic() + 20  # gRPC reconnect backoff decides when the channel comes back
     while time.monotonic() < deadline:
         _, body, _ = get(bookstore.url)
-        if body.count("<li>") == 3:
+        if section(body, "mystery").count("<li><cite>") == 3:
             break
         time.sleep(0.2)
-    assert body.count("<li>") == 3, "the page did not recover after Recommendations came back"
+    assert section(body, "mystery").count("<li><cite>") == 3, "the page did not recover after Recommendations came back"
+    _, ready, _ = get(bookstore.url + "readyz")
+    assert json.loads(ready) == {"status": "ready", "recommendations": "SERVING"}
 
 
 def run_binary(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ def test_dev_serves_the_page_and_stops_cleanly_on_ctrl_c() -> None:
         with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=10) as response:
             body = response.read().decode()
         assert response.status == 200
-        assert body.count("<li>") == 3
+        assert body.count("<li><cite>") == 3 * 6  # three books in each of the six categories
         dev.signal(signal.SIGINT)
         assert dev.stop(timeout=20) == 0
     finally:
