@@ -12,7 +12,6 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
-
 from grpc_health.v1 import health_pb2_grpc
 
 from books.recommendations.v1 import recommendations_pb2_grpc
