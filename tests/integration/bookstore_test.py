@@ -275,6 +275,31 @@ def test_page_degrades_while_recommendations_is_down_and_recovers(bookstore: Boo
     assert json.loads(ready) == {"status": "ready", "recommendations": "SERVING"}
 
 
+def test_marketplace_workers_share_the_port_and_stop_cleanly(certs: Path, tmp_path: Path) -> None:
+    catalog = write_catalog(tmp_path / "books.csv")
+    rec_port, web_port = free_port(), free_port()
+    recommendations = start_recommendations(catalog, rec_port, certs)
+    marketplace = ChildProcess(
+        "marketplace",
+        [
+            MARKETPLACE, "--host", "127.0.0.1", "--port", web_port, "--workers", "2",
+            "--recommendations-addr", f"127.0.0.1:{rec_port}", *tls_flags(certs, "marketplace"),
+        ],
+    ).start()  # fmt: skip
+    try:
+        marketplace.wait_for_port(web_port)
+        for _ in range(20):
+            status, body, _ = get(f"http://127.0.0.1:{web_port}/")
+            assert status == 200
+            assert section(body, "mystery").count("<li><cite>") == 3
+        assert marketplace.stop() == 0
+    finally:
+        marketplace.stop()
+        recommendations.stop()
+    started = {line.split("[")[1].split("]")[0] for line in marketplace.lines if "Started server process [" in line}
+    assert len(started) == 2, "expected two worker processes"
+
+
 def run_binary(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([binary, *args], capture_output=True, text=True, timeout=30)
 
