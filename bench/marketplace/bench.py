@@ -1,0 +1,115 @@
+"""Benchmark: marketplace page views per second, ours versus the tutorial-equivalent Flask baseline.
+
+    ./bazelw run //bench/marketplace -- [--duration 10] [--connections 16] [--rounds 3] [--workers 2]
+
+Starts one Recommendations server (plaintext: the baseline cannot do mTLS) and, one at a time, the
+baseline (bench/marketplace/baseline.py: Flask development server, one blocking gRPC call per page)
+and our marketplace, and loads each with wrk (Debian) on loopback. Two pages of ours are measured:
+the one-category page `/category/mystery` (one gRPC call, like the baseline's only page) and the
+home page `/` (six calls, one per category). Non-2xx responses are counted and reported; a round
+with any does not count as a pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from libs.processes.processes import ChildProcess, free_port, runfile
+
+
+@dataclass
+class Result:
+    pages_per_second: float
+    mean_latency_ms: float
+    requests: int
+    non_2xx: int
+
+
+def run_wrk(url: str, duration: int, connections: int) -> Result:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    latency = re.search(r"Latency\s+([\d.]+)(us|ms|s)", output)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[latency.group(2)]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    failed = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    return Result(rate, float(latency.group(1)) * scale, requests, failed)
+
+
+def start(name: str, argv: list, port: int) -> ChildProcess:
+    process = ChildProcess(name, argv, discard_output=True).start()
+    process.wait_for_port(port)
+    return process
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per target (default 3)")
+    parser.add_argument("--workers", type=int, default=2, help="our marketplace's worker processes (default 2)")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk is missing: apt-get install wrk", file=sys.stderr)
+        return 2
+
+    rec_port, base_port, ours_port = free_port(), free_port(), free_port()
+    backend_addr = f"127.0.0.1:{rec_port}"
+    recommendations = start(
+        "recommendations",
+        [runfile("services/recommendations/recommendations"), "--insecure", "--host", "127.0.0.1", "--port", rec_port],
+        rec_port,
+    )
+    targets = {
+        "baseline: Flask dev server, /": (
+            [runfile("bench/marketplace/baseline"), "--port", base_port, "--recommendations-addr", backend_addr],
+            base_port,
+            "/",
+        ),
+        "ours: /category/mystery (1 call)": (
+            [
+                runfile("services/marketplace/marketplace"), "--insecure", "--host", "127.0.0.1", "--port", ours_port,
+                "--workers", args.workers, "--no-access-log", "--recommendations-addr", backend_addr,
+            ],
+            ours_port,
+            "/category/mystery",
+        ),
+    }  # fmt: skip
+    targets["ours: / (6 calls, one per category)"] = (*targets["ours: /category/mystery (1 call)"][:2], "/")
+    results: dict[str, list[Result]] = {name: [] for name in targets}
+    try:
+        for _ in range(args.rounds):
+            for name, (command, port, path) in targets.items():
+                server = start(name, command, port)
+                try:
+                    run_wrk(f"http://127.0.0.1:{port}{path}", 2, args.connections)  # warm-up
+                    results[name].append(run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections))
+                finally:
+                    server.stop()
+    finally:
+        recommendations.stop()
+
+    baseline = statistics.median(r.pages_per_second for r in results["baseline: Flask dev server, /"])
+    print(
+        f"wrk -t2 -c{args.connections} -d{args.duration}s on loopback, median of {args.rounds} rounds; ours with --workers {args.workers}"
+    )
+    print(f"{'target':<38} {'pages/s':>9} {'mean latency':>13} {'non-2xx+errors':>15} {'vs baseline':>12}")
+    for name, rs in results.items():
+        rate = statistics.median(r.pages_per_second for r in rs)
+        latency = statistics.median(r.mean_latency_ms for r in rs)
+        failed = sum(r.non_2xx for r in rs)
+        print(f"{name:<38} {rate:>9,.0f} {latency:>10.2f} ms {failed:>15} {rate / baseline:>11.2f}x")
+    print(f"all rounds (pages/s): { {n: [round(r.pages_per_second) for r in rs] for n, rs in results.items()} }")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
