@@ -10,7 +10,6 @@ category gets a friendly 404.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,21 +143,38 @@ def create_app(
     )
     templates = Jinja2Templates(env=environment)
 
+    def failed(section: Section, error: grpc.aio.AioRpcError) -> Section:
+        """Puts the reason a call failed in place of the section's list."""
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            section.status, section.notice = 400, INVALID_NOTICE
+            section.problems = [str(p) for p in field_violations(error)] or [error.details() or ""]
+        elif error.code() == grpc.StatusCode.NOT_FOUND:
+            section.notice = empty_notice(section.category)
+        else:
+            logger.warning("recommendations failed: %s: %s", error.code().name, error.details())
+            section.notice = UNAVAILABLE_NOTICE
+        return section
+
     async def section(category: Category, user: int, max_results: int) -> Section:
-        result = Section(category)
         request = recommendations_pb2.RecommendRequest(user_id=user, category=category.enum, max_results=max_results)
         try:
-            result.books = list((await recommendations.Recommend(request)).recommendations)
+            return Section(category, list((await recommendations.Recommend(request)).recommendations))
         except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                result.status, result.notice = 400, INVALID_NOTICE
-                result.problems = [str(p) for p in field_violations(error)] or [error.details() or ""]
-            elif error.code() == grpc.StatusCode.NOT_FOUND:
-                result.notice = f"We have no {category.title.lower()} books to recommend yet."
-            else:
-                logger.warning("Recommend(%s) failed: %s: %s", category.slug, error.code().name, error.details())
-                result.notice = UNAVAILABLE_NOTICE
-        return result
+            return failed(Section(category), error)
+
+    async def every_section(user: int, max_results: int) -> list[Section]:
+        """All categories in one RecommendEach call: one round trip per page, not one per shelf."""
+        request = recommendations_pb2.RecommendEachRequest(
+            user_id=user, categories=[c.enum for c in CATEGORIES], max_results=max_results
+        )
+        try:
+            response = await recommendations.RecommendEach(request)
+        except grpc.aio.AioRpcError as error:
+            return [failed(Section(category), error) for category in CATEGORIES]
+        shelves = {shelf.category: list(shelf.recommendations) for shelf in response.categories}
+        return [
+            Section(c, shelves.get(c.enum, []), None if shelves.get(c.enum) else empty_notice(c)) for c in CATEGORIES
+        ]
 
     def render(request: Request, name: str, context: dict, status: int, set_user: int | None = None) -> Response:
         response = templates.TemplateResponse(request, name, {"categories": CATEGORIES, **context}, status_code=status)
@@ -176,7 +192,7 @@ def create_app(
         except BadParameters as error:
             return bad_request_page(request, error)
         with deadline_scope(timeout):
-            sections = await asyncio.gather(*(section(c, user, HOME_MAX_RESULTS) for c in CATEGORIES))
+            sections = await every_section(user, HOME_MAX_RESULTS)
         status = max(s.status for s in sections)
         return render(request, "home.html", {"sections": sections, "user": user}, status, user if chosen else None)
 
@@ -262,6 +278,10 @@ def create_app(
         ],
         exception_handlers={404: not_found},
     )
+
+
+def empty_notice(category: Category) -> str:
+    return f"We have no {category.title.lower()} books to recommend yet."
 
 
 def api_error(status: int, message: str, violations: list[FieldViolation] = (), code: str | None = None) -> Response:

@@ -16,10 +16,10 @@ from grpc_interceptor.exceptions import NotFound
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.interceptors.errors import BadRequest, FieldViolation
-from services.recommendations.catalog import Catalog
+from services.recommendations.catalog import Book, Catalog
 
 SERVICE_NAME = recommendations_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
-DEFAULT_POLICY = {"Recommend": ["marketplace"]}
+DEFAULT_POLICY = {"Recommend": ["marketplace"], "RecommendEach": ["marketplace"]}
 """Under mTLS, only the marketplace may ask for recommendations (override with --allow)."""
 
 MAX_RESULTS_CAP = 20
@@ -31,25 +31,52 @@ def category_names() -> list[str]:
     return [value.name for value in catalog_pb2.BookCategory.DESCRIPTOR.values if value.number != 0]
 
 
-def validate(request: recommendations_pb2.RecommendRequest) -> str:
-    """Returns the category name of a valid request; raises BadRequest naming every bad field."""
-    violations = []
+def _category_name(value: int, field: str, violations: list[FieldViolation]) -> str:
+    if value == catalog_pb2.BOOK_CATEGORY_UNSPECIFIED:
+        violations.append(FieldViolation(field, "is required"))
+    elif value not in catalog_pb2.BookCategory.values():
+        violations.append(FieldViolation(field, f"{value} is not a known BookCategory"))
+    else:
+        return catalog_pb2.BookCategory.Name(value)
+    return ""
+
+
+def _common(request, violations: list[FieldViolation]) -> None:
     if request.user_id < 1:
         violations.append(FieldViolation("user_id", f"must be a positive id, got {request.user_id}"))
-    category = ""
-    if request.category == catalog_pb2.BOOK_CATEGORY_UNSPECIFIED:
-        violations.append(FieldViolation("category", "is required"))
-    elif request.category not in catalog_pb2.BookCategory.values():
-        violations.append(FieldViolation("category", f"{request.category} is not a known BookCategory"))
-    else:
-        category = catalog_pb2.BookCategory.Name(request.category)
+
+
+def _max_results(request, violations: list[FieldViolation]) -> None:
     if not 1 <= request.max_results <= MAX_RESULTS_CAP:
         violations.append(
             FieldViolation("max_results", f"must be between 1 and {MAX_RESULTS_CAP}, got {request.max_results}")
         )
+
+
+def validate(request: recommendations_pb2.RecommendRequest) -> str:
+    """Returns the category name of a valid request; raises BadRequest naming every bad field."""
+    violations: list[FieldViolation] = []
+    _common(request, violations)
+    category = _category_name(request.category, "category", violations)
+    _max_results(request, violations)
     if violations:
         raise BadRequest(violations)
     return category
+
+
+def validate_each(request: recommendations_pb2.RecommendEachRequest) -> list[str]:
+    """Returns the category names of a valid RecommendEach request; raises BadRequest otherwise."""
+    violations: list[FieldViolation] = []
+    _common(request, violations)
+    if not request.categories:
+        violations.append(FieldViolation("categories", "must name at least one category"))
+    names = [_category_name(value, f"categories[{i}]", violations) for i, value in enumerate(request.categories)]
+    if len(set(request.categories)) != len(request.categories):
+        violations.append(FieldViolation("categories", "must not name a category twice"))
+    _max_results(request, violations)
+    if violations:
+        raise BadRequest(violations)
+    return names
 
 
 class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServicer):
@@ -59,22 +86,41 @@ class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServi
         self._catalog = catalog
         self._executor = executor
 
+    async def _sample(self, category: str, limit: int) -> list[Book]:
+        if self._catalog.blocking:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, self._catalog.sample, category, limit)
+        return self._catalog.sample(category, limit)
+
     async def Recommend(
         self, request: recommendations_pb2.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> recommendations_pb2.RecommendResponse:
         category = validate(request)
-        if self._catalog.blocking:
-            loop = asyncio.get_running_loop()
-            books = await loop.run_in_executor(self._executor, self._catalog.sample, category, request.max_results)
-        else:
-            books = self._catalog.sample(category, request.max_results)
+        books = await self._sample(category, request.max_results)
         if not books:
             raise NotFound(f"no books in category {category}")
-        return recommendations_pb2.RecommendResponse(
-            recommendations=[
-                recommendations_pb2.BookRecommendation(
-                    id=book.id, title=book.title, author=book.author, year=book.year, category=request.category
-                )
-                for book in books
+        return recommendations_pb2.RecommendResponse(recommendations=_messages(books, request.category))
+
+    async def RecommendEach(
+        self, request: recommendations_pb2.RecommendEachRequest, context: grpc.aio.ServicerContext
+    ) -> recommendations_pb2.RecommendEachResponse:
+        names = validate_each(request)
+        if self._catalog.blocking:  # overlap the blocking queries on the executor
+            shelves = await asyncio.gather(*(self._sample(name, request.max_results) for name in names))
+        else:  # microseconds each: a task per category would cost more than the work
+            shelves = [self._catalog.sample(name, request.max_results) for name in names]
+        return recommendations_pb2.RecommendEachResponse(
+            categories=[
+                recommendations_pb2.CategoryRecommendations(category=value, recommendations=_messages(books, value))
+                for value, books in zip(request.categories, shelves, strict=True)
             ]
         )
+
+
+def _messages(books: list[Book], category: int) -> list[recommendations_pb2.BookRecommendation]:
+    return [
+        recommendations_pb2.BookRecommendation(
+            id=book.id, title=book.title, author=book.author, year=book.year, category=category
+        )
+        for book in books
+    ]

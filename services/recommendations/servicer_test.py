@@ -118,6 +118,35 @@ def test_blocking_catalog_work_does_not_block_the_event_loop() -> None:
     assert elapsed < 0.6, f"5 concurrent 200 ms calls took {elapsed:.2f}s: they did not overlap"
 
 
+def recommend_each(catalog: Catalog, **fields) -> recommendations_pb2.RecommendEachResponse:
+    request = recommendations_pb2.RecommendEachRequest(**{"user_id": 1, "max_results": 2, **fields})
+    return asyncio.run(RecommendationServicer(catalog, EXECUTOR).RecommendEach(request, None))
+
+
+def test_recommend_each_answers_every_category_in_order(catalog: Catalog) -> None:
+    response = recommend_each(catalog, categories=[catalog_pb2.FANTASY, catalog_pb2.MYSTERY])
+    assert [shelf.category for shelf in response.categories] == [catalog_pb2.FANTASY, catalog_pb2.MYSTERY]
+    assert len(response.categories[0].recommendations) == 0  # no fantasy in this catalog: empty, not an error
+    mysteries = response.categories[1].recommendations
+    assert len({book.id for book in mysteries}) == 2
+    assert {book.category for book in mysteries} == {catalog_pb2.MYSTERY}
+
+
+def test_recommend_each_names_every_bad_field(catalog: Catalog) -> None:
+    with pytest.raises(BadRequest) as raised:
+        recommend_each(catalog, user_id=0, categories=[catalog_pb2.MYSTERY, 0, 42, catalog_pb2.MYSTERY], max_results=0)
+    assert raised.value.violations == [
+        FieldViolation("user_id", "must be a positive id, got 0"),
+        FieldViolation("categories[1]", "is required"),
+        FieldViolation("categories[2]", "42 is not a known BookCategory"),
+        FieldViolation("categories", "must not name a category twice"),
+        FieldViolation("max_results", "must be between 1 and 20, got 0"),
+    ]
+    with pytest.raises(BadRequest) as raised:
+        recommend_each(catalog, categories=[])
+    assert raised.value.violations == [FieldViolation("categories", "must name at least one category")]
+
+
 def test_bundled_catalog_has_at_least_ten_books_per_category() -> None:
     catalog = Catalog.from_csv(DEFAULT_CATALOG, category_names())
     assert catalog.count() >= 60
