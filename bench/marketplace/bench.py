@@ -5,8 +5,8 @@
 Starts one Recommendations server (plaintext: the baseline cannot do mTLS) and, one at a time, the
 baseline (bench/marketplace/baseline.py: Flask development server, one blocking gRPC call per page)
 and our marketplace, and loads each with wrk (Debian) on loopback. Two pages of ours are measured:
-the one-category page `/category/mystery` (one gRPC call, like the baseline's only page) and the
-home page `/` (six calls, one per category). Non-2xx responses are counted and reported; a round
+the one-category page `/category/mystery` (one gRPC call, like the baseline's only page, with 10
+books) and the home page `/` (six shelves of three books, one RecommendEach call). Non-2xx responses are counted and reported; a round
 with any does not count as a pass.
 """
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             "/category/mystery",
         ),
     }  # fmt: skip
-    targets["ours: / (6 calls, one per category)"] = (*targets["ours: /category/mystery (1 call)"][:2], "/")
+    targets["ours: / (6 shelves, 1 RecommendEach call)"] = (*targets["ours: /category/mystery (1 call)"][:2], "/")
     results: dict[str, list[Result]] = {name: [] for name in targets}
     try:
         for _ in range(args.rounds):
@@ -101,12 +101,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrk -t2 -c{args.connections} -d{args.duration}s on loopback, median of {args.rounds} rounds; ours with --workers {args.workers}"
     )
-    print(f"{'target':<38} {'pages/s':>9} {'mean latency':>13} {'non-2xx+errors':>15} {'vs baseline':>12}")
+    print(f"{'target':<42} {'pages/s':>9} {'mean latency':>13} {'non-2xx+errors':>15} {'vs baseline':>12}")
     for name, rs in results.items():
         rate = statistics.median(r.pages_per_second for r in rs)
         latency = statistics.median(r.mean_latency_ms for r in rs)
         failed = sum(r.non_2xx for r in rs)
-        print(f"{name:<38} {rate:>9,.0f} {latency:>10.2f} ms {failed:>15} {rate / baseline:>11.2f}x")
+        print(f"{name:<42} {rate:>9,.0f} {latency:>10.2f} ms {failed:>15} {rate / baseline:>11.2f}x")
     print(f"all rounds (pages/s): { {n: [round(r.pages_per_second) for r in rs] for n, rs in results.items()} }")
     return 0
 
