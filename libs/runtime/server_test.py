@@ -16,22 +16,11 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from libs.processes.processes import free_port
 from libs.runtime.config import ServerConfig
 from libs.runtime.server import GrpcServer, StartError
+from libs.runtime.testing.echo_server import SERVICE, register
 from libs.runtime.tls import TlsFiles
 from tools.certs.certs import mint_all, mint_leaf, write_leaf
 
-SERVICE = "test.v1.Echo"
 ECHO = f"/{SERVICE}/Echo"
-
-
-async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-    if request.startswith(b"sleep:"):
-        await asyncio.sleep(float(request.removeprefix(b"sleep:")))
-    return b"echo:" + request
-
-
-def register(server: grpc.aio.Server) -> None:
-    handler = grpc.method_handlers_generic_handler(SERVICE, {"Echo": grpc.unary_unary_rpc_method_handler(echo)})
-    server.add_generic_rpc_handlers((handler,))
 
 
 @pytest.fixture
