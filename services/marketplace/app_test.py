@@ -34,14 +34,13 @@ BOOKS = [
 class FakeRecommendations:
     """Stands in for RecommendationServiceStub: records requests, answers or fails as told."""
 
-    def __init__(self, books=(), error: grpc.aio.AioRpcError | None = None, empty=(), errors=None) -> None:
-        self.books, self.error, self.empty, self.errors, self.calls = list(books), error, set(empty), errors or {}, []
+    def __init__(self, books=(), error: grpc.aio.AioRpcError | None = None, empty=()) -> None:
+        self.books, self.error, self.empty, self.calls = list(books), error, set(empty), []
 
     async def Recommend(self, request, timeout=None):
         self.calls.append((request, time_remaining()))
-        error = self.errors.get(request.category, self.error)
-        if error:
-            raise error
+        if self.error:
+            raise self.error
         return recommendations_pb2.RecommendResponse(recommendations=self.books[: request.max_results])
 
     async def RecommendEach(self, request, timeout=None):
