@@ -14,6 +14,10 @@ from libs.interceptors import server_interceptors
 from libs.interceptors.deadlines import deadline_scope
 from libs.runtime.channel import RetryPolicy, create_channel, normalize_target
 
+# One event loop for the whole module: grpc.aio objects do not survive a switch between loops
+# (each asyncio.run makes a new one), and a test after such a switch can hang.
+run_in_loop = asyncio.Runner().run
+
 SERVICE = "test.v1.Probe"
 
 
@@ -77,7 +81,7 @@ def test_unavailable_is_retried_with_bounded_attempts() -> None:
             assert backend.attempts[b"flaky:10"] == RetryPolicy().max_attempts
         await stopped(backend)
 
-    asyncio.run(main())
+    run_in_loop(main())
 
 
 def test_invalid_argument_is_never_retried() -> None:
@@ -91,7 +95,7 @@ def test_invalid_argument_is_never_retried() -> None:
         assert backend.attempts[b"invalid:"] == 1
         await stopped(backend)
 
-    asyncio.run(main())
+    run_in_loop(main())
 
 
 def test_round_robin_over_a_replica_list() -> None:
@@ -100,13 +104,15 @@ def test_round_robin_over_a_replica_list() -> None:
         await started(first, second)
         target = f"127.0.0.1:{first.port},127.0.0.1:{second.port}"
         async with create_channel(target, tls=None) as channel:
-            await channel.channel_ready()
+            await asyncio.wait_for(channel.channel_ready(), 5)
+            for _ in range(10):  # until both subchannels are connected, picks may favour the first
+                await call(channel)(b"warm-up")
             for _ in range(20):
                 await call(channel)(b"hello")
         assert (first.attempts[b"hello"], second.attempts[b"hello"]) == (10, 10)
         await stopped(first, second)
 
-    asyncio.run(main())
+    run_in_loop(main())
 
 
 def test_default_deadline_applies_to_calls_without_timeout() -> None:
@@ -119,10 +125,10 @@ def test_default_deadline_applies_to_calls_without_timeout() -> None:
                 await call(channel)(b"sleep:2")
             assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert time.monotonic() - begun < 1.0
-            assert 0 < backend.remaining[-1] <= 0.2
+            assert 0 < backend.remaining[-1] <= 0.21  # grpc-timeout travels rounded to its unit
         await stopped(backend)
 
-    asyncio.run(main())
+    run_in_loop(main())
 
 
 def test_deadline_propagates_across_two_hops() -> None:
@@ -138,11 +144,11 @@ def test_deadline_propagates_across_two_hops() -> None:
             assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert time.monotonic() - begun < 1.0
         assert back.remaining, "the second hop was never called"
-        assert back.remaining[-1] < 0.3
+        assert back.remaining[-1] <= 0.31  # the caller's 0.3 s, not the front channel's 10 s
         await front.front_channel.close()
         await stopped(front, back)
 
-    asyncio.run(main())
+    run_in_loop(main())
 
 
 def test_expired_scope_fails_without_sending() -> None:
@@ -157,11 +163,11 @@ def test_expired_scope_fails_without_sending() -> None:
             assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             with deadline_scope(5):
                 assert await call(channel)(b"hello", timeout=1) == b"ok"
-                assert 0.9 < backend.remaining[-1] <= 1.0  # the smaller of timeout and scope
+                assert 0.9 < backend.remaining[-1] <= 1.01  # the smaller of timeout and scope
         assert backend.attempts[b"hello"] == 1
         await stopped(backend)
 
-    asyncio.run(main())
+    run_in_loop(main())
 
 
 @pytest.mark.parametrize(

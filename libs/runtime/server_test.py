@@ -20,6 +20,10 @@ from libs.runtime.testing.echo_server import SERVICE, register
 from libs.runtime.tls import TlsFiles
 from tools.certs.certs import mint_all, mint_leaf, write_leaf
 
+# One event loop for the whole module: grpc.aio objects do not survive a switch between loops
+# (each asyncio.run makes a new one), and a test after such a switch can hang.
+run_in_loop = asyncio.Runner().run
+
 ECHO = f"/{SERVICE}/Echo"
 
 
@@ -54,7 +58,7 @@ def serve(config: ServerConfig, scenario: Callable[[GrpcServer], Awaitable[None]
         finally:
             await server.shutdown()
 
-    asyncio.run(main())
+    run_in_loop(main())
 
 
 def mtls_config(certs: Path, **overrides) -> ServerConfig:

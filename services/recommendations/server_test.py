@@ -21,6 +21,10 @@ from services.recommendations.main import build_server
 from services.recommendations.servicer import SERVICE_NAME, category_names
 from tools.certs.certs import mint_all, mint_leaf, write_leaf
 
+# One event loop for the whole module: grpc.aio objects do not survive a switch between loops
+# (each asyncio.run makes a new one), and a test after such a switch can hang.
+run_in_loop = asyncio.Runner().run
+
 BOOKS = [Book(i, "MYSTERY", f"Mystery {i}", f"Author {i}", 1900 + i) for i in range(1, 8)]
 
 
@@ -61,7 +65,7 @@ def run(certs: Path, catalog: Catalog, scenario) -> None:
             await as_marketplace.close()
             await server.shutdown()
 
-    asyncio.run(main())
+    run_in_loop(main())
 
 
 def channel(certs: Path, identity: str, port: int) -> grpc.aio.Channel:
