@@ -5,19 +5,25 @@ client interceptors of libs/interceptors (request ids, trace context, metrics, f
 default deadline per call and propagation of the caller's deadline),
 retries on UNAVAILABLE only with bounded exponential backoff (gRPC service config), round_robin
 load balancing over every address of a `dns:///` name or a comma-separated list of replicas, and
-keepalive pings that detect dead connections.
+keepalive pings that detect dead connections. `ReloadingChannel` adds client-certificate rotation.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from libs.interceptors import client_interceptors
 from libs.runtime.tls import TlsFiles, channel_credentials
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,3 +115,94 @@ def create_channel(
     if tls_server_name:
         options.append(("grpc.ssl_target_name_override", tls_server_name))
     return grpc.aio.secure_channel(uri, channel_credentials(tls), options=options, interceptors=interceptors)
+
+
+class ReloadingChannel:
+    """A grpc.aio channel that follows certificate rotation on the client side.
+
+    Every `check_every` seconds it looks at the TLS files; when they changed, new calls go to a
+    channel made with the new files, and the old channel is closed once its calls had `drain`
+    seconds to finish. Stubs built on it (`RecommendationServiceStub(channel)`) keep working: each
+    call resolves the current channel. Without TLS it is a plain channel.
+    """
+
+    def __init__(self, target: str, *, tls: TlsFiles | None, check_every: float = 30.0, drain: float = 30.0, **options):
+        self._make = lambda: create_channel(target, tls=tls, **options)
+        self._tls = tls
+        self._check_every = check_every
+        self._drain = drain
+        self._channel = self._make()
+        self._generation = 0
+        self._fingerprint = tls.fingerprint() if tls else None
+        self._watcher: asyncio.Task | None = None
+        self._closing: set[asyncio.Task] = set()
+
+    @property
+    def generation(self) -> int:
+        """How many times the channel was remade after a rotation."""
+        return self._generation
+
+    def _watch(self) -> None:
+        if self._tls is not None and self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._follow_rotation())
+
+    async def _follow_rotation(self) -> None:
+        while True:
+            await asyncio.sleep(self._check_every)
+            self.reload_if_changed()
+
+    def reload_if_changed(self) -> bool:
+        """Remakes the channel if the TLS files changed; returns whether it did."""
+        try:
+            fingerprint = self._tls.fingerprint() if self._tls else None
+            if fingerprint == self._fingerprint:
+                return False
+            fresh = self._make()  # reads and checks the new files; raises if they are unusable
+        except (OSError, ValueError) as error:
+            logger.error("keeping the current client certificate: %s", error)
+            return False
+        old, self._channel, self._fingerprint = self._channel, fresh, fingerprint
+        self._generation += 1
+        logger.info("client certificate changed: new calls use a new channel (generation %d)", self._generation)
+        task = asyncio.get_running_loop().create_task(self._close_later(old))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        return True
+
+    async def _close_later(self, channel: grpc.aio.Channel) -> None:
+        await asyncio.sleep(self._drain)
+        await channel.close()
+
+    def _multicallable(self, kind: str, method: str, args: dict) -> Callable:
+        made: dict[str, Any] = {"generation": -1, "callable": None}
+
+        def call(request: Any, **kwargs: Any) -> Any:
+            self._watch()
+            if made["generation"] != self._generation:  # bind to the current channel once per generation
+                made["callable"] = getattr(self._channel, kind)(method, **args)
+                made["generation"] = self._generation
+            return made["callable"](request, **kwargs)
+
+        return call
+
+    def unary_unary(self, method: str, **args: Any) -> Callable:
+        return self._multicallable("unary_unary", method, args)
+
+    def unary_stream(self, method: str, **args: Any) -> Callable:
+        return self._multicallable("unary_stream", method, args)
+
+    async def channel_ready(self) -> None:
+        await self._channel.channel_ready()
+
+    async def close(self, grace: float | None = None) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        for task in list(self._closing):
+            task.cancel()
+        await self._channel.close(grace)
+
+    async def __aenter__(self) -> ReloadingChannel:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from libs.processes.processes import free_port
+from libs.runtime.channel import ReloadingChannel
 from libs.runtime.config import ServerConfig
 from libs.runtime.server import GrpcServer, StartError
 from libs.runtime.testing.echo_server import SERVICE, register
@@ -145,6 +146,40 @@ def test_rotated_certificates_are_picked_up_without_restart(certs: Path, tmp_pat
         old = credentials(tmp_path / "certs", "marketplace", ca=rotated / "ca.pem")
         error = await expect_failure(server.port, old)
         assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+    serve(mtls_config(certs), scenario)
+
+
+def test_client_channel_follows_certificate_rotation(certs: Path, tmp_path: Path) -> None:
+    client_dir = tmp_path / "client"
+    client_dir.mkdir()
+    for name in ("marketplace.pem", "marketplace.key", "ca.pem"):
+        shutil.copyfile(certs / name, client_dir / name)
+    rotated = tmp_path / "rotated"
+    mint_all(rotated, services=("recommendations", "marketplace"))  # a whole new CA
+
+    def replace(directory: Path, names: tuple[str, ...]) -> None:
+        for name in names:
+            shutil.copyfile(rotated / name, directory / f".{name}")
+            os.replace(directory / f".{name}", directory / name)
+
+    async def scenario(server: GrpcServer) -> None:
+        channel = ReloadingChannel(
+            f"localhost:{server.port}", tls=files(client_dir, "marketplace"), check_every=3600, drain=0
+        )
+        async with channel:
+            echo = channel.unary_unary(ECHO)
+            assert await echo(b"before", timeout=5) == b"echo:before"
+            replace(certs, ("recommendations.pem", "recommendations.key", "ca.pem"))
+            replace(client_dir, ("marketplace.pem", "marketplace.key", "ca.pem"))
+            # A new connection with the old client certificate is now refused...
+            error = await expect_failure(server.port, credentials(tmp_path / "certs", "marketplace"))
+            assert error.code() == grpc.StatusCode.UNAVAILABLE
+            # ...and the reloading channel moves to the new one.
+            assert channel.reload_if_changed()
+            assert channel.generation == 1
+            assert not channel.reload_if_changed()
+            assert await echo(b"after", timeout=5) == b"echo:after"
 
     serve(mtls_config(certs), scenario)
 

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2_grpc
 
 from books.recommendations.v1 import recommendations_pb2_grpc
 from libs.interceptors.tracing import configure_tracing
-from libs.runtime.channel import create_channel, normalize_target
+from libs.runtime.channel import ReloadingChannel, normalize_target
 from libs.runtime.config import add_flag, add_log_flags, add_tls_flags, tls_files
 from libs.runtime.logs import configure_logging
 from libs.runtime.tls import TlsFiles
@@ -93,7 +93,7 @@ async def serve(args: argparse.Namespace, tls: TlsFiles | None, sock: socket.soc
     """Serves HTTP (on `sock` if given) until SIGTERM/SIGINT (uvicorn handles both), then closes the
     gRPC channel. Each worker process has its own event loop and channel."""
     configure_tracing("marketplace")
-    channel = create_channel(
+    channel = ReloadingChannel(
         args.recommendations_addr,
         tls=tls,
         tls_server_name=args.recommendations_tls_name,
