@@ -24,6 +24,7 @@ exceptions (one per status code), which the ExceptionToStatus hook understands.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -119,6 +120,12 @@ _FACTORIES = {
 }
 
 
+def _ended_early(context: Any) -> grpc.StatusCode:
+    """The code of a call that ended before its handler did: the caller's deadline passed, or it left."""
+    remaining = context.time_remaining()
+    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+
+
 class Pipeline:
     """The ordered middleware stack, and the wrappers that run it around a method's handler."""
 
@@ -150,7 +157,15 @@ class Pipeline:
 
     def succeeded(self, call: Call) -> None:
         code = call.context.code()
-        call.code = code if code is not None else grpc.StatusCode.OK
+        if code is None:  # a handler that finished after the deadline answered nobody
+            remaining = call.context.time_remaining()
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.OK
+        call.code = code
+
+    def cancelled(self, call: Call) -> None:
+        """The call ended under the handler (aio cancels it; a sync handler runs on): record why."""
+        call.code = _ended_early(call.context)
+        self.close(call)
 
     def close(self, call: Call) -> None:
         call.duration = time.perf_counter() - call.started
@@ -193,6 +208,9 @@ class Pipeline:
                             yield response
                     else:  # a coroutine writing with context.write(): the read/write API
                         await responses
+                except asyncio.CancelledError:
+                    self.cancelled(call)
+                    raise
                 except Exception as exc:
                     await abort_or_raise(call, context, exc)
                 self.succeeded(call)
@@ -207,6 +225,9 @@ class Pipeline:
                     response = inner(request, context)
                     if hasattr(response, "__await__"):
                         response = await response
+                except asyncio.CancelledError:
+                    self.cancelled(call)
+                    raise
                 except Exception as exc:
                     return await abort_or_raise(call, context, exc)
                 self.succeeded(call)
@@ -232,10 +253,19 @@ class Pipeline:
         def stream(call: Call, context: grpc.ServicerContext, responses: Iterator) -> Iterator:
             try:
                 yield from responses
+            except GeneratorExit:  # gRPC stopped asking: the caller left or its deadline passed
+                self.cancelled(call)
+                raise
             except Exception as exc:
                 abort_or_raise(call, context, exc)
-            self.succeeded(call)
-            self.close(call)
+            finish(call, context)
+
+        def finish(call: Call, context: grpc.ServicerContext) -> None:
+            if context.is_active():
+                self.succeeded(call)
+                self.close(call)
+            else:  # the handler ran on after the caller's deadline or cancellation
+                self.cancelled(call)
 
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
             call = Call(method, service, name, kind, context, _metadata(context.invocation_metadata()))
@@ -246,8 +276,7 @@ class Pipeline:
                 return abort_or_raise(call, context, exc)
             if handler.response_streaming:
                 return stream(call, context, response)
-            self.succeeded(call)
-            self.close(call)
+            finish(call, context)
             return response
 
         return _rebuild(handler, kind, behaviour)

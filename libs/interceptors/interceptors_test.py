@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,6 +87,8 @@ def _serve_sync(name, options, target, registry, spans, provider) -> Iterator[Se
         downstream = grpc.intercept_channel(grpc.insecure_channel(target), *interceptors)
 
     def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+        if request == b"slow":
+            time.sleep(0.5)
         if request == b"abort":
             context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler said no")
         if request == b"forward":
@@ -114,6 +117,8 @@ def _serve_aio(name, options, target, registry, spans, provider) -> Iterator[Ser
     state: dict = {}
 
     async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        if request == b"slow":
+            await asyncio.sleep(0.5)  # gRPC cancels this when the caller's deadline passes
         if request == b"abort":
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "handler said no")
         if request == b"forward":
@@ -296,6 +301,20 @@ def test_metric_values_after_known_calls(kind: str) -> None:
     assert value("grpc_server_handling_seconds_bucket", {**unary, "le": "10.0"}) == 3
     assert value("grpc_server_in_flight", unary) == 0
     assert value("grpc_server_handled_total", {**unknown, "grpc_code": "UNIMPLEMENTED"}) == 2  # collapsed
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_call_past_its_deadline_is_counted_as_such(kind: str) -> None:
+    with serve(kind) as server:
+        with server.channel() as channel, pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary(f"/{SERVICE}/Unary")(b"slow", timeout=0.1)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        time.sleep(0.8)  # the handler finishes (sync) or is cancelled (aio) on the server
+    unary = {"grpc_service": SERVICE, "grpc_method": "Unary", "grpc_type": "unary"}
+    value = server.registry.get_sample_value
+    assert value("grpc_server_handled_total", {**unary, "grpc_code": "DEADLINE_EXCEEDED"}) == 1
+    assert value("grpc_server_handled_total", {**unary, "grpc_code": "OK"}) is None
+    assert value("grpc_server_in_flight", unary) == 0
 
 
 @pytest.mark.parametrize("kind", KINDS)
