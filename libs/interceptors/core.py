@@ -120,10 +120,9 @@ _FACTORIES = {
 }
 
 
-def _ended_early(context: Any) -> grpc.StatusCode:
-    """The code of a call that ended before its handler did: the caller's deadline passed, or it left."""
+def _deadline_passed(context: Any) -> bool:
     remaining = context.time_remaining()
-    return grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.CANCELLED
+    return remaining is not None and remaining <= 0
 
 
 class Pipeline:
@@ -158,13 +157,12 @@ class Pipeline:
     def succeeded(self, call: Call) -> None:
         code = call.context.code()
         if code is None:  # a handler that finished after the deadline answered nobody
-            remaining = call.context.time_remaining()
-            code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 else grpc.StatusCode.OK
+            code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(call.context) else grpc.StatusCode.OK
         call.code = code
 
     def cancelled(self, call: Call) -> None:
         """The call ended under the handler (aio cancels it; a sync handler runs on): record why."""
-        call.code = _ended_early(call.context)
+        call.code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(call.context) else grpc.StatusCode.CANCELLED
         self.close(call)
 
     def close(self, call: Call) -> None:
