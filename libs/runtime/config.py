@@ -25,7 +25,10 @@ class ConfigError(ValueError):
 
 
 def env_name(prefix: str, flag: str) -> str:
-    return f"{prefix}_{flag.lstrip('-').upper().replace('-', '_')}"
+    """`--tls-cert` of `MARKETPLACE` → MARKETPLACE_TLS_CERT; a flag already named after the prefix
+    keeps its name: `--recommendations-addr` of `RECOMMENDATIONS` → RECOMMENDATIONS_ADDR."""
+    name = flag.lstrip("-").upper().replace("-", "_")
+    return name if name.startswith(f"{prefix}_") else f"{prefix}_{name}"
 
 
 def add_flag(parser: argparse.ArgumentParser, prefix: str, flag: str, default: Any, help: str, **kwargs: Any) -> None:
