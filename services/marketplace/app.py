@@ -108,11 +108,18 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def parse_int(value: str | None, name: str, default: int | None, violations: list[FieldViolation]) -> int | None:
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def parse_int(
+    value: str | None, name: str, default: int | None, violations: list[FieldViolation], bits: tuple = INT64
+) -> int | None:
+    """A whole number that fits the API field (`bits`: INT32 or INT64); the backend judges the rest."""
     if value is None or value == "":
         return default
     text = value.strip()
-    if not text.lstrip("-").isdigit() or len(text) > 12:
+    if not text.lstrip("-").isdigit() or len(text) > 20 or not bits[0] <= int(text) <= bits[1]:
         violations.append(FieldViolation(name, f"must be a whole number, got {value[:40]!r}"))
         return None
     return int(text)
@@ -127,8 +134,8 @@ def shopper(request: Request) -> tuple[int, bool]:
         if violations:
             raise BadParameters(violations)
         return user, True
-    cookie = request.cookies.get(USER_COOKIE, "")
-    return (int(cookie) if cookie.isdigit() and len(cookie) <= 12 else DEFAULT_USER), False
+    cookie = parse_int(request.cookies.get(USER_COOKIE), USER_COOKIE, DEFAULT_USER, [])
+    return (cookie if cookie is not None else DEFAULT_USER), False
 
 
 def create_app(
@@ -217,7 +224,7 @@ def create_app(
         if category is None:
             known = ", ".join(BY_SLUG)
             violations.append(FieldViolation("category", f"must be one of {known}, got {slug[:40]!r}"))
-        max_results = parse_int(params.get("max_results"), "max_results", HOME_MAX_RESULTS, violations)
+        max_results = parse_int(params.get("max_results"), "max_results", HOME_MAX_RESULTS, violations, INT32)
         user = parse_int(params.get("user_id"), "user_id", DEFAULT_USER, violations)
         if violations:
             return api_error(400, "invalid request", violations)

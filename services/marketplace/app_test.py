@@ -206,6 +206,16 @@ def test_api_names_every_bad_field_it_can_check_itself() -> None:
     assert not stub.calls
 
 
+def test_api_rejects_numbers_its_fields_cannot_hold() -> None:
+    stub = FakeRecommendations(BOOKS)
+    response = client(stub).get(
+        "/api/recommendations?category=mystery&max_results=2147483648&user_id=99999999999999999999"
+    )
+    assert response.status_code == 400
+    assert {f["field"] for f in response.json()["fields"]} == {"max_results", "user_id"}
+    assert not stub.calls
+
+
 def test_api_maps_backend_bad_request_to_400_fields() -> None:
     error = bad_request(FieldViolation("max_results", "must be between 1 and 20, got 99"))
     response = client(FakeRecommendations(error=error)).get("/api/recommendations?category=mystery&max_results=99")
