@@ -24,6 +24,15 @@ class ConfigError(ValueError):
     """One or more configuration values are invalid; the message lists each."""
 
 
+def user_path(text: str) -> Path:
+    """A path as the user meant it: `bazel run` starts programs in their runfiles, so a relative path
+    is taken from where the user ran the command (BUILD_WORKING_DIRECTORY)."""
+    path = Path(text)
+    if path.is_absolute():
+        return path
+    return Path(os.environ.get("BUILD_WORKING_DIRECTORY", ".")) / path
+
+
 def env_name(prefix: str, flag: str) -> str:
     """`--tls-cert` of `MARKETPLACE` → MARKETPLACE_TLS_CERT; a flag already named after the prefix
     keeps its name: `--recommendations-addr` of `RECOMMENDATIONS` → RECOMMENDATIONS_ADDR."""
@@ -65,7 +74,7 @@ def tls_files(args: argparse.Namespace, problems: list[str]) -> TlsFiles | None:
     if missing:
         problems.append(f"mTLS needs {', '.join(missing)} (or --insecure for plaintext local work)")
         return None
-    files = TlsFiles(Path(args.tls_cert), Path(args.tls_key), Path(args.tls_ca))
+    files = TlsFiles(user_path(args.tls_cert), user_path(args.tls_key), user_path(args.tls_ca))
     try:
         files.read()
     except TlsConfigError as error:

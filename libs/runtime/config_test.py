@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.runtime.config import ConfigError, add_flag, add_server_flags, env_name, server_config
+from libs.runtime.config import ConfigError, add_flag, add_server_flags, env_name, server_config, user_path
 
 
 @pytest.mark.parametrize(
@@ -72,3 +72,11 @@ def test_insecure_excludes_tls_files_and_ports_must_differ() -> None:
 def test_allow_rules_are_parsed() -> None:
     config = server_config(parse("--insecure", "--allow", "Recommend=marketplace, admin;RecommendEach=*"))
     assert config.allow == {"Recommend": frozenset({"marketplace", "admin"}), "RecommendEach": frozenset({"*"})}
+
+
+def test_relative_paths_are_taken_from_where_bazel_run_was_typed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUILD_WORKING_DIRECTORY", "/home/me/project")
+    assert user_path("certs/ca.pem") == Path("/home/me/project/certs/ca.pem")
+    assert user_path("/etc/ssl/ca.pem") == Path("/etc/ssl/ca.pem")
+    monkeypatch.delenv("BUILD_WORKING_DIRECTORY")
+    assert user_path("certs/ca.pem") == Path("certs/ca.pem")

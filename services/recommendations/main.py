@@ -7,12 +7,11 @@ import asyncio
 import logging
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 from books.recommendations.v1 import recommendations_pb2_grpc
 from libs.interceptors.core import Middleware
 from libs.interceptors.tracing import configure_tracing
-from libs.runtime.config import ConfigError, ServerConfig, add_flag, add_server_flags, server_config
+from libs.runtime.config import ConfigError, ServerConfig, add_flag, add_server_flags, server_config, user_path
 from libs.runtime.logs import configure_logging
 from libs.runtime.server import GrpcServer, StartError
 from services.recommendations.catalog import DEFAULT_CATALOG, Catalog, CatalogError
@@ -32,7 +31,12 @@ def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=__doc__)
     add_server_flags(result, ENV_PREFIX, DEFAULT_PORT)
     add_flag(
-        result, ENV_PREFIX, "--catalog", str(DEFAULT_CATALOG), "books CSV: id,category,title,author,year", type=Path
+        result,
+        ENV_PREFIX,
+        "--catalog",
+        str(DEFAULT_CATALOG),
+        "books CSV: id,category,title,author,year",
+        type=user_path,
     )
     return result
 
