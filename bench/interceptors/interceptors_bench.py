@@ -13,69 +13,16 @@ servers must answer a sample of calls from a real gRPC client with OK.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-
-from books.catalog.v1 import catalog_pb2
-from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from bench.common import PIN_SERVER, REQUEST, RpcResult, check_statuses, cpu_seconds, grpc_frame, run_h2load
 from libs.processes.processes import ChildProcess, free_port, runfile
-
-METHOD = "/books.recommendations.v1.RecommendationService/Recommend"
-# One core for the server, the other for h2load: without pinning, the two fight over both cores and
-# rounds of the same variant differ by 30 %.
-PIN_SERVER, PIN_LOAD = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if shutil.which("taskset") else ([], [])
-REQUEST = recommendations_pb2.RecommendRequest(user_id=1, category=catalog_pb2.MYSTERY, max_results=3)
-
-
-@dataclass
-class Result:
-    requests_per_second: float
-    mean_latency_ms: float
-    succeeded: int
-    cpu_us_per_request: float = 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def grpc_frame(message: bytes) -> bytes:
-    """A gRPC length-prefixed message: no compression flag, 4-byte big-endian length."""
-    return b"\x00" + len(message).to_bytes(4, "big") + message
-
-
-def run_h2load(port: int, body: Path, requests: int, clients: int, streams: int) -> Result:
-    command = [
-        *PIN_LOAD,
-        "h2load", "-n", str(requests), "-c", str(clients), "-m", str(streams), "-t", "1",
-        "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body),
-        f"http://127.0.0.1:{port}{METHOD}",
-    ]  # fmt: skip
-    output = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
-    rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output).group(1))
-    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[mean.group(2)]
-    succeeded = int(re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", output).group(1))
-    return Result(rate, float(mean.group(1)) * scale, succeeded)
-
-
-def check_statuses(port: int, calls: int = 50) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = recommendations_pb2_grpc.RecommendationServiceStub(channel)
-        for _ in range(calls):
-            assert len(stub.Recommend(REQUEST, timeout=5).recommendations) == 3
 
 
 def handled_ok(metrics_port: int) -> float:
@@ -118,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as temporary:
         body = Path(temporary) / "request.bin"
         body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
-        results: dict[str, list[Result]] = {"bare": [], "noop": [], "full": []}
+        results: dict[str, list[RpcResult]] = {"bare": [], "noop": [], "full": []}
         servers = {variant: start(variant) for variant in results}
         try:
             for _, port, _ in servers.values():

@@ -13,41 +13,12 @@ and socket errors are counted and reported.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
-import subprocess
 import sys
-from dataclasses import dataclass
 
-from libs.processes.processes import ChildProcess, free_port, runfile
-
-
-@dataclass
-class Result:
-    pages_per_second: float
-    mean_latency_ms: float
-    requests: int
-    non_2xx: int
-
-
-def run_wrk(url: str, duration: int, connections: int) -> Result:
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
-    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    latency = re.search(r"Latency\s+([\d.]+)(us|ms|s)", output)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[latency.group(2)]
-    requests = int(re.search(r"(\d+) requests in", output).group(1))
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    failed = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)
-    return Result(rate, float(latency.group(1)) * scale, requests, failed)
-
-
-def start(name: str, argv: list, port: int) -> ChildProcess:
-    process = ChildProcess(name, argv, discard_output=True).start()
-    process.wait_for_port(port)
-    return process
+from bench.common import PageResult, run_wrk, start_quiet
+from libs.processes.processes import free_port, runfile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rec_port, base_port, ours_port = free_port(), free_port(), free_port()
     backend_addr = f"127.0.0.1:{rec_port}"
-    recommendations = start(
+    recommendations = start_quiet(
         "recommendations",
         [runfile("services/recommendations/recommendations"), "--insecure", "--host", "127.0.0.1", "--port", rec_port],
         rec_port,
@@ -84,11 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }  # fmt: skip
     targets["ours: / (6 shelves, 1 RecommendEach call)"] = (*targets["ours: /category/mystery (1 call)"][:2], "/")
-    results: dict[str, list[Result]] = {name: [] for name in targets}
+    results: dict[str, list[PageResult]] = {name: [] for name in targets}
     try:
         for _ in range(args.rounds):
             for name, (command, port, path) in targets.items():
-                server = start(name, command, port)
+                server = start_quiet(name, command, port)
                 try:
                     run_wrk(f"http://127.0.0.1:{port}{path}", 2, args.connections)  # warm-up
                     results[name].append(run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, args.connections))

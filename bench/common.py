@@ -1,0 +1,95 @@
+"""What the benchmarks share: load generators (h2load, wrk) and their parsing, CPU pinning, checks."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from books.catalog.v1 import catalog_pb2
+from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from libs.processes.processes import ChildProcess
+
+METHOD = "/books.recommendations.v1.RecommendationService/Recommend"
+# One core for the server, the other for the load generator: without pinning, the two fight over both
+# cores and rounds of the same variant differ by 30 %.
+PIN_SERVER, PIN_LOAD = (["taskset", "-c", "1"], ["taskset", "-c", "0"]) if shutil.which("taskset") else ([], [])
+REQUEST = recommendations_pb2.RecommendRequest(user_id=1, category=catalog_pb2.MYSTERY, max_results=3)
+
+
+@dataclass
+class RpcResult:
+    requests_per_second: float
+    mean_latency_ms: float
+    succeeded: int
+    cpu_us_per_request: float = 0.0
+
+
+@dataclass
+class PageResult:
+    pages_per_second: float
+    mean_latency_ms: float
+    requests: int
+    non_2xx: int
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """A gRPC length-prefixed message: no compression flag, 4-byte big-endian length."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def _milliseconds(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_h2load(port: int, body: Path, requests: int, clients: int, streams: int) -> RpcResult:
+    """Unary gRPC load on `METHOD` with h2load (which counts gRPC errors as successes: check statuses)."""
+    command = [
+        *PIN_LOAD,
+        "h2load", "-n", str(requests), "-c", str(clients), "-m", str(streams), "-t", "1",
+        "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body),
+        f"http://127.0.0.1:{port}{METHOD}",
+    ]  # fmt: skip
+    output = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
+    rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output).group(1))
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
+    succeeded = int(re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", output).group(1))
+    return RpcResult(rate, _milliseconds(*mean.groups()), succeeded)
+
+
+def run_wrk(url: str, duration: int, connections: int) -> PageResult:
+    command = [*PIN_LOAD, "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    latency = re.search(r"Latency\s+([\d.]+)(us|ms|s)", output)
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    failed = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    return PageResult(rate, _milliseconds(*latency.groups()), requests, failed)
+
+
+def check_statuses(port: int, calls: int = 50) -> None:
+    """A real gRPC client gets OK with three books: what h2load cannot tell."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = recommendations_pb2_grpc.RecommendationServiceStub(channel)
+        for _ in range(calls):
+            assert len(stub.Recommend(REQUEST, timeout=5).recommendations) == 3
+
+
+def start_quiet(name: str, argv: list, port: int) -> ChildProcess:
+    """Starts a server with its output discarded (reading it would cost CPU) and waits for its port."""
+    process = ChildProcess(name, argv, discard_output=True).start()
+    process.wait_for_port(port)
+    return process
