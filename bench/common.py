@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +87,14 @@ def check_statuses(port: int, calls: int = 50) -> None:
         stub = recommendations_pb2_grpc.RecommendationServiceStub(channel)
         for _ in range(calls):
             assert len(stub.Recommend(REQUEST, timeout=5).recommendations) == 3
+
+
+def handled_ok(metrics_port: int) -> float:
+    """How many Recommend calls our server's own metrics counted as OK."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    pattern = r'grpc_server_handled_total\{grpc_code="OK",grpc_method="Recommend"[^}]*\} ([\d.e+]+)'
+    match = re.search(pattern, text)
+    return float(match.group(1)) if match else 0.0
 
 
 def start_quiet(name: str, argv: list, port: int) -> ChildProcess:

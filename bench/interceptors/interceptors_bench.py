@@ -13,23 +13,14 @@ servers must answer a sample of calls from a real gRPC client with OK.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
-from bench.common import PIN_SERVER, REQUEST, RpcResult, check_statuses, cpu_seconds, grpc_frame, run_h2load
+from bench.common import PIN_SERVER, REQUEST, RpcResult, check_statuses, cpu_seconds, grpc_frame, handled_ok, run_h2load
 from libs.processes.processes import ChildProcess, free_port, runfile
-
-
-def handled_ok(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    pattern = r'grpc_server_handled_total\{grpc_code="OK",grpc_method="Recommend"[^}]*\} ([\d.e+]+)'
-    match = re.search(pattern, text)
-    return float(match.group(1)) if match else 0.0
 
 
 def start(variant: str) -> tuple[ChildProcess, int, int]:

@@ -1,0 +1,169 @@
+"""The benchmark suite: one command, one table, every figure measured in the same run.
+
+    ./bazelw run //bench -- [--requests 20000] [--duration 10] [--rounds 3]
+
+Recommend over loopback with h2load (server and load generator pinned to one core each) against: a
+bare grpc.aio server answering a prebuilt response (bench/baselines/bare_aio.py), the tutorial's
+server (bench/baselines/tutorial_server.py: sync, 10 threads, an exception-mapping interceptor), and
+our Recommendations service with its full middleware stack (plaintext: h2load cannot do mTLS).
+h2load counts gRPC errors as successes, so statuses are checked with a real client before and after,
+and our server's metrics must count every request as OK. Then marketplace page views per second
+with wrk against the tutorial's Flask app, and Recommendations' start→SERVING time. Needs
+`apt-get install nghttp2-client wrk`. Targets: ours ≥ 0.9× bare, ≥ 1.8× tutorial; marketplace ≥ 3×.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.common import (
+    PIN_SERVER,
+    REQUEST,
+    check_statuses,
+    grpc_frame,
+    handled_ok,
+    run_h2load,
+    run_wrk,
+    start_quiet,
+)
+from libs.processes.processes import ChildProcess, free_port, runfile
+
+RECOMMENDATIONS = "services/recommendations/recommendations"
+
+
+def start_to_serving(samples: int) -> float:
+    """Median seconds from spawning Recommendations to its health check answering SERVING."""
+    times = []
+    for _ in range(samples):
+        port = free_port()
+        begun = time.monotonic()
+        command = [runfile(RECOMMENDATIONS), "--insecure", "--port", port]
+        process = ChildProcess("startup", command, discard_output=True).start()
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                while True:
+                    try:
+                        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.2, wait_for_ready=True)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                    except grpc.RpcError:
+                        if time.monotonic() - begun > 30:
+                            raise
+            times.append(time.monotonic() - begun)
+        finally:
+            process.stop()
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20000, help="h2load requests per round (default 20000)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per target, median reported (default 3)")
+    args = parser.parse_args(argv)
+    missing = [tool for tool in ("h2load", "wrk") if not shutil.which(tool)]
+    if missing:
+        print(f"missing {', '.join(missing)}: apt-get install nghttp2-client wrk", file=sys.stderr)
+        return 2
+
+    rows: list[tuple[str, str, str, str]] = []
+    with tempfile.TemporaryDirectory() as temporary:
+        body = Path(temporary) / "request.bin"
+        body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
+        ports = {name: free_port() for name in ("bare", "tutorial", "ours")}
+        metrics_port = free_port()
+        commands = {
+            "bare": [*PIN_SERVER, runfile("bench/baselines/bare_aio"), "--port", ports["bare"]],
+            "tutorial": [*PIN_SERVER, runfile("bench/baselines/tutorial_server"), "--port", ports["tutorial"]],
+            "ours": [
+                *PIN_SERVER, runfile(RECOMMENDATIONS), "--insecure", "--host", "127.0.0.1", "--port", ports["ours"],
+                "--metrics-port", metrics_port, "--drain-seconds", "0",
+            ],
+        }  # fmt: skip
+        servers = {name: start_quiet(name, command, ports[name]) for name, command in commands.items()}
+        rates: dict[str, list] = {name: [] for name in servers}
+        try:
+            warm_up = min(args.requests, 5000)
+            for name in servers:
+                check_statuses(ports[name])
+                run_h2load(ports[name], body, warm_up, 8, 16)
+            for _ in range(args.rounds):
+                for name in servers:
+                    rates[name].append(run_h2load(ports[name], body, args.requests, 8, 16))
+            for name in servers:
+                check_statuses(ports[name])
+            assert handled_ok(metrics_port) == 100 + warm_up + args.rounds * args.requests, "non-OK statuses"
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    median = {n: sorted(r, key=lambda x: x.requests_per_second)[len(r) // 2] for n, r in rates.items()}
+    bare, tutorial = median["bare"].requests_per_second, median["tutorial"].requests_per_second
+    labels = {
+        "bare": "Recommend: bare grpc.aio, prebuilt response",
+        "tutorial": "Recommend: tutorial server (sync, 10 threads)",
+        "ours": "Recommend: ours, full middleware stack",
+    }
+    for name, result in median.items():
+        rate = result.requests_per_second
+        note = f"{rate / bare:.2f}x bare, {rate / tutorial:.2f}x tutorial"
+        rows.append((labels[name], f"{rate:,.0f} req/s", f"{result.mean_latency_ms:.2f} ms", note))
+
+    rec_port, base_port, web_port = free_port(), free_port(), free_port()
+    backend_addr = f"127.0.0.1:{rec_port}"
+    recommendations = [runfile(RECOMMENDATIONS), "--insecure", "--host", "127.0.0.1", "--port", rec_port]
+    baseline = [runfile("bench/marketplace/baseline"), "--port", base_port, "--recommendations-addr", backend_addr]
+    ours = [
+        runfile("services/marketplace/marketplace"), "--insecure", "--host", "127.0.0.1", "--port", web_port,
+        "--workers", 2, "--no-access-log", "--recommendations-addr", backend_addr,
+    ]  # fmt: skip
+
+    def pages(port: int, path: str) -> tuple[float, float, int]:
+        results = [run_wrk(f"http://127.0.0.1:{port}{path}", args.duration, 16) for _ in range(args.rounds)]
+        rate = statistics.median(r.pages_per_second for r in results)
+        return rate, statistics.median(r.mean_latency_ms for r in results), sum(r.non_2xx for r in results)
+
+    measured: dict[str, tuple[float, float, int]] = {}
+    backend = start_quiet("backend", recommendations, rec_port)
+    try:
+        for name, command, port, paths in (
+            ("tutorial Flask app", baseline, base_port, {"/": "tutorial Flask app /"}),
+            ("ours", ours, web_port, {"/category/mystery": "ours /category/mystery", "/": "ours / (6 shelves)"}),
+        ):
+            server = start_quiet(name, command, port)
+            try:
+                for path, label in paths.items():
+                    measured[label] = pages(port, path)
+            finally:
+                server.stop()
+    finally:
+        backend.stop()
+    baseline_rate = measured["tutorial Flask app /"][0]
+    for label, (rate, latency, failed) in measured.items():
+        note = f"{rate / baseline_rate:.2f}x baseline, {failed} non-2xx"
+        rows.append((f"Marketplace: {label}", f"{rate:,.0f} pages/s", f"{latency:.2f} ms", note))
+
+    rows.append(("Recommendations: start → SERVING", f"{start_to_serving(5):.2f} s", "", "median of 5"))
+    rows.append(("Image sizes", "not built yet", "", "issue: OCI images"))
+
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load = f"h2load -n{args.requests} -c8 -m16 -t1, wrk -t2 -c16 -d{args.duration}s"
+    print(f"//bench, {when}: {load}, median of {args.rounds} rounds")
+    width = max(len(row[0]) for row in rows)
+    for label, value, latency, note in rows:
+        print(f"{label:<{width}}  {value:>16}  {latency:>10}  {note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
