@@ -60,10 +60,10 @@ class Catalog:
             except sqlite3.IntegrityError as error:
                 raise CatalogError(f"duplicate book id {book.id}") from error
         self._db.commit()
-        self._by_category: dict[str, tuple[Book, ...]] = {}
+        self._by_category: dict[str, list[Book]] = {}
         for row in self._db.execute("SELECT id, category, title, author, year FROM books ORDER BY id"):
             book = Book(*row)
-            self._by_category[book.category] = (*self._by_category.get(book.category, ()), book)
+            self._by_category.setdefault(book.category, []).append(book)
 
     @classmethod
     def from_csv(cls, path: Path, categories: Iterable[str]) -> Catalog:

@@ -15,7 +15,7 @@ from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.interceptors.errors import FieldViolation, field_violations
 from libs.runtime.config import ServerConfig
-from libs.runtime.tls import TlsFiles
+from libs.runtime.tls import TlsFiles, channel_credentials
 from services.recommendations.catalog import Book, Catalog
 from services.recommendations.main import build_server
 from services.recommendations.servicer import SERVICE_NAME, category_names
@@ -69,11 +69,7 @@ def run(certs: Path, catalog: Catalog, scenario) -> None:
 
 
 def channel(certs: Path, identity: str, port: int) -> grpc.aio.Channel:
-    credentials = grpc.ssl_channel_credentials(
-        (certs / "ca.pem").read_bytes(),
-        (certs / f"{identity}.key").read_bytes(),
-        (certs / f"{identity}.pem").read_bytes(),
-    )
+    credentials = channel_credentials(TlsFiles(certs / f"{identity}.pem", certs / f"{identity}.key", certs / "ca.pem"))
     return grpc.aio.secure_channel(f"localhost:{port}", credentials)
 
 

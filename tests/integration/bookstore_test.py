@@ -21,7 +21,8 @@ from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.interceptors.errors import FieldViolation, field_violations
 from libs.processes.processes import ChildProcess, free_port, runfile
-from tools.certs.certs import mint_all
+from libs.runtime.tls import TlsFiles, channel_credentials
+from tools.certs.certs import mint_all, service_flags
 
 RECOMMENDATIONS = runfile("services/recommendations/recommendations")
 MARKETPLACE = runfile("services/marketplace/marketplace")
@@ -59,10 +60,6 @@ def write_catalog(path: Path) -> Path:
     return path
 
 
-def tls_flags(certs: Path, service: str) -> list[str | Path]:
-    return ["--tls-cert", certs / f"{service}.pem", "--tls-key", certs / f"{service}.key", "--tls-ca", certs / "ca.pem"]
-
-
 def start_recommendations(catalog: Path, port: int, certs: Path) -> ChildProcess:
     child = ChildProcess(
         "recommendations",
@@ -76,7 +73,7 @@ def start_recommendations(catalog: Path, port: int, certs: Path) -> ChildProcess
             catalog,
             "--drain-seconds",
             "0",
-            *tls_flags(certs, "recommendations"),
+            *service_flags(certs, "recommendations"),
         ],
     ).start()
     child.wait_for_port(port)
@@ -104,7 +101,7 @@ def bookstore(tmp_path: Path, certs: Path) -> Iterator[Bookstore]:
             web_port,
             "--recommendations-addr",
             f"127.0.0.1:{rec_port}",
-            *tls_flags(certs, "marketplace"),
+            *service_flags(certs, "marketplace"),
         ],
     ).start()
     try:
@@ -127,11 +124,7 @@ def get(url: str) -> tuple[int, str, float]:
 def recommend(bookstore: Bookstore, **fields) -> recommendations_pb2.RecommendResponse:
     """Calls Recommend as the marketplace would: mTLS with the marketplace's certificate."""
     certs = bookstore.certs
-    credentials = grpc.ssl_channel_credentials(
-        (certs / "ca.pem").read_bytes(),
-        (certs / "marketplace.key").read_bytes(),
-        (certs / "marketplace.pem").read_bytes(),
-    )
+    credentials = channel_credentials(TlsFiles(certs / "marketplace.pem", certs / "marketplace.key", certs / "ca.pem"))
     request = recommendations_pb2.RecommendRequest(**{"user_id": 1, "max_results": 3, **fields})
     with grpc.secure_channel(f"127.0.0.1:{bookstore.recommendations_port}", credentials) as channel:
         return recommendations_pb2_grpc.RecommendationServiceStub(channel).Recommend(request, timeout=5)
@@ -282,7 +275,7 @@ def test_marketplace_workers_share_the_port_and_stop_cleanly(certs: Path, tmp_pa
         "marketplace",
         [
             MARKETPLACE, "--host", "127.0.0.1", "--port", web_port, "--workers", "2",
-            "--recommendations-addr", f"127.0.0.1:{rec_port}", *tls_flags(certs, "marketplace"),
+            "--recommendations-addr", f"127.0.0.1:{rec_port}", *service_flags(certs, "marketplace"),
         ],
     ).start()  # fmt: skip
     try:

@@ -128,6 +128,12 @@ def write_leaf(out_dir: Path, service: str, issued: Issued) -> None:
     _write(out_dir / f"{service}.pem", issued.cert_pem, 0o644)
 
 
+def service_flags(out_dir: Path, service: str) -> list[str | Path]:
+    """The --tls-* flags that make one of our programs use `service`'s pair from a minted `out_dir`."""
+    cert, key, ca = out_dir / f"{service}.pem", out_dir / f"{service}.key", out_dir / "ca.pem"
+    return ["--tls-cert", cert, "--tls-key", key, "--tls-ca", ca]
+
+
 def mint_all(
     out_dir: Path,
     services: tuple[str, ...] = DEFAULT_SERVICES,

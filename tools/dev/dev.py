@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 
 from libs.processes.processes import ChildProcess, runfile
-from tools.certs.certs import mint_all
+from tools.certs.certs import mint_all, service_flags
 
 logger = logging.getLogger("dev")
 
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def tls_flags(certs: Path | None, service: str) -> list[str | Path]:
     if certs is None:
         return ["--insecure"]
-    return ["--tls-cert", certs / f"{service}.pem", "--tls-key", certs / f"{service}.key", "--tls-ca", certs / "ca.pem"]
+    return service_flags(certs, service)
 
 
 def main(argv: list[str] | None = None) -> int:
