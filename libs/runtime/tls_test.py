@@ -1,0 +1,47 @@
+"""TlsFiles.read: what a misconfigured deployment gets told, before anything listens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from libs.runtime.tls import TlsConfigError, TlsFiles
+from tools.certs.certs import mint_all
+
+
+@pytest.fixture(scope="module")
+def minted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    mint_all(out, services=("recommendations", "marketplace"))
+    return out
+
+
+def files(
+    out: Path, cert: str = "recommendations.pem", key: str = "recommendations.key", ca: str = "ca.pem"
+) -> TlsFiles:
+    return TlsFiles(out / cert, out / key, out / ca)
+
+
+def test_a_matching_pair_and_ca_are_read(minted: Path) -> None:
+    cert, key, ca = files(minted).read()
+    assert cert.startswith(b"-----BEGIN CERTIFICATE-----")
+    assert b"PRIVATE KEY" in key
+    assert ca != cert
+
+
+def test_a_missing_file_is_named(minted: Path) -> None:
+    with pytest.raises(TlsConfigError, match=r"cannot read TLS CA .*nope\.pem"):
+        files(minted, ca="nope.pem").read()
+
+
+def test_a_file_that_is_not_a_certificate_is_named(minted: Path) -> None:
+    with pytest.raises(TlsConfigError, match=r"TLS certificate .*recommendations\.key is not a PEM certificate"):
+        files(minted, cert="recommendations.key").read()
+
+
+def test_a_key_of_another_certificate_is_refused(minted: Path) -> None:
+    with pytest.raises(
+        TlsConfigError, match=r"marketplace\.key is not a PEM private key matching .*recommendations\.pem"
+    ):
+        files(minted, key="marketplace.key").read()

@@ -1,0 +1,135 @@
+"""What the built images hold and how they are configured, read from their OCI layouts (no runtime needed)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from libs.processes.processes import runfile
+from tools.certs.certs import mint_ca
+from tools.oci.oci import Tree, write_layer
+from tools.oci.scan import scan_layer, scan_layout
+
+IMAGES = {
+    "recommendations": runfile("services/recommendations/image"),
+    "marketplace": runfile("services/marketplace/image"),
+}
+LOCK = runfile("tools/oci/debian_packages.lock")
+NONROOT = 65532
+
+
+def blob(layout: Path, digest: str) -> bytes:
+    return (layout / "blobs" / digest.replace(":", "/")).read_bytes()
+
+
+def manifest_and_config(layout: Path) -> tuple[dict, dict]:
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads(blob(layout, index["manifests"][0]["digest"]))
+    return manifest, json.loads(blob(layout, manifest["config"]["digest"]))
+
+
+def layer_files(layout: Path, number: int) -> dict[str, tarfile.TarInfo]:
+    manifest, _ = manifest_and_config(layout)
+    data = gzip.decompress(blob(layout, manifest["layers"][number]["digest"]))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {member.name: member for member in tar.getmembers()}
+
+
+@pytest.mark.parametrize("service", sorted(IMAGES))
+def test_config_runs_the_service_as_the_non_root_user(service: str) -> None:
+    _, config = manifest_and_config(IMAGES[service])
+    settings = config["config"]
+    assert settings["User"] == f"{NONROOT}:{NONROOT}"
+    assert settings["Entrypoint"] == ["/usr/bin/python3.11", f"/app/online_books/services/{service}/main.py"]
+    assert settings["WorkingDir"] == "/app"
+    assert "PYTHONDONTWRITEBYTECODE=1" in settings["Env"]
+    assert any(env.startswith("PYTHONPATH=/app/online_books:") for env in settings["Env"])
+    labels = settings["Labels"]
+    assert labels["org.opencontainers.image.title"] == f"online-books/{service}"
+    assert labels["org.opencontainers.image.description"]
+    assert labels["org.opencontainers.image.base.name"]
+
+
+def test_exposed_ports() -> None:
+    assert manifest_and_config(IMAGES["recommendations"])[1]["config"]["ExposedPorts"] == {
+        "50051/tcp": {},
+        "50052/tcp": {},
+        "9090/tcp": {},
+    }
+    assert manifest_and_config(IMAGES["marketplace"])[1]["config"]["ExposedPorts"] == {"8080/tcp": {}}
+
+
+@pytest.mark.parametrize("service", sorted(IMAGES))
+def test_three_layers_each_with_a_dated_history_entry(service: str) -> None:
+    manifest, config = manifest_and_config(IMAGES[service])
+    assert len(manifest["layers"]) == len(config["rootfs"]["diff_ids"]) == len(config["history"]) == 3
+    assert all(entry["created"] and entry["created_by"] for entry in config["history"])
+    assert [layer["mediaType"] for layer in manifest["layers"]] == ["application/vnd.oci.image.layer.v1.tar+gzip"] * 3
+
+
+def test_base_layer_has_the_user_the_ca_bundle_and_the_pinned_packages() -> None:
+    layout = IMAGES["recommendations"]
+    files = layer_files(layout, 0)
+    home = files["home/nonroot"]
+    assert (home.uid, home.gid, home.mode) == (NONROOT, NONROOT, 0o700)
+    assert files["tmp"].mode == 0o1777
+    assert files["usr/lib/ssl/cert.pem"].linkname == "/etc/ssl/certs/ca-certificates.crt"
+    assert files["etc/ssl/certs/ca-certificates.crt"].size > 100_000
+    assert all(member.mtime == 0 for member in files.values())
+    pinned = {line.split()[0] for line in LOCK.read_text().splitlines() if line and not line.startswith("#")}
+    assert {name.removeprefix("var/lib/dpkg/status.d/") for name in files if "status.d/" in name} == pinned
+    docs = [name for name, member in files.items() if member.isfile() and name.startswith("usr/share/doc/")]
+    assert docs
+    assert all(name.endswith("/copyright") for name in docs)
+    assert not [name for name in files if name.startswith(("usr/share/man/", "usr/share/locale/"))]
+
+
+def test_passwd_names_the_non_root_user() -> None:
+    layout = IMAGES["recommendations"]
+    manifest, _ = manifest_and_config(layout)
+    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob(layout, manifest["layers"][0]["digest"])))) as tar:
+        passwd = tar.extractfile("etc/passwd").read().decode()  # type: ignore[union-attr]
+    assert f"nonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin" in passwd.splitlines()
+
+
+@pytest.mark.parametrize("service", sorted(IMAGES))
+def test_wheel_ca_bundles_are_links_to_the_system_one(service: str) -> None:
+    files = layer_files(IMAGES[service], 1)
+    for bundle in (
+        "app/pypi/site-packages/certifi/cacert.pem",
+        "app/pypi/site-packages/grpc/_cython/_credentials/roots.pem",
+    ):
+        assert files[bundle].issym()
+        assert files[bundle].linkname == "/etc/ssl/certs/ca-certificates.crt"
+
+
+@pytest.mark.parametrize("service", sorted(IMAGES))
+def test_no_layer_holds_a_private_key_or_a_certificate_but_the_system_bundle(service: str) -> None:
+    assert scan_layout(IMAGES[service]) == []
+
+
+def test_the_scanner_finds_keys_and_certificates(tmp_path: Path) -> None:
+    """Control for the test above: a layer with what a careless Dockerfile would bake in."""
+    minted = mint_ca()
+    tree = Tree()
+    tree.file("app/certs/recommendations.pem", data=minted.cert_pem + minted.key_pem)
+    tree.file("app/notes.txt", data=b"no secrets here")
+    tree.file("etc/ssl/certs/ca-certificates.crt", data=minted.cert_pem)
+    tree.file("home/nonroot/.ssh/id_ed25519", data=b"whatever is inside")
+    write_layer(tree, tmp_path / "layer.tar.gz")
+    assert scan_layer(tmp_path / "layer.tar.gz") == [
+        "app/certs/recommendations.pem: private key or key store",
+        "home/nonroot/.ssh/id_ed25519: private key or key store",
+    ]
+    tree.entries.pop("app/certs/recommendations.pem")
+    tree.file("app/certs/ca.pem", data=minted.cert_pem)
+    write_layer(tree, tmp_path / "layer.tar.gz")
+    assert scan_layer(tmp_path / "layer.tar.gz") == [
+        "app/certs/ca.pem: certificate outside the system CA bundle",
+        "home/nonroot/.ssh/id_ed25519: private key or key store",
+    ]

@@ -1,0 +1,77 @@
+"""Downloads the pinned Debian packages with `apt-get download` and checks their SHA256.
+
+Run by the `debian_packages` repository rule: fetch_debs.py LOCK_FILE OUT_DIR. Each package lands in
+OUT_DIR/<name>.deb. A version that apt no longer offers (it has left the archive) or a file whose
+SHA256 differs from the lock fails with the command that re-pins the set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPIN = "run `apt-get update`, then `./bazelw run //tools/oci:update_packages` to re-pin tools/oci/debian_packages.lock"
+
+
+def read_lock(path: Path) -> list[tuple[str, str, str, str]]:
+    """(name, version, architecture, sha256) of every pinned package."""
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version, arch, _size, sha256 = line.split()
+            rows.append((name, version, arch, sha256))
+    return rows
+
+
+def apt_sha256(name: str, version: str) -> str:
+    """The SHA256 apt's metadata gives for name=version, or '' if apt does not offer that version."""
+    out = subprocess.run(["apt-cache", "show", f"{name}={version}"], capture_output=True, text=True, check=False)
+    for line in out.stdout.splitlines():
+        if line.startswith("SHA256:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def main(lock: Path, out_dir: Path) -> int:
+    rows = read_lock(lock)
+    problems = []
+    for name, version, _arch, sha256 in rows:
+        offered = apt_sha256(name, version)
+        if not offered:
+            problems.append(f"{name}={version} is not offered by apt (left the archive, or stale apt lists)")
+        elif offered != sha256:
+            problems.append(f"{name}={version}: apt's metadata says sha256 {offered}, the lock says {sha256}")
+    if problems:
+        print("\n".join(problems) + f"\nTo fix: {REPIN}", file=sys.stderr)
+        return 1
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir.parent) as scratch:
+        result = subprocess.run(
+            ["apt-get", "download", "-q"] + [f"{name}={version}" for name, version, _, _ in rows],
+            cwd=scratch,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            print(f"apt-get download failed:\n{result.stderr}\nTo fix: {REPIN}", file=sys.stderr)
+            return 1
+        downloaded = {path.name.split("_", 1)[0]: path for path in Path(scratch).glob("*.deb")}
+        for name, _version, _arch, sha256 in rows:
+            deb = downloaded[name]
+            actual = hashlib.sha256(deb.read_bytes()).hexdigest()
+            if actual != sha256:
+                problems.append(f"{deb.name}: sha256 {actual}, the lock says {sha256}")
+            deb.rename(out_dir / f"{name}.deb")
+    if problems:
+        print("\n".join(problems) + f"\nTo fix: {REPIN}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(Path(sys.argv[1]), Path(sys.argv[2])))

@@ -1,0 +1,191 @@
+"""Builds one deterministic image layer: `layer.py debian ...` or `layer.py files ...`.
+
+`debian`: the base layer, from .deb files unpacked without maintainer scripts (like distroless). Docs,
+man pages and translations are left out (copyright files stay), and the steps the scripts would have
+done are done here: the CA bundle is assembled, OpenSSL's default paths point at it, /etc/passwd and
+/etc/group get root and the non-root user, and /var/lib/dpkg/status.d/ lists the packages so image
+scanners know them. The standard library gets its .pyc files.
+
+`files`: a layer of the files named in a JSON manifest ([image path, source path] pairs), as written
+by the `py_layers` rule for a binary's runfiles, with .pyc files for the Python sources. CA bundles
+shipped inside wheels become links to the system bundle: one trust store, updated with the base.
+
+.pyc files are "unchecked-hash" ones (PEP 552): they do not depend on mtimes, which are all 0 here,
+and Python uses them without stat'ing the source. Compiling runs in a process with PYTHONHASHSEED=0
+so that the bytes are the same on every build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.util
+import io
+import json
+import lzma
+import sys
+import tarfile
+from importlib._bootstrap_external import _code_to_hash_pyc  # the writer py_compile itself uses
+from pathlib import Path, PurePosixPath
+
+from tools.oci.oci import Entry, Tree, write_layer
+
+SYSTEM_CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
+_DROPPED = (
+    "usr/share/doc/",  # but the copyright files, see kept()
+    "usr/share/man/",
+    "usr/share/info/",
+    "usr/share/lintian/",
+    "usr/share/locale/",
+    "usr/lib/x86_64-linux-gnu/gconv/",  # glibc's iconv modules (8 MB); Python has its own codecs
+    "usr/lib/python3.11/pydoc_data/",  # help() texts
+    "usr/lib/python3.11/test/",  # regression-test support, not a runtime module
+    "usr/share/zoneinfo/right/",  # leap-second variants of the posix zones, which stay
+)
+_KEPT_DOCS = "/copyright"
+_PEM_CERT = b"-----BEGIN CERTIFICATE-----"
+
+
+def ar_members(deb: bytes) -> dict[str, bytes]:
+    """The members of a .deb (an ar archive)."""
+    if not deb.startswith(b"!<arch>\n"):
+        raise ValueError("not a Debian package (no ar magic)")
+    members, offset = {}, 8
+    while offset + 60 <= len(deb):
+        header = deb[offset : offset + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        members[name] = deb[offset + 60 : offset + 60 + size]
+        offset += 60 + size + (size % 2)  # members are 2-byte aligned
+    return members
+
+
+def open_member(members: dict[str, bytes], stem: str) -> tarfile.TarFile:
+    for name, data in members.items():
+        if name.startswith(stem + ".tar"):
+            if name.endswith(".xz"):
+                data = lzma.decompress(data)
+            elif name.endswith(".gz"):
+                data = gzip.decompress(data)
+            elif not name.endswith(".tar"):
+                raise ValueError(f"unsupported compression of {name}")
+            return tarfile.open(fileobj=io.BytesIO(data))
+    raise ValueError(f"no {stem}.tar member")
+
+
+def kept(path: str) -> bool:
+    if path.startswith("usr/share/doc/"):
+        return path.endswith(_KEPT_DOCS)
+    return not path.startswith(_DROPPED)
+
+
+def add_deb(tree: Tree, deb: Path) -> str:
+    """Unpacks one package into tree; returns its control file for status.d."""
+    members = ar_members(deb.read_bytes())
+    with open_member(members, "control") as control:
+        control_text = control.extractfile("./control").read().decode()  # type: ignore[union-attr]
+    with open_member(members, "data") as data:
+        for info in data.getmembers():
+            path = info.name.removeprefix("./").rstrip("/")
+            if path in ("", ".") or not kept(path):
+                continue
+            if info.isdir():
+                tree.add(path, Entry("dir", mode=info.mode))
+            elif info.issym():
+                tree.symlink(path, info.linkname)
+            elif info.islnk():  # a hard link: store the bytes again, which a layer can always do
+                target = data.getmember(info.linkname)
+                tree.file(path, data.extractfile(target).read(), mode=info.mode)  # type: ignore[union-attr]
+            elif info.isfile():
+                tree.file(path, data.extractfile(info).read(), mode=info.mode)  # type: ignore[union-attr]
+    return control_text
+
+
+def add_system_files(tree: Tree, uid: int, user: str) -> None:
+    """What maintainer scripts and a distroless base would provide."""
+    certs = sorted(p for p in tree.entries if p.startswith("usr/share/ca-certificates/") and p.endswith(".crt"))
+    if not certs:
+        raise SystemExit("ca-certificates is not among the packages: the image would trust no CA")
+    tree.file(SYSTEM_CA_BUNDLE, b"".join(tree.entries[p].content() for p in certs))
+    for path in certs:  # the bundle is the only copy: one place to look, one place to scan
+        del tree.entries[path]
+    tree.symlink("usr/lib/ssl/cert.pem", "/" + SYSTEM_CA_BUNDLE)
+    tree.symlink("usr/lib/ssl/certs", "/etc/ssl/certs")
+    tree.symlink("usr/bin/python3", "python3.11")
+    tree.file(
+        "etc/passwd",
+        f"root:x:0:0:root:/root:/sbin/nologin\n{user}:x:{uid}:{uid}:{user}:/home/{user}:/sbin/nologin\n".encode(),
+    )
+    tree.file("etc/group", f"root:x:0:\n{user}:x:{uid}:\n".encode())
+    tree.file("etc/nsswitch.conf", b"passwd: files\ngroup: files\nhosts: files dns\nservices: files\n")
+    tree.add(f"home/{user}", Entry("dir", mode=0o700, uid=uid, gid=uid))
+    tree.directory("root", mode=0o700)
+    tree.directory("tmp", mode=0o1777)
+
+
+def compile_python(tree: Tree, under: str) -> int:
+    """Adds __pycache__/*.cpython-311.pyc beside every .py file under `under`; returns the count."""
+    count = 0
+    for path in sorted(
+        p for p, e in tree.entries.items() if p.endswith(".py") and p.startswith(under) and e.kind == "file"
+    ):
+        source = tree.entries[path].content()
+        try:
+            code = compile(source, "/" + path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError):
+            continue  # e.g. lib2to3's Python 2 fixtures; Python would not import them either
+        pure = PurePosixPath(path)
+        cached = pure.parent / "__pycache__" / f"{pure.stem}.{sys.implementation.cache_tag}.pyc"
+        pyc = _code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False)
+        tree.file(str(cached), bytes(pyc))
+        count += 1
+    return count
+
+
+def link_ca_bundles(tree: Tree) -> list[str]:
+    """Replaces CA bundles found in the files (certifi, grpcio's roots.pem) by links to the system one."""
+    linked = []
+    for path, entry in list(tree.entries.items()):
+        if entry.kind == "file" and path.endswith(".pem") and _PEM_CERT in entry.content():
+            tree.symlink(path, "/" + SYSTEM_CA_BUNDLE)
+            linked.append(path)
+    return linked
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="kind", required=True)
+    debian = sub.add_parser("debian", help="base layer from .deb files")
+    debian.add_argument("--deb", type=Path, action="append", default=[], required=True)
+    debian.add_argument("--uid", type=int, default=65532)
+    debian.add_argument("--user", default="nonroot")
+    debian.add_argument("--stdlib", default="usr/lib/python3.11/", help="where the standard library is")
+    files = sub.add_parser("files", help="layer from a manifest of files")
+    files.add_argument("--manifest", type=Path, required=True, help="JSON list of [image path, source path]")
+    for command in (debian, files):
+        command.add_argument("--output", type=Path, required=True, help="the .tar.gz to write")
+        command.add_argument("--info", type=Path, required=True, help="JSON with digests and sizes to write")
+        command.add_argument("--created-by", required=True, help="history entry text")
+    args = parser.parse_args()
+
+    tree, notes = Tree(), []
+    if args.kind == "debian":
+        for deb in sorted(args.deb):
+            control = add_deb(tree, deb)
+            name = next(line.split(":", 1)[1].strip() for line in control.splitlines() if line.startswith("Package:"))
+            tree.file(f"var/lib/dpkg/status.d/{name}", control.encode())
+        add_system_files(tree, args.uid, args.user)
+        notes.append(f"{compile_python(tree, args.stdlib)} stdlib modules compiled")
+    else:
+        for image_path, source in json.loads(args.manifest.read_text()):
+            source = Path(source)
+            tree.file(image_path, source=source, mode=0o755 if source.stat().st_mode & 0o100 else 0o644)
+        notes += [f"{path} -> /{SYSTEM_CA_BUNDLE}" for path in link_ca_bundles(tree)]
+        notes.append(f"{compile_python(tree, '')} modules compiled")
+    info = write_layer(tree, args.output)
+    info.update(created_by=args.created_by, files=len(tree.entries), notes=notes)
+    args.info.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    main()

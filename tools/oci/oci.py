@@ -1,0 +1,122 @@
+"""Deterministic tar archives and OCI digests, shared by layer.py and image.py.
+
+Every entry is written in path order with mtime 0, explicit owners and no user/group names, in GNU
+format; gzip gets mtime 0 and no file name. The same inputs therefore give the same bytes, and the
+same digests, on any machine and at any time.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+EPOCH = "1970-01-01T00:00:00Z"  # `created` of configs and history entries: fixed for reproducibility
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tar entry: a directory, a regular file (bytes or a source path) or a symlink."""
+
+    kind: str  # "dir", "file" or "symlink"
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+    data: bytes | None = None
+    source: Path | None = None
+    target: str = ""
+
+    def content(self) -> bytes:
+        return self.data if self.data is not None else self.source.read_bytes()  # type: ignore[union-attr]
+
+
+class Tree:
+    """The file system of a layer, keyed by path relative to / (no leading slash)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, Entry] = {}
+
+    def add(self, path: str, entry: Entry) -> None:
+        path = normalize(path)
+        for parent in reversed(PurePosixPath(path).parents[:-1]):
+            self.entries.setdefault(str(parent), Entry("dir"))
+        self.entries[path] = entry
+
+    def directory(self, path: str, mode: int = 0o755, uid: int = 0, gid: int = 0) -> None:
+        self.add(path, Entry("dir", mode=mode, uid=uid, gid=gid))
+
+    def file(self, path: str, data: bytes | None = None, source: Path | None = None, mode: int = 0o644) -> None:
+        self.add(path, Entry("file", mode=mode, data=data, source=source))
+
+    def symlink(self, path: str, target: str) -> None:
+        self.add(path, Entry("symlink", mode=0o777, target=target))
+
+    def write_tar(self, out: BinaryIO) -> None:
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+            for path in sorted(self.entries):
+                entry = self.entries[path]
+                info = tarfile.TarInfo(path)
+                info.mode, info.uid, info.gid, info.mtime = entry.mode, entry.uid, entry.gid, 0
+                info.uname = info.gname = ""
+                if entry.kind == "dir":
+                    info.type = tarfile.DIRTYPE
+                    tar.addfile(info)
+                elif entry.kind == "symlink":
+                    info.type, info.linkname = tarfile.SYMTYPE, entry.target
+                    tar.addfile(info)
+                else:
+                    data = entry.content()
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+
+def normalize(path: str) -> str:
+    path = path.removeprefix("./").strip("/")
+    if not path or ".." in PurePosixPath(path).parts:
+        raise ValueError(f"not a path inside the image: {path!r}")
+    return path
+
+
+class _Hashing(io.RawIOBase):
+    """A write-only stream that counts and hashes what passes through to `sink`."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self.sink, self.sha256, self.size = sink, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self.sha256.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+        return len(data)
+
+
+def write_layer(tree: Tree, path: Path) -> dict:
+    """Writes tree as a gzipped tar; returns its digest, diff_id and both sizes."""
+    with path.open("wb") as raw:
+        compressed = _Hashing(raw)
+        with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0, compresslevel=9) as zipped:
+            uncompressed = _Hashing(zipped)
+            tree.write_tar(uncompressed)
+    return {
+        "digest": "sha256:" + compressed.sha256.hexdigest(),
+        "size": compressed.size,
+        "diff_id": "sha256:" + uncompressed.sha256.hexdigest(),
+        "uncompressed_size": uncompressed.size,
+    }
+
+
+def canonical_json(value: object) -> bytes:
+    """JSON with sorted keys and no insignificant whitespace: the bytes a digest is taken of."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()

@@ -1,0 +1,76 @@
+"""Rebuilds an image from the inputs Bazel used, somewhere else, and checks every digest matches.
+
+Run by `oci_reproducibility_test` (tools/oci/defs.bzl) with --recipe: the layer.py arguments of each
+layer, the image spec, and a map from the build's paths to runfiles paths. Layers are rebuilt in a
+fresh temporary directory, under another umask and time zone, from the runfiles copies of the inputs
+(other paths, other mtimes): if any of that leaked into the bytes, the digests would differ.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from tools.oci import image
+
+RUNFILES = Path.cwd().parent  # tests run in <runfiles>/<main repository>
+
+
+def rebuild_layer(args: list[str], paths: dict[str, str], out: Path) -> dict:
+    def local(path: str) -> str:
+        return str(RUNFILES / paths[path]) if path in paths else path
+
+    rewritten = []
+    for arg in args:
+        if arg.startswith("--deb="):
+            arg = "--deb=" + local(arg.removeprefix("--deb="))
+        elif arg in paths and arg.endswith(".manifest.json"):
+            entries = [[target, local(source)] for target, source in json.loads(Path(local(arg)).read_text())]
+            arg = str(out.with_suffix(".manifest.json"))
+            Path(arg).write_text(json.dumps(entries))
+        rewritten.append(arg)
+    info = out.with_suffix(".json")
+    env = dict(os.environ, PYTHONHASHSEED="0", PYTHONPATH=os.pathsep.join(sys.path), TZ="Pacific/Kiritimati")
+    subprocess.run(
+        [sys.executable, "-m", "tools.oci.layer", *rewritten, "--output", str(out), "--info", str(info)],
+        env=env,
+        check=True,
+    )
+    return {"blob": str(out), "info": str(info)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, required=True)
+    recipe = json.loads(parser.parse_args().recipe.read_text())
+    paths = recipe["paths"]
+    spec = json.loads((RUNFILES / recipe["spec"]).read_text())
+    expected = (RUNFILES / recipe["digest"]).read_text().strip()
+
+    os.umask(0o077)
+    failures = []
+    with tempfile.TemporaryDirectory() as scratch:
+        rebuilt_layers = []
+        for number, (args, built) in enumerate(zip(recipe["layers"], spec["layers"], strict=False)):
+            rebuilt = rebuild_layer(args, paths, Path(scratch) / f"layer{number}.tar.gz")
+            before = json.loads((RUNFILES / paths[built["info"]]).read_text())["digest"]
+            after = json.loads(Path(rebuilt["info"]).read_text())["digest"]
+            print(f"layer {number}: built {before}, rebuilt {after}")
+            if before != after:
+                failures.append(f"layer {number} ({args[0]}) differs: {before} != {after}")
+            rebuilt_layers.append(rebuilt)
+        _blobs, _index, digest = image.build(dict(spec, layers=rebuilt_layers))
+    print(f"image: built {expected}, rebuilt {digest}")
+    if digest != expected:
+        failures.append(f"image manifest differs: {expected} != {digest}")
+    print("\n".join(failures) or "reproducible")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Re-pins the images' Debian packages: `./bazelw run //tools/oci:update_packages`.
+
+Reads the package names in tools/oci/debian_packages.in, asks apt for each one's current candidate
+(run `apt-get update` first to see the archive as it is today) and rewrites
+tools/oci/debian_packages.lock with name, version, architecture, size and the SHA256 from the apt
+metadata. Dependencies of the listed packages that are not listed themselves are printed, so a
+missing shared library is a decision, not an accident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+LOG = logging.getLogger("update_packages")
+HEADER = """\
+# Pinned Debian packages of the images' base layer; generated, do not edit.
+# Re-pin with: ./bazelw run //tools/oci:update_packages (after `apt-get update`).
+# name version architecture size sha256
+"""
+
+
+def package_names(path: Path) -> list[str]:
+    names = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            names.append(line)
+    return names
+
+
+def apt_fields(name: str) -> dict[str, str]:
+    """The control fields of the candidate version, as `apt-cache show` prints them."""
+    out = subprocess.run(["apt-cache", "show", "--no-all-versions", name], capture_output=True, text=True, check=False)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise SystemExit(f"apt does not know the package {name!r}: {out.stderr.strip()}")
+    fields: dict[str, str] = {}
+    key = ""
+    for line in out.stdout.splitlines():
+        if not line:
+            break  # first stanza only
+        if line[0].isspace() and key:
+            fields[key] += "\n" + line
+        else:
+            key, _, value = line.partition(":")
+            fields[key] = value.strip()
+    return fields
+
+
+def dependency_names(depends: str) -> list[list[str]]:
+    """Alternatives of each dependency in a Depends/Pre-Depends field: [['a'], ['b', 'c'], ...]."""
+    groups = []
+    for group in filter(None, (part.strip() for part in depends.split(","))):
+        groups.append([re.split(r"[\s(:]", alt.strip(), maxsplit=1)[0] for alt in group.split("|")])
+    return groups
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    here = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")) / "tools" / "oci"
+    parser.add_argument("--input", type=Path, default=here / "debian_packages.in")
+    parser.add_argument("--lock", type=Path, default=here / "debian_packages.lock")
+    args = parser.parse_args()
+
+    names = package_names(args.input)
+    rows, left_out = [], set()
+    for name in names:
+        fields = apt_fields(name)
+        rows.append(" ".join([name, fields["Version"], fields["Architecture"], fields["Size"], fields["SHA256"]]))
+        for field in ("Pre-Depends", "Depends"):
+            for alternatives in dependency_names(fields.get(field, "")):
+                if not any(alt in names for alt in alternatives):
+                    left_out.add(f"{' | '.join(alternatives)} (needed by {name})")
+    args.lock.write_text(HEADER + "\n".join(sorted(rows)) + "\n")
+    LOG.info("Pinned %d packages into %s", len(rows), args.lock)
+    for line in sorted(left_out):
+        LOG.info("left out on purpose? %s", line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
