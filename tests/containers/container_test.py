@@ -211,3 +211,24 @@ def test_both_images_serve_the_bookstore_page(images: dict[str, str], certs: Pat
     with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=5) as response:
         assert response.status == 200
         assert b"SERVING" in response.read()
+
+
+@pytest.mark.parametrize("service", sorted(LAYOUTS))
+def test_umoci_unpacks_the_layout_into_a_runtime_bundle(service: str, tmp_path: Path) -> None:
+    """The layout is valid for OCI tools other than podman (umoci checks history and diff_ids)."""
+    if shutil.which("umoci") is None:
+        pytest.fail("umoci is needed (Debian: apt-get install umoci; ./bazelw does this)")
+    layout = tmp_path / "layout"
+    shutil.copytree(LAYOUTS[service], layout)  # umoci takes a lock file inside the layout
+    reference = json.loads((layout / "index.json").read_text())["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    result = subprocess.run(
+        ["umoci", "unpack", "--image", f"{layout}:{reference}", str(tmp_path / "bundle")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    runtime = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert runtime["process"]["user"]["uid"] == NONROOT
+    assert runtime["process"]["args"] == ["/usr/bin/python3.11", f"/app/online_books/services/{service}/main.py"]
+    assert (tmp_path / "bundle" / "rootfs" / "usr" / "bin" / "python3.11").is_file()
