@@ -8,8 +8,9 @@ server (bench/baselines/tutorial_server.py: sync, 10 threads, an exception-mappi
 our Recommendations service with its full middleware stack (plaintext: h2load cannot do mTLS).
 h2load counts gRPC errors as successes, so statuses are checked with a real client before and after,
 and our server's metrics must count every request as OK. Then marketplace page views per second
-with wrk against the tutorial's Flask app, and Recommendations' start→SERVING time. Needs
-`apt-get install nghttp2-client wrk`. Targets: ours ≥ 0.9× bare, ≥ 1.8× tutorial; marketplace ≥ 3×.
+with wrk against the tutorial's Flask app, Recommendations' start→SERVING time, and the images:
+size per layer, and podman run → SERVING (bench/images.py). Needs
+`apt-get install nghttp2-client wrk` (and podman for the container start-up). Targets: ours ≥ 0.9× bare, ≥ 1.8× tutorial; marketplace ≥ 3×.
 """
 
 from __future__ import annotations
@@ -35,9 +36,25 @@ from bench.common import (
     run_wrk,
     start_quiet,
 )
+from bench.images import image_rows
 from libs.processes.processes import ChildProcess, free_port, runfile
 
 RECOMMENDATIONS = "services/recommendations/recommendations"
+
+
+def wait_serving(port: int, timeout: float = 30.0) -> None:
+    """Returns once grpc.health.v1 on 127.0.0.1:port answers SERVING."""
+    begun = time.monotonic()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.2, wait_for_ready=True)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                if time.monotonic() - begun > timeout:
+                    raise
 
 
 def start_to_serving(samples: int) -> float:
@@ -49,16 +66,7 @@ def start_to_serving(samples: int) -> float:
         command = [runfile(RECOMMENDATIONS), "--insecure", "--port", port]
         process = ChildProcess("startup", command, discard_output=True).start()
         try:
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = health_pb2_grpc.HealthStub(channel)
-                while True:
-                    try:
-                        reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.2, wait_for_ready=True)
-                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                            break
-                    except grpc.RpcError:
-                        if time.monotonic() - begun > 30:
-                            raise
+            wait_serving(port)
             times.append(time.monotonic() - begun)
         finally:
             process.stop()
@@ -154,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"Marketplace: {label}", f"{rate:,.0f} pages/s", f"{latency:.2f} ms", note))
 
     rows.append(("Recommendations: start → SERVING", f"{start_to_serving(5):.2f} s", "", "median of 5"))
-    rows.append(("Image sizes", "not built yet", "", "issue: OCI images"))
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load = f"h2load -n{args.requests} -c8 -m16 -t1, wrk -t2 -c16 -d{args.duration}s"
@@ -162,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(row[0]) for row in rows)
     for label, value, latency, note in rows:
         print(f"{label:<{width}}  {value:>16}  {latency:>10}  {note}")
+
+    images = image_rows(wait_serving)
+    width = max(len(row[0]) for row in images)
+    print(f"\n{'Images (built by Bazel)':<{width}}  {'compressed':>10}  {'unpacked':>10}  digest")
+    for label, compressed, unpacked, note in images:
+        print(f"{label:<{width}}  {compressed:>10}  {unpacked:>10}  {note}")
     return 0
 
 

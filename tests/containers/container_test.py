@@ -2,8 +2,7 @@
 read-only root file system, a clean exit on SIGTERM, and the page served by both images together.
 
 Needs root and podman with runc (`.ci/run` and `bazelw` install them on Debian). podman runs with the
-flags this machine kind needs (runc, cgroupfs, file events, explicit ulimits); ports are published on
-127.0.0.1 only.
+flags this machine kind needs (tools/oci/podman.py); ports are published on 127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -27,9 +26,8 @@ from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_gr
 from libs.processes.processes import free_port, runfile
 from libs.runtime.tls import TlsFiles, channel_credentials
 from tools.certs.certs import mint_all
+from tools.oci.podman import RUN, load, podman
 
-PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
-RUN = ["run", "--detach", "--read-only", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
 NONROOT = 65532
 ARCHIVES = {
     "recommendations": runfile("services/recommendations/image.tar"),
@@ -41,37 +39,13 @@ LAYOUTS = {
 }
 
 
-# Bazel's test PATH lacks the sbin directories, where netavark finds iptables.
-PODMAN_ENV = dict(os.environ, PATH=os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin")
-
-
-def podman(*args: str) -> str:
-    result = subprocess.run(
-        PODMAN + list(args), capture_output=True, text=True, timeout=120, check=False, env=PODMAN_ENV
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
-    return result.stdout.strip()
-
-
-def image_id(service: str) -> str:
-    """The config digest, which podman uses as the image ID: the test runs exactly what Bazel built."""
-    layout = LAYOUTS[service]
-    index = json.loads((layout / "index.json").read_text())
-    manifest = json.loads((layout / "blobs" / index["manifests"][0]["digest"].replace(":", "/")).read_text())
-    return manifest["config"]["digest"].removeprefix("sha256:")
-
-
 @pytest.fixture(scope="module")
 def images() -> dict[str, str]:
     if shutil.which("podman") is None or shutil.which("runc") is None:
         pytest.fail("podman and runc are needed (Debian: apt-get install podman runc; ./bazelw does this)")
     if os.geteuid() != 0:
         pytest.fail("the container tests run podman as root")
-    for service, archive in ARCHIVES.items():
-        podman("load", "--quiet", "--input", str(archive))
-        assert podman("image", "inspect", "--format", "{{.Id}}", image_id(service)) == image_id(service)
-    return {service: image_id(service) for service in ARCHIVES}
+    return {service: load(archive, LAYOUTS[service]) for service, archive in ARCHIVES.items()}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +65,7 @@ def cleanup() -> Iterator[list[list[str]]]:
     undo: list[list[str]] = []
     yield undo
     for command in reversed(undo):
-        subprocess.run(PODMAN + command, capture_output=True, timeout=120, check=False, env=PODMAN_ENV)
+        podman(*command, check=False)
 
 
 def tls_env(service: str, prefix: str) -> list[str]:
@@ -220,7 +194,8 @@ def test_umoci_unpacks_the_layout_into_a_runtime_bundle(service: str, tmp_path: 
         pytest.fail("umoci is needed (Debian: apt-get install umoci; ./bazelw does this)")
     layout = tmp_path / "layout"
     shutil.copytree(LAYOUTS[service], layout)  # umoci takes a lock file inside the layout
-    reference = json.loads((layout / "index.json").read_text())["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    descriptor = json.loads((layout / "index.json").read_text())["manifests"][0]
+    reference = descriptor["annotations"]["org.opencontainers.image.ref.name"]
     result = subprocess.run(
         ["umoci", "unpack", "--image", f"{layout}:{reference}", str(tmp_path / "bundle")],
         capture_output=True,
