@@ -14,7 +14,6 @@ import statistics
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 from libs.processes.processes import free_port, runfile
 from tools.oci.podman import RUN, load, podman
@@ -56,9 +55,8 @@ def container_start_to_serving(samples: int, wait_serving: Callable[[int], None]
         port, name = free_port(), f"obfy-bench-{uuid.uuid4().hex[:8]}"
         begun = time.monotonic()
         try:
-            podman(
-                *RUN, f"--name={name}", f"--publish=127.0.0.1:{port}:50052", "--env=RECOMMENDATIONS_INSECURE=1", image
-            )
+            publish = f"--publish=127.0.0.1:{port}:50052"
+            podman(*RUN, f"--name={name}", publish, "--env=RECOMMENDATIONS_INSECURE=1", image)
             wait_serving(port)
             times.append(time.monotonic() - begun)
         finally:

@@ -9,8 +9,9 @@ our Recommendations service with its full middleware stack (plaintext: h2load ca
 h2load counts gRPC errors as successes, so statuses are checked with a real client before and after,
 and our server's metrics must count every request as OK. Then marketplace page views per second
 with wrk against the tutorial's Flask app, Recommendations' start→SERVING time, and the images:
-size per layer, and podman run → SERVING (bench/images.py). Needs
-`apt-get install nghttp2-client wrk` (and podman for the container start-up). Targets: ours ≥ 0.9× bare, ≥ 1.8× tutorial; marketplace ≥ 3×.
+size per layer, and podman run → SERVING (bench/images.py). Needs `apt-get install nghttp2-client
+wrk` (and podman for the container start-up). Targets: ours ≥ 0.9× bare, ≥ 1.8× tutorial;
+marketplace ≥ 3×.
 """
 
 from __future__ import annotations
