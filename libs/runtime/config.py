@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,16 @@ def add_flag(parser: argparse.ArgumentParser, prefix: str, flag: str, default: A
     else:
         value = os.environ.get(env, default)  # a string from the environment is parsed by `type`
     parser.add_argument(flag, default=value, help=f"{help} (env {env}; default: {default})", **kwargs)
+
+
+def flag_environment(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Every environment variable `parser` reads → the argument it sets (for deployment checks)."""
+    found = {}
+    for action in parser._actions:
+        match = re.search(r"\(env ([A-Z0-9_]+);", action.help or "")
+        if match:
+            found[match.group(1)] = action.dest
+    return found
 
 
 def add_tls_flags(parser: argparse.ArgumentParser, prefix: str) -> None:

@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from libs.runtime.config import ConfigError, add_flag, add_server_flags, env_name, server_config, user_path
+from libs.runtime.config import (
+    ConfigError,
+    add_flag,
+    add_server_flags,
+    env_name,
+    flag_environment,
+    server_config,
+    user_path,
+)
 
 
 @pytest.mark.parametrize(
@@ -80,3 +88,14 @@ def test_relative_paths_are_taken_from_where_bazel_run_was_typed(monkeypatch: py
     assert user_path("/etc/ssl/ca.pem") == Path("/etc/ssl/ca.pem")
     monkeypatch.delenv("BUILD_WORKING_DIRECTORY")
     assert user_path("certs/ca.pem") == Path("certs/ca.pem")
+
+
+def test_flag_environment_lists_every_variable_a_parser_reads() -> None:
+    parser = argparse.ArgumentParser()
+    add_server_flags(parser, "ORDERS", 50052)
+    found = flag_environment(parser)
+    assert found["ORDERS_PORT"] == "port"
+    assert found["ORDERS_HEALTH_PORT"] == "health_port"
+    assert found["ORDERS_TLS_CERT"] == "tls_cert"
+    assert found["ORDERS_ALLOW"] == "allow"
+    assert all(name.startswith("ORDERS_") for name in found)

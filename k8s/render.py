@@ -1,0 +1,103 @@
+"""Renders an overlay with every image pinned by digest: `./bazelw run //k8s:render -- prod --registry R`.
+
+The digests are the ones the image targets just built (`//services/<svc>:image.digest`), so what is
+deployed is exactly what was tested; push them first with `./bazelw run //services/<svc>:push -- R`.
+kustomize runs on a copy of k8s/ with one more kustomization on top of the overlay, whose `images:`
+maps `online-books/<svc>` to `R/online-books/<svc>@sha256:...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from libs.processes.processes import runfile
+from libs.runtime.config import user_path
+
+OVERLAYS = ("dev", "prod")
+# Image name in k8s/base → the image target that builds it (its `repository` attribute is the name).
+IMAGES = {
+    "online-books/recommendations": "services/recommendations/image.digest",
+    "online-books/marketplace": "services/marketplace/image.digest",
+}
+_REGISTRY = re.compile(r"^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")
+
+
+class RenderError(Exception):
+    """The overlay cannot be rendered as asked; the message says why."""
+
+
+def digests() -> dict[str, str]:
+    return {name: runfile(path).read_text().strip() for name, path in IMAGES.items()}
+
+
+def render(overlay: str, registry: str) -> str:
+    """The overlay's YAML with images at `registry`, pinned by the digests Bazel built."""
+    if overlay not in OVERLAYS:
+        raise RenderError(f"unknown overlay {overlay!r}; choose one of {', '.join(OVERLAYS)}")
+    if not _REGISTRY.match(registry):
+        raise RenderError(f"--registry {registry!r} is not host[:port][/path], e.g. registry.example.com:5000/team")
+    images = [
+        {"name": name, "newName": f"{registry}/{name}", "digest": digest} for name, digest in sorted(digests().items())
+    ]
+    with tempfile.TemporaryDirectory() as scratch:
+        # A real copy: kustomize refuses files whose real path (runfiles are symlinks) is outside the tree.
+        tree = Path(shutil.copytree(runfile("k8s"), Path(scratch) / "k8s", ignore=shutil.ignore_patterns("*.py")))
+        top = tree / "rendered"
+        top.mkdir()
+        (top / "kustomization.yaml").write_text(
+            yaml.safe_dump({"resources": [f"../overlays/{overlay}"], "images": images}, sort_keys=False)
+        )
+        result = subprocess.run(
+            [str(runfile("../kustomize/kustomize")), "build", str(top)], capture_output=True, text=True, check=False
+        )
+    if result.returncode != 0:
+        raise RenderError(f"kustomize build failed:\n{result.stderr}")
+    unpinned = sorted(
+        container["image"]
+        for document in yaml.safe_load_all(result.stdout)
+        if document and document.get("kind") == "Deployment"
+        for container in document["spec"]["template"]["spec"]["containers"]
+        if "@sha256:" not in container["image"]
+    )
+    if unpinned:
+        raise RenderError(f"images not pinned by digest: {', '.join(unpinned)} (add them to IMAGES in k8s/render.py)")
+    return result.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("overlay", choices=OVERLAYS)
+    parser.add_argument(
+        "--registry",
+        default=os.environ.get("REGISTRY", ""),
+        help="where :push put the images, e.g. registry.example.com/team (env REGISTRY)",
+    )
+    parser.add_argument("--output", type=user_path, help="file to write (default: stdout)")
+    args = parser.parse_args(argv)
+    if not args.registry:
+        parser.error(
+            "say where the images are: --registry HOST[:PORT][/PATH] (the one given to :push), or env REGISTRY"
+        )
+    try:
+        rendered = render(args.overlay, args.registry)
+    except RenderError as error:
+        print(f"render: {error}", file=sys.stderr)
+        return 1
+    if args.output:
+        args.output.write_text(rendered)
+    else:
+        sys.stdout.write(rendered)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
