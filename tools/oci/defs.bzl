@@ -1,13 +1,14 @@
 """Image rules: OCI images from pinned Debian packages and py_binary runfiles (rules_oci's shape).
 
-    debian_base_layer(name = "python_base", debs = "@debian//:debs")
+    debian_base_layer(name = "python_base", debs = ["@debian//:debs"])
     py_layers(name = "layers", binary = ":server", main = "main.py")
-    oci_image(name = "image", layers = ["//tools/oci:python_base", ":layers"], exposed_ports = [50051], ...)
-    oci_push(name = "push", image = ":image", repository = "online-books/server")
+    oci_image(name = "image", layers = ["//tools/oci:python_base", ":layers"], repository = "books/server")
+    oci_push(name = "push", image = ":image", repository = "books/server")
 
-`py_image` also declares `:<name>_reproducible_test`. `oci_image` writes the OCI layout directory `:image`, the loadable archive `:image.tar` and the
-manifest digest `:image.digest`. Every layer is a deterministic gzipped tar (tools/oci/oci.py), so the
-same sources give the same digest. `py_image` (below) puts the three together for a service.
+`oci_image` writes the OCI layout directory `:image`, the loadable archive `:image.tar` and the manifest
+digest `:image.digest`. Every layer is a deterministic gzipped tar (tools/oci/oci.py), so the same sources
+give the same digest; `oci_reproducibility_test` proves it by rebuilding elsewhere. `py_image` (at the
+end) declares all of these for a service's py_binary.
 """
 
 OciLayersInfo = provider(
@@ -36,7 +37,8 @@ def _layer_action(ctx, name, arguments, inputs, mnemonic, progress):
         outputs = [blob, info],
         mnemonic = mnemonic,
         progress_message = progress,
-        # Set orders (and so .pyc bytes) depend on the hash seed; fix it for reproducible layers.
+        # .pyc bytes must not depend on the hash seed (3.11's marshal already sorts frozensets; this
+        # keeps it so for code that writes other hash-ordered constants).
         env = {"PYTHONHASHSEED": "0"},
     )
     return struct(blob = blob, info = info, args = arguments, inputs = inputs)
@@ -87,7 +89,8 @@ def _py_layers_impl(ctx):
     if runfiles.symlinks.to_list() or runfiles.root_symlinks.to_list():
         fail("%s has runfiles symlinks, which py_layers does not place yet" % binary.label)
 
-    main = "%s/%s/%s" % (ctx.attr.root, ctx.workspace_name, ctx.label.package + "/" + ctx.attr.main if ctx.label.package else ctx.attr.main)
+    package = binary.label.package
+    main = "%s/%s/%s" % (ctx.attr.root, ctx.workspace_name, package + "/" + ctx.attr.main if package else ctx.attr.main)
     if main not in [entry[0] for entry, _ in app]:
         fail("main %s is not among the runfiles of %s" % (ctx.attr.main, binary.label))
 
@@ -120,7 +123,7 @@ py_layers = rule(
     implementation = _py_layers_impl,
     attrs = {
         "binary": attr.label(mandatory = True, providers = [PyInfo]),
-        "main": attr.string(mandatory = True, doc = "The binary's main file, relative to this package."),
+        "main": attr.string(mandatory = True, doc = "The binary's main file, relative to the binary's package."),
         "root": attr.string(default = "/app", doc = "Where the runfiles tree goes in the image."),
         "interpreter": attr.string(default = "/usr/bin/python3.11"),
         "_layer": attr.label(default = "//tools/oci:layer", **_TOOL),

@@ -23,8 +23,8 @@ CONFIG = "application/vnd.oci.image.config.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
-def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, str]:
-    """The blobs (digest -> bytes or file), index.json and the manifest digest for a spec."""
+def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, dict, str]:
+    """The blobs (digest -> bytes or file), index.json, the manifest and its digest for a spec."""
     blobs: dict[str, bytes | Path] = {}
     layers, diff_ids, history = [], [], []
     for layer in spec["layers"]:
@@ -72,7 +72,7 @@ def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, str]:
             }
         ],
     }
-    return blobs, index, manifest_digest
+    return blobs, index, manifest, manifest_digest
 
 
 def blob_path(blob_digest: str) -> str:
@@ -88,13 +88,12 @@ def main() -> None:
     args = parser.parse_args()
 
     spec = json.loads(args.spec.read_text())
-    blobs, index, manifest_digest = build(spec)
-    config_digest = json.loads(blobs[manifest_digest])["config"]["digest"]  # type: ignore[arg-type]
+    blobs, index, manifest, manifest_digest = build(spec)
     docker_manifest = [
         {
-            "Config": blob_path(config_digest),
+            "Config": blob_path(manifest["config"]["digest"]),
             "RepoTags": [f"{spec['repository']}:{spec['tag']}"],
-            "Layers": [blob_path(layer["digest"]) for layer in json.loads(blobs[manifest_digest])["layers"]],  # type: ignore[arg-type]
+            "Layers": [blob_path(layer["digest"]) for layer in manifest["layers"]],
         }
     ]
     files: dict[str, bytes | Path] = {

@@ -8,7 +8,8 @@ scanners know them. The standard library gets its .pyc files.
 
 `files`: a layer of the files named in a JSON manifest ([image path, source path] pairs), as written
 by the `py_layers` rule for a binary's runfiles, with .pyc files for the Python sources. CA bundles
-shipped inside wheels become links to the system bundle: one trust store, updated with the base.
+shipped inside wheels become links to the system bundle: one trust store, updated with the base; RECORD
+files lose the lines of console scripts, which are not shipped and whose hashes depend on the build path.
 
 .pyc files are "unchecked-hash" ones (PEP 552): they do not depend on mtimes, which are all 0 here,
 and Python uses them without stat'ing the source. Compiling runs in a process with PYTHONHASHSEED=0
@@ -152,6 +153,21 @@ def link_ca_bundles(tree: Tree) -> list[str]:
     return linked
 
 
+def trim_records(tree: Tree) -> int:
+    """Drops RECORD lines of files outside site-packages (console scripts in ../../bin), which the image
+    does not ship: pip writes them with the installing interpreter's absolute path in the shebang, so
+    their hashes would make the layer depend on where the build ran. Returns the lines dropped."""
+    dropped = 0
+    for path, entry in list(tree.entries.items()):
+        if entry.kind == "file" and path.endswith(".dist-info/RECORD"):
+            lines = entry.content().decode().splitlines(keepends=True)
+            kept = [line for line in lines if not line.startswith(("../", '"../'))]
+            if len(kept) != len(lines):
+                tree.file(path, "".join(kept).encode(), mode=entry.mode)
+                dropped += len(lines) - len(kept)
+    return dropped
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -181,6 +197,8 @@ def main() -> None:
             source = Path(source)
             tree.file(image_path, source=source, mode=0o755 if source.stat().st_mode & 0o100 else 0o644)
         notes += [f"{path} -> /{SYSTEM_CA_BUNDLE}" for path in link_ca_bundles(tree)]
+        if dropped := trim_records(tree):
+            notes.append(f"{dropped} RECORD lines of unshipped scripts dropped")
         notes.append(f"{compile_python(tree, '')} modules compiled")
     info = write_layer(tree, args.output)
     info.update(created_by=args.created_by, files=len(tree.entries), notes=notes)

@@ -78,3 +78,12 @@ def test_gzip_layers_decompress_to_the_reported_diff_id(tmp_path: Path) -> None:
     data = gzip.decompress((tmp_path / "layer.tar.gz").read_bytes())
     assert info["diff_id"] == "sha256:" + hashlib.sha256(data).hexdigest()
     assert info["uncompressed_size"] == len(data)
+
+
+def test_records_drop_unshipped_scripts_whose_hashes_depend_on_the_build_path() -> None:
+    tree = Tree()
+    record = 'idna/__init__.py,sha256=abc,10\n../../bin/idna,sha256=depends-on-path,295\n"../../bin/x y",,\n'
+    tree.file("app/pypi/site-packages/idna-3.20.dist-info/RECORD", data=record.encode())
+    assert layer.trim_records(tree) == 2
+    kept = tree.entries["app/pypi/site-packages/idna-3.20.dist-info/RECORD"].content()
+    assert kept == b"idna/__init__.py,sha256=abc,10\n"

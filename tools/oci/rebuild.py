@@ -64,7 +64,7 @@ def main() -> int:
             if before != after:
                 failures.append(f"layer {number} ({args[0]}) differs: {before} != {after}")
             rebuilt_layers.append(rebuilt)
-        _blobs, _index, digest = image.build(dict(spec, layers=rebuilt_layers))
+        *_, digest = image.build(dict(spec, layers=rebuilt_layers))
     print(f"image: built {expected}, rebuilt {digest}")
     if digest != expected:
         failures.append(f"image manifest differs: {expected} != {digest}")
