@@ -35,10 +35,13 @@ class RetryPolicy:
 
 
 def service_config(retry: RetryPolicy) -> str:
-    """JSON service config: round_robin, and retries of UNAVAILABLE only (never of what the server decided)."""
+    """JSON service config: round_robin over the replicas whose grpc.health.v1 says SERVING (client-side
+    health checking: a draining replica stops getting new calls at once; a server without the health
+    service counts as healthy), and retries of UNAVAILABLE only (never of what the server decided)."""
     return json.dumps(
         {
             "loadBalancingConfig": [{"round_robin": {}}],
+            "healthCheckConfig": {"serviceName": ""},
             "methodConfig": [
                 {
                     "name": [{}],  # every method of every service
@@ -90,11 +93,16 @@ def create_channel(
     default_timeout: float | None = 5.0,
     retry: RetryPolicy = RetryPolicy(),
     keepalive_time: float = 30.0,
-    keepalive_timeout: float = 10.0,
+    keepalive_timeout: float = 3.0,
     max_message_bytes: int = 4 * 1024 * 1024,
 ) -> grpc.aio.Channel:
     """A channel to `target`. With `tls`, the server must present a certificate from `tls.ca` naming
-    `tls_server_name` (defaults to the host in the target)."""
+    `tls_server_name` (defaults to the host in the target).
+
+    `keepalive_timeout` is also the connection's TCP_USER_TIMEOUT on Linux (gRPC sets it): data left
+    unacknowledged that long drops the connection, so a replica behind a silently cut link stops
+    receiving calls after about 3 s instead of 10 s (measured in tests/system). Peers that are merely
+    busy still acknowledge at the TCP level."""
     options = [
         ("grpc.service_config", service_config(retry)),
         ("grpc.enable_retries", 1),

@@ -8,6 +8,7 @@ import time
 
 import grpc
 import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from libs.interceptors import server_interceptors
@@ -34,6 +35,8 @@ class Backend:
             "Forward": grpc.unary_unary_rpc_method_handler(self.forward),
         }
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
     async def call(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -110,6 +113,31 @@ def test_round_robin_over_a_replica_list() -> None:
             for _ in range(20):
                 await call(channel)(b"hello")
         assert (first.attempts[b"hello"], second.attempts[b"hello"]) == (10, 10)
+        await stopped(first, second)
+
+    run_in_loop(main())
+
+
+def test_a_replica_whose_health_says_not_serving_gets_no_calls() -> None:
+    """What a draining server relies on: clients stop picking it before it stops answering."""
+
+    async def main() -> None:
+        first, second = Backend(), Backend()
+        await started(first, second)
+        target = f"127.0.0.1:{first.port},127.0.0.1:{second.port}"
+        async with create_channel(target, tls=None) as channel:
+            for _ in range(10):
+                await call(channel)(b"warm-up")
+            await second.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await asyncio.sleep(0.2)  # the Watch stream brings the change to the client
+            for _ in range(20):
+                await call(channel)(b"while-draining")
+            await second.health.set("", health_pb2.HealthCheckResponse.SERVING)
+            await asyncio.sleep(0.2)
+            for _ in range(20):
+                await call(channel)(b"back")
+        assert (first.attempts[b"while-draining"], second.attempts[b"while-draining"]) == (20, 0)
+        assert (first.attempts[b"back"], second.attempts[b"back"]) == (10, 10)
         await stopped(first, second)
 
     run_in_loop(main())

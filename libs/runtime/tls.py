@@ -48,7 +48,8 @@ class TlsFiles:
             except (ssl.SSLError, ValueError) as error:
                 raise TlsConfigError(f"TLS {label} {path} is not a PEM certificate") from error
         try:
-            context.load_cert_chain(self.cert, self.key)
+            # An encrypted key must fail here, not make OpenSSL prompt for a passphrase on the terminal.
+            context.load_cert_chain(self.cert, self.key, password=lambda: b"")
         except ssl.SSLError as error:
             raise TlsConfigError(
                 f"TLS key {self.key} is not a PEM private key matching {self.cert}: {error.reason}"

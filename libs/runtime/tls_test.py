@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from libs.runtime.tls import TlsConfigError, TlsFiles
 from tools.certs.certs import mint_all
@@ -45,3 +46,15 @@ def test_a_key_of_another_certificate_is_refused(minted: Path) -> None:
         TlsConfigError, match=r"marketplace\.key is not a PEM private key matching .*recommendations\.pem"
     ):
         files(minted, key="marketplace.key").read()
+
+
+def test_an_encrypted_key_is_refused_without_prompting(minted: Path, tmp_path: Path) -> None:
+    key = serialization.load_pem_private_key((minted / "recommendations.key").read_bytes(), password=None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    (tmp_path / "encrypted.key").write_bytes(encrypted)
+    with pytest.raises(TlsConfigError, match=r"encrypted\.key is not a PEM private key matching"):
+        TlsFiles(minted / "recommendations.pem", tmp_path / "encrypted.key", minted / "ca.pem").read()
