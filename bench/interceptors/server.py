@@ -1,5 +1,6 @@
-"""The Recommendations server for bench/interceptors: `--variant full` (our whole middleware stack)
-or `--variant bare` (no interceptors at all), plaintext, otherwise exactly the production wiring."""
+"""The Recommendations server for bench/interceptors: `--variant full` (our whole middleware stack,
+less any `--without NAME` middleware), `noop` (the pipeline with one empty middleware) or `bare` (no
+interceptors at all), plaintext, otherwise exactly the production wiring."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import asyncio
 import sys
 
+from libs.interceptors import server_middleware
 from libs.interceptors.core import Middleware
 from libs.runtime.config import add_server_flags, server_config
 from libs.runtime.logs import configure_logging
@@ -19,10 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     add_server_flags(parser, "BENCH", 0)
     parser.add_argument("--variant", choices=("full", "bare", "noop"), required=True)
+    parser.add_argument("--without", action="append", default=[], help="leave this middleware class out of full")
     args = parser.parse_args(argv)
     configure_logging(args.log_format)
     catalog = Catalog.from_csv(DEFAULT_CATALOG, category_names())
-    middleware = {"full": None, "bare": [], "noop": [Middleware()]}[args.variant]
+    full = [m for m in server_middleware("recommendations") if type(m).__name__ not in args.without]
+    middleware = {"full": full, "bare": [], "noop": [Middleware()]}[args.variant]
     server = build_server(server_config(args), catalog, middleware=middleware)
     asyncio.run(server.run())
     return 0
