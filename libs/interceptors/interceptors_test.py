@@ -378,3 +378,16 @@ def test_stack_order() -> None:
     ]  # fmt: skip
     with_policy = server_middleware("x", policy=AccessPolicy({}), registry=CollectorRegistry())
     assert [type(m).__name__ for m in with_policy][-2:] == ["Authorization", "DeadlineRecorder"]
+
+
+def test_tracing_notices_a_provider_installed_later_within_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    from libs.interceptors import tracing
+
+    monkeypatch.setattr(tracing, "_recording", lambda provider: False)
+    middleware = tracing.Tracing()
+    assert not middleware._records(now=100.0)
+    monkeypatch.setattr(tracing, "_recording", lambda provider: True)  # configure_tracing ran meanwhile
+    assert not middleware._records(now=100.5)  # not looked at again yet: the look costs an os.environ read
+    assert middleware._records(now=101.0)
+    monkeypatch.setattr(tracing, "_recording", lambda provider: False)
+    assert middleware._records(now=500.0)  # an installed provider stays

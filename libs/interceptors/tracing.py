@@ -59,10 +59,20 @@ class Tracing(Middleware):
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
         self._provider = tracer_provider
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+        self._recording = _recording(tracer_provider)
+        self._recheck_at = 0.0
+
+    def _records(self, now: float) -> bool:
+        """Whether spans are recorded. An installed SDK provider stays; until there is one, look again at
+        most once a second: the look reads os.environ, most of this middleware's cost per call."""
+        if not self._recording and now >= self._recheck_at:
+            self._recording = _recording(self._provider)
+            self._recheck_at = now + 1.0
+        return self._recording
 
     def begin(self, call: Call) -> None:
         traced = "traceparent" in call.metadata
-        if not traced and not _recording(self._provider):
+        if not traced and not self._records(call.started):
             return  # nothing to continue and nothing to record: skip the no-op span's cost
         parent = PROPAGATOR.extract(call.metadata, getter=_GETTER) if traced else None
         span = self._tracer.start_span(
