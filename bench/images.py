@@ -8,14 +8,14 @@ plaintext health port published on 127.0.0.1; it is skipped, with a note, where 
 from __future__ import annotations
 
 import gzip
-import json
 import shutil
 import statistics
 import time
 import uuid
-from collections.abc import Callable
 
 from libs.processes.processes import free_port, runfile
+from libs.runtime.readiness import wait_until_serving
+from tools.oci.oci import read_layout
 from tools.oci.podman import RUN, load, podman
 
 SERVICES = ("recommendations", "marketplace")
@@ -27,24 +27,19 @@ def megabytes(size: int) -> str:
 
 def layer_rows(service: str) -> list[tuple[str, str, str, str]]:
     """One row per layer and one for the image: compressed and uncompressed size."""
-    layout = runfile(f"services/{service}/image")
-    index = json.loads((layout / "index.json").read_text())
-    blobs = layout / "blobs"
-    manifest = json.loads((blobs / index["manifests"][0]["digest"].replace(":", "/")).read_text())
-    config = json.loads((blobs / manifest["config"]["digest"].replace(":", "/")).read_text())
+    image = read_layout(runfile(f"services/{service}/image"))
     rows, total, total_unpacked = [], 0, 0
-    for layer, history in zip(manifest["layers"], config["history"], strict=True):
-        with gzip.open(blobs / layer["digest"].replace(":", "/")) as stream:
+    for layer, history in zip(image.manifest["layers"], image.config["history"], strict=True):
+        with gzip.open(image.blob(layer["digest"])) as stream:
             unpacked = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 20), b""))
         total, total_unpacked = total + layer["size"], total_unpacked + unpacked
         what = history["created_by"].split(": ", 1)[1].split(" of ")[0]  # "20 Debian packages", "app files"
         rows.append((f"Image {service}: {what}", megabytes(layer["size"]), megabytes(unpacked), layer["digest"][:19]))
-    digest = index["manifests"][0]["digest"]
-    rows.append((f"Image {service}: total", megabytes(total), megabytes(total_unpacked), digest[:19]))
+    rows.append((f"Image {service}: total", megabytes(total), megabytes(total_unpacked), image.manifest_digest[:19]))
     return rows
 
 
-def container_start_to_serving(samples: int, wait_serving: Callable[[int], None]) -> tuple[str, str]:
+def container_start_to_serving(samples: int) -> tuple[str, str]:
     """Median seconds from `podman run` of the recommendations image to SERVING, and a note."""
     if shutil.which("podman") is None:
         return "not measured", "podman missing (apt-get install podman runc)"
@@ -57,15 +52,15 @@ def container_start_to_serving(samples: int, wait_serving: Callable[[int], None]
         try:
             publish = f"--publish=127.0.0.1:{port}:50052"
             podman(*RUN, f"--name={name}", publish, "--env=RECOMMENDATIONS_INSECURE=1", image)
-            wait_serving(port)
+            wait_until_serving(f"127.0.0.1:{port}")
             times.append(time.monotonic() - begun)
         finally:
             podman("rm", "--force", name, check=False)
     return f"{statistics.median(times):.2f} s", f"median of {samples}, podman run (runc) of the image"
 
 
-def image_rows(wait_serving: Callable[[int], None]) -> list[tuple[str, str, str, str]]:
+def image_rows() -> list[tuple[str, str, str, str]]:
     rows = [row for service in SERVICES for row in layer_rows(service)]
-    value, note = container_start_to_serving(5, wait_serving)
+    value, note = container_start_to_serving(5)
     rows.append(("Recommendations image: podman run → SERVING", value, "", note))
     return rows

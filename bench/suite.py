@@ -24,9 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from bench.common import (
     PIN_SERVER,
     REQUEST,
@@ -39,23 +36,9 @@ from bench.common import (
 )
 from bench.images import image_rows
 from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.runtime.readiness import wait_until_serving
 
 RECOMMENDATIONS = "services/recommendations/recommendations"
-
-
-def wait_serving(port: int, timeout: float = 30.0) -> None:
-    """Returns once grpc.health.v1 on 127.0.0.1:port answers SERVING."""
-    begun = time.monotonic()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.2, wait_for_ready=True)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                if time.monotonic() - begun > timeout:
-                    raise
 
 
 def start_to_serving(samples: int) -> float:
@@ -67,7 +50,7 @@ def start_to_serving(samples: int) -> float:
         command = [runfile(RECOMMENDATIONS), "--insecure", "--port", port]
         process = ChildProcess("startup", command, discard_output=True).start()
         try:
-            wait_serving(port)
+            wait_until_serving(f"127.0.0.1:{port}")
             times.append(time.monotonic() - begun)
         finally:
             process.stop()
@@ -171,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, value, latency, note in rows:
         print(f"{label:<{width}}  {value:>16}  {latency:>10}  {note}")
 
-    images = image_rows(wait_serving)
+    images = image_rows()
     width = max(len(row[0]) for row in images)
     print(f"\n{'Images (built by Bazel)':<{width}}  {'compressed':>10}  {'unpacked':>10}  digest")
     for label, compressed, unpacked, note in images:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +28,7 @@ from services.marketplace import main as marketplace_main
 from services.recommendations import main as recommendations_main
 from services.recommendations.servicer import DEFAULT_POLICY, SERVICE_NAME
 from tools.certs.certs import service_dns_names
+from tools.oci.oci import read_layout
 
 KUBERNETES = "1.31.0"
 REGISTRY = "registry.test/books"
@@ -88,11 +88,7 @@ def ports(overlay: str, service: str) -> dict[str, int]:
 
 
 def image_config(service: str) -> dict:
-    layout = runfile(f"services/{service}/image")
-    index = json.loads((layout / "index.json").read_text())
-    blob = layout / "blobs" / index["manifests"][0]["digest"].replace(":", "/")
-    manifest = json.loads(blob.read_text())
-    return json.loads((layout / "blobs" / manifest["config"]["digest"].replace(":", "/")).read_text())["config"]
+    return read_layout(runfile(f"services/{service}/image")).config["config"]
 
 
 # --- every overlay renders and validates -------------------------------------------------------------

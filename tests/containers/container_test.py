@@ -19,13 +19,14 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.processes.processes import free_port, runfile
+from libs.runtime.readiness import wait_until_serving
 from libs.runtime.tls import TlsFiles, channel_credentials
 from tools.certs.certs import mint_all
+from tools.oci.oci import read_layout
 from tools.oci.podman import RUN, load, podman
 
 NONROOT = 65532
@@ -76,24 +77,6 @@ def tls_env(service: str, prefix: str) -> list[str]:
     ]
 
 
-def wait_serving(port: int, timeout: float = 30.0) -> float:
-    """Seconds until grpc.health.v1 on the plaintext probe port says SERVING."""
-    started = time.monotonic()
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() - started < timeout:
-            try:
-                if (
-                    stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    == health_pb2.HealthCheckResponse.SERVING
-                ):
-                    return time.monotonic() - started
-            except grpc.RpcError:
-                pass
-            time.sleep(0.05)
-    raise AssertionError(f"not SERVING on 127.0.0.1:{port} after {timeout} s")
-
-
 def test_recommendations_image_serves_over_published_loopback_ports(
     images: dict[str, str], certs: Path, cleanup: list
 ) -> None:
@@ -111,7 +94,7 @@ def test_recommendations_image_serves_over_published_loopback_ports(
         *tls_env("recommendations", "RECOMMENDATIONS"),
         images["recommendations"],
     )
-    wait_serving(health_port)
+    wait_until_serving(f"127.0.0.1:{health_port}")
     print(f"podman run -> SERVING: {time.monotonic() - started:.2f} s")
 
     # A real call over mTLS, as the marketplace.
@@ -165,7 +148,7 @@ def test_both_images_serve_the_bookstore_page(images: dict[str, str], certs: Pat
         "--env=RECOMMENDATIONS_ADDR=localhost:50051",
         images["marketplace"],
     )
-    wait_serving(health_port)
+    wait_until_serving(f"127.0.0.1:{health_port}")
 
     deadline = time.monotonic() + 30
     while True:
@@ -194,8 +177,7 @@ def test_umoci_unpacks_the_layout_into_a_runtime_bundle(service: str, tmp_path: 
         pytest.fail("umoci is needed (Debian: apt-get install umoci; ./bazelw does this)")
     layout = tmp_path / "layout"
     shutil.copytree(LAYOUTS[service], layout)  # umoci takes a lock file inside the layout
-    descriptor = json.loads((layout / "index.json").read_text())["manifests"][0]
-    reference = descriptor["annotations"]["org.opencontainers.image.ref.name"]
+    reference = read_layout(layout).index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
     result = subprocess.run(
         ["umoci", "unpack", "--image", f"{layout}:{reference}", str(tmp_path / "bundle")],
         capture_output=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
 import tarfile
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from libs.processes.processes import runfile
 from tools.certs.certs import mint_ca
-from tools.oci.oci import Tree, write_layer
+from tools.oci.oci import Tree, read_layout, write_layer
 from tools.oci.scan import scan_layer, scan_layout
 
 IMAGES = {
@@ -23,20 +22,18 @@ LOCK = runfile("tools/oci/debian_packages.lock")
 NONROOT = 65532
 
 
-def blob(layout: Path, digest: str) -> bytes:
-    return (layout / "blobs" / digest.replace(":", "/")).read_bytes()
-
-
 def manifest_and_config(layout: Path) -> tuple[dict, dict]:
-    index = json.loads((layout / "index.json").read_text())
-    manifest = json.loads(blob(layout, index["manifests"][0]["digest"]))
-    return manifest, json.loads(blob(layout, manifest["config"]["digest"]))
+    image = read_layout(layout)
+    return image.manifest, image.config
+
+
+def layer_bytes(layout: Path, number: int) -> bytes:
+    image = read_layout(layout)
+    return gzip.decompress(image.blob(image.manifest["layers"][number]["digest"]).read_bytes())
 
 
 def layer_files(layout: Path, number: int) -> dict[str, tarfile.TarInfo]:
-    manifest, _ = manifest_and_config(layout)
-    data = gzip.decompress(blob(layout, manifest["layers"][number]["digest"]))
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+    with tarfile.open(fileobj=io.BytesIO(layer_bytes(layout, number))) as tar:
         return {member.name: member for member in tar.getmembers()}
 
 
@@ -91,8 +88,7 @@ def test_base_layer_has_the_user_the_ca_bundle_and_the_pinned_packages() -> None
 
 def test_passwd_names_the_non_root_user() -> None:
     layout = IMAGES["recommendations"]
-    manifest, _ = manifest_and_config(layout)
-    with tarfile.open(fileobj=io.BytesIO(gzip.decompress(blob(layout, manifest["layers"][0]["digest"])))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(layer_bytes(layout, 0))) as tar:
         passwd = tar.extractfile("etc/passwd").read().decode()  # type: ignore[union-attr]
     assert f"nonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin" in passwd.splitlines()
 

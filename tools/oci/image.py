@@ -16,7 +16,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tools.oci.oci import EPOCH, Tree, canonical_json, digest
+from tools.oci.oci import EPOCH, Tree, blob_path, canonical_json, digest
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -73,10 +73,6 @@ def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, dict, str]:
         ],
     }
     return blobs, index, manifest, manifest_digest
-
-
-def blob_path(blob_digest: str) -> str:
-    return "blobs/" + blob_digest.replace(":", "/")
 
 
 def main() -> None:

@@ -113,6 +113,33 @@ def write_layer(tree: Tree, path: Path) -> dict:
     }
 
 
+def blob_path(blob_digest: str) -> str:
+    """Where a blob lives inside an OCI layout."""
+    return "blobs/" + blob_digest.replace(":", "/")
+
+
+@dataclass(frozen=True)
+class LayoutImage:
+    """The one image of an OCI layout, as image.py writes it."""
+
+    layout: Path
+    index: dict
+    manifest_digest: str
+    manifest: dict
+    config: dict
+
+    def blob(self, blob_digest: str) -> Path:
+        return self.layout / blob_path(blob_digest)
+
+
+def read_layout(layout: Path) -> LayoutImage:
+    index = json.loads((layout / "index.json").read_text())
+    manifest_digest = index["manifests"][0]["digest"]
+    manifest = json.loads((layout / blob_path(manifest_digest)).read_bytes())
+    config = json.loads((layout / blob_path(manifest["config"]["digest"])).read_bytes())
+    return LayoutImage(layout, index, manifest_digest, manifest, config)
+
+
 def canonical_json(value: object) -> bytes:
     """JSON with sorted keys and no insignificant whitespace: the bytes a digest is taken of."""
     return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()

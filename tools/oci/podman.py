@@ -8,10 +8,11 @@ what runs is exactly what Bazel built.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from pathlib import Path
+
+from tools.oci.oci import read_layout
 
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
 RUN = ["run", "--detach", "--read-only", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
@@ -28,9 +29,7 @@ def podman(*args: str, check: bool = True) -> str:
 
 def image_id(layout: Path) -> str:
     """The image ID podman gives the image of an OCI layout: its config digest."""
-    index = json.loads((layout / "index.json").read_text())
-    manifest = json.loads((layout / "blobs" / index["manifests"][0]["digest"].replace(":", "/")).read_text())
-    return manifest["config"]["digest"].removeprefix("sha256:")
+    return read_layout(layout).manifest["config"]["digest"].removeprefix("sha256:")
 
 
 def load(archive: Path, layout: Path) -> str:

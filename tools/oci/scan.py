@@ -8,12 +8,13 @@ in. CA bundles of wheels are links to the system bundle (tools/oci/layer.py), so
 from __future__ import annotations
 
 import gzip
-import json
 import re
 import sys
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from tools.oci.oci import read_layout
 
 ALLOWED_CERTIFICATES = {"etc/ssl/certs/ca-certificates.crt"}
 # A whole PEM block (base64 between the markers), not just a marker string in code such as ssl.py.
@@ -24,12 +25,10 @@ _CERT_NAMES = re.compile(r"\.(crt|cer|der)$")
 
 
 def layers(layout: Path) -> Iterator[tuple[str, Path]]:
-    """(digest, blob path) of each layer of the image the layout's index names."""
-    index = json.loads((layout / "index.json").read_text())
-    for descriptor in index["manifests"]:
-        manifest = json.loads((layout / "blobs" / descriptor["digest"].replace(":", "/")).read_bytes())
-        for layer in manifest["layers"]:
-            yield layer["digest"], layout / "blobs" / layer["digest"].replace(":", "/")
+    """(digest, blob path) of each layer of the layout's image."""
+    image = read_layout(layout)
+    for layer in image.manifest["layers"]:
+        yield layer["digest"], image.blob(layer["digest"])
 
 
 def scan_layer(blob: Path) -> list[str]:
