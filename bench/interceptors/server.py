@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_format)
     catalog = Catalog.from_csv(DEFAULT_CATALOG, category_names())
-    full = [m for m in server_middleware("recommendations") if type(m).__name__ not in args.without]
+    stack = server_middleware("recommendations", access_log_interval=args.access_log_interval)
+    full = [m for m in stack if type(m).__name__ not in args.without]
     middleware = {"full": full, "bare": [], "noop": [Middleware()]}[args.variant]
     server = build_server(server_config(args), catalog, middleware=middleware)
     asyncio.run(server.run())

@@ -17,7 +17,7 @@ import grpc
 from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from libs.interceptors.access_log import AccessLog
+from libs.interceptors.access_log import FLUSH_INTERVAL, AccessLog
 from libs.interceptors.authz import AccessPolicy, Authorization
 from libs.interceptors.client import AsyncClientInterceptor, SyncClientInterceptor
 from libs.interceptors.core import AsyncServerInterceptor, Middleware, SyncServerInterceptor
@@ -43,6 +43,7 @@ def server_middleware(
     policy: AccessPolicy | None = None,
     registry: CollectorRegistry = REGISTRY,
     tracer_provider: trace.TracerProvider | None = None,
+    access_log_interval: float = FLUSH_INTERVAL,
 ) -> list[Middleware]:
     """The standard server stack, in the order `begin` runs (`end` runs in reverse):
 
@@ -59,7 +60,7 @@ def server_middleware(
         RequestId(),
         Tracing(tracer_provider),
         ServerMetrics(registry),
-        AccessLog(service_name),
+        AccessLog(service_name, interval=access_log_interval),
         ExceptionToStatus(),
         ErrorLogging(logger),
     ]

@@ -93,5 +93,5 @@ class Authorization(Middleware):
         call.peer = peer_name(call.context)
         if not identities:
             raise Unauthenticated("a client certificate with a DNS SAN is required")
-        if not self._policy.permits(call.method, identities):
-            raise PermissionDenied(f"{call.peer or 'anonymous'} may not call {call.method}")
+        if not self._policy.permits(call.rpc.method, identities):
+            raise PermissionDenied(f"{call.peer or 'anonymous'} may not call {call.rpc.method}")

@@ -64,12 +64,12 @@ class _Outgoing:
         outgoing.append((METADATA_KEY, request_id))
         outgoing.extend(carrier.items())
         series = self._metrics.series((service, name, kind))
-        self._metrics.started(series, in_flight=False)
+        self._metrics.started(series)
         state = {"series": series, "span": span, "started": time.perf_counter(), "method": method, "id": request_id}
         return state, timeout, outgoing
 
     def finish(self, state: dict, code: grpc.StatusCode, details: str | None = None) -> None:
-        self._metrics.finished(state["series"], code.name, time.perf_counter() - state["started"], in_flight=False)
+        self._metrics.finished(state["series"], code.name, time.perf_counter() - state["started"])
         end_span(state["span"], code.name, code.value[0], None)
         if code != grpc.StatusCode.OK:
             logger.warning("call %s failed: %s: %s (request_id %s)", state["method"], code.name, details, state["id"])

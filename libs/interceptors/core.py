@@ -46,33 +46,43 @@ class Abort:
     trailers: tuple[tuple[str, str | bytes], ...] = ()
 
 
-class Call:
-    """What the middleware knows of one RPC; hooks read it and add to it."""
+class Rpc:
+    """What is fixed per method: worked out once, when the handler is wrapped."""
 
-    __slots__ = (
-        "method", "service", "name", "kind", "context", "metadata", "started", "code", "exception",
-        "unexpected", "duration", "request_id", "trace_id", "peer", "begun", "span", "otel_token", "series",
-    )  # fmt: skip
+    __slots__ = ("method", "service", "name", "kind")
 
-    def __init__(self, method: str, service: str, name: str, kind: str, context: Any, metadata: dict) -> None:
+    def __init__(self, method: str, kind: str) -> None:
         self.method = method  # "/pkg.Service/Method", or "unknown" for an unregistered method
-        self.service = service
-        self.name = name
+        self.service, self.name = split_method(method)
         self.kind = kind  # unary, client_stream, server_stream, bidi_stream
+
+
+class Call:
+    """What the middleware knows of one RPC; hooks read it and add to it.
+
+    The class attributes are the defaults: a call stores only what its hooks set, which keeps the
+    per-call price of the pipeline low (bench/RESULTS.md).
+    """
+
+    code = grpc.StatusCode.OK
+    code_name = "OK"  # code.name, copied once: Enum.name is a Python-level property, 16x slower to read
+    exception: BaseException | None = None
+    unexpected = False  # neither a GrpcException nor a deliberate abort
+    duration = 0.0
+    request_id = ""
+    trace_id = ""
+    peer = ""  # the verified caller's name under mTLS (set by Authorization)
+    begun: int | None = None  # if a begin raised: how many middleware began (only those are ended)
+    span: Any = None  # Tracing's
+    otel_token: Any = None
+    series: Any = None  # ServerMetrics'
+
+    def __init__(self, rpc: Rpc, context: Any, metadata: Any) -> None:
+        self.rpc = rpc
         self.context = context  # grpc.ServicerContext or grpc.aio.ServicerContext; None if unregistered
-        self.metadata = metadata
+        # The invocation metadata by key; values of "-bin" keys are bytes.
+        self.metadata = {key: value for key, value in metadata} if metadata else {}
         self.started = time.perf_counter()
-        self.code = grpc.StatusCode.OK
-        self.exception: BaseException | None = None
-        self.unexpected = False  # neither a GrpcException nor a deliberate abort
-        self.duration = 0.0
-        self.request_id = ""
-        self.trace_id = ""
-        self.peer = ""  # the verified caller's name under mTLS (set by Authorization)
-        self.begun = 0  # how many middleware began: only those are ended
-        self.span: Any = None  # Tracing's
-        self.otel_token: Any = None
-        self.series: Any = None  # ServerMetrics'
 
 
 class Middleware:
@@ -97,14 +107,13 @@ def split_method(method: str) -> tuple[str, str]:
     return service or UNKNOWN, name or UNKNOWN
 
 
+UNREGISTERED = Rpc(UNKNOWN, "unary")  # every call to a method no service registered
+
+
 def kind_of(handler: grpc.RpcMethodHandler) -> str:
     if handler.request_streaming:
         return "bidi_stream" if handler.response_streaming else "client_stream"
     return "server_stream" if handler.response_streaming else "unary"
-
-
-def _metadata(pairs: Any) -> dict[str, str]:
-    return {key: value for key, value in (pairs or ()) if isinstance(value, str)}
 
 
 def _aborted(exc: BaseException, context_code: grpc.StatusCode | None) -> bool:
@@ -134,12 +143,17 @@ class Pipeline:
         self._begins = [(i + 1, m.begin) for i, m in enumerate(self.middleware) if _overrides(m, "begin")]
         self._fails = [m.fail for m in self.middleware if _overrides(m, "fail")]
         self._ends = [(i, m.end) for i, m in reversed(list(enumerate(self.middleware))) if _overrides(m, "end")]
+        self._all_ends = [end for _, end in self._ends]
 
     def begin(self, call: Call) -> None:
-        for begun, hook in self._begins:
-            call.begun = begun  # a middleware whose begin raises is still ended
-            hook(call)
-        call.begun = len(self.middleware)
+        begun = 0
+        try:
+            for count, hook in self._begins:
+                begun = count  # the middleware whose begin raises is ended too
+                hook(call)
+        except BaseException:
+            call.begun = begun
+            raise
 
     def failed(self, call: Call, exc: BaseException) -> Abort | None:
         """Records `exc`; returns how to answer (None: re-raise, the handler already chose a status)."""
@@ -155,10 +169,12 @@ class Pipeline:
         return None
 
     def succeeded(self, call: Call) -> None:
+        """The handler returned: the code is what it set (if anything), then the call ends."""
         code = call.context.code()
         if code is None:  # a handler that finished after the deadline answered nobody
             code = grpc.StatusCode.DEADLINE_EXCEEDED if _deadline_passed(call.context) else grpc.StatusCode.OK
         call.code = code
+        self.close(call)
 
     def cancelled(self, call: Call) -> None:
         """The call ended under the handler (aio cancels it; a sync handler runs on): record why."""
@@ -167,22 +183,22 @@ class Pipeline:
 
     def close(self, call: Call) -> None:
         call.duration = time.perf_counter() - call.started
+        call.code_name = call.code._name_  # a documented member attribute of every Enum
         begun = call.begun
-        for index, end in self._ends:
-            if index < begun:
-                end(call)
+        ends = self._all_ends if begun is None else [end for index, end in self._ends if index < begun]
+        for end in ends:
+            end(call)
 
     def unregistered(self, metadata: Any) -> None:
         """Counts a call to a method no service offers (gRPC answers UNIMPLEMENTED itself)."""
-        call = Call(UNKNOWN, UNKNOWN, UNKNOWN, "unary", None, _metadata(metadata))
+        call = Call(UNREGISTERED, None, metadata)
         call.code = grpc.StatusCode.UNIMPLEMENTED
         self.begin(call)
         self.close(call)
 
     def wrap_async(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """`handler` of `method` for a grpc.aio server, with the pipeline around each call."""
-        service, name = split_method(method)
-        kind, inner = kind_of(handler), _inner(handler)
+        rpc, inner = Rpc(method, kind_of(handler)), _inner(handler)
 
         async def abort_or_raise(call: Call, context: grpc.aio.ServicerContext, exc: BaseException) -> Any:
             abort = self.failed(call, exc)
@@ -191,13 +207,10 @@ class Pipeline:
                 raise exc
             await context.abort(abort.code, abort.details, abort.trailers)
 
-        def open_call(context: grpc.aio.ServicerContext) -> Call:
-            return Call(method, service, name, kind, context, _metadata(context.invocation_metadata()))
-
         if handler.response_streaming:
 
             async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
-                call = open_call(context)
+                call = Call(rpc, context, context.invocation_metadata())
                 try:
                     self.begin(call)
                     responses = inner(request, context)
@@ -212,12 +225,11 @@ class Pipeline:
                 except Exception as exc:
                     await abort_or_raise(call, context, exc)
                 self.succeeded(call)
-                self.close(call)
 
         else:
 
             async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                call = open_call(context)
+                call = Call(rpc, context, context.invocation_metadata())
                 try:
                     self.begin(call)
                     response = inner(request, context)
@@ -229,15 +241,13 @@ class Pipeline:
                 except Exception as exc:
                     return await abort_or_raise(call, context, exc)
                 self.succeeded(call)
-                self.close(call)
                 return response
 
-        return _rebuild(handler, kind, behaviour)
+        return _rebuild(handler, rpc.kind, behaviour)
 
     def wrap_sync(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """`handler` of `method` for a sync grpc.server, with the pipeline around each call."""
-        service, name = split_method(method)
-        kind, inner = kind_of(handler), _inner(handler)
+        rpc, inner = Rpc(method, kind_of(handler)), _inner(handler)
 
         def abort_or_raise(call: Call, context: grpc.ServicerContext, exc: BaseException) -> Any:
             abort = self.failed(call, exc)
@@ -261,12 +271,11 @@ class Pipeline:
         def finish(call: Call, context: grpc.ServicerContext) -> None:
             if context.is_active():
                 self.succeeded(call)
-                self.close(call)
             else:  # the handler ran on after the caller's deadline or cancellation
                 self.cancelled(call)
 
         def behaviour(request: Any, context: grpc.ServicerContext) -> Any:
-            call = Call(method, service, name, kind, context, _metadata(context.invocation_metadata()))
+            call = Call(rpc, context, context.invocation_metadata())
             try:
                 self.begin(call)
                 response = inner(request, context)
@@ -277,7 +286,7 @@ class Pipeline:
             finish(call, context)
             return response
 
-        return _rebuild(handler, kind, behaviour)
+        return _rebuild(handler, rpc.kind, behaviour)
 
 
 def _inner(handler: grpc.RpcMethodHandler) -> Callable:

@@ -1,8 +1,9 @@
 """Deadline propagation: a call made while handling a request never outlives the caller's deadline.
 
-`DeadlineRecorder` (server middleware) records the incoming call's deadline in a context variable
-(each aio RPC runs in its own task, each sync RPC on its own thread, so the value stays with that
-request). Web handlers open `deadline_scope(seconds)` for their own budget. The client interceptors
+`DeadlineRecorder` (server middleware) records the incoming call in a context variable (each aio
+RPC runs in its own task, each sync RPC on its own thread, so the value stays with that request);
+the time left is asked of the call only when an outgoing call needs it, since most requests make
+none. Web handlers open `deadline_scope(seconds)` for their own budget. The client interceptors
 (libs/interceptors/client.py) give every outgoing call `clamp(timeout)`: the smaller of its own
 timeout (or the channel default) and the time left, failing at once with DEADLINE_EXCEEDED when
 nothing is left, without sending anything.
@@ -14,10 +15,13 @@ import contextlib
 import contextvars
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from libs.interceptors.core import Call, Middleware
 
-_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+# An absolute time.monotonic() deadline, or the servicer context of the request being handled.
+_deadline: contextvars.ContextVar[Any] = contextvars.ContextVar("deadline", default=None)
+_NO_DEADLINE = 1e9  # seconds; the sync server reports a call without a deadline as 2**63 seconds away
 
 
 class DeadlineExpired(Exception):
@@ -27,15 +31,19 @@ class DeadlineExpired(Exception):
 def time_remaining() -> float | None:
     """Seconds left before the current request's deadline, or None if it has none."""
     deadline = _deadline.get()
-    return None if deadline is None else deadline - time.monotonic()
+    if deadline is None:
+        return None
+    if isinstance(deadline, float):
+        return deadline - time.monotonic()
+    remaining = deadline.time_remaining()
+    return None if remaining is None or remaining > _NO_DEADLINE else remaining
 
 
 @contextlib.contextmanager
 def deadline_scope(seconds: float) -> Iterator[None]:
     """Bounds every call made inside to `seconds` from now (or less if an outer deadline is sooner)."""
-    deadline = time.monotonic() + seconds
-    outer = _deadline.get()
-    token = _deadline.set(deadline if outer is None else min(outer, deadline))
+    outer = time_remaining()
+    token = _deadline.set(time.monotonic() + (seconds if outer is None else min(outer, seconds)))
     try:
         yield
     finally:
@@ -56,5 +64,4 @@ class DeadlineRecorder(Middleware):
     """Records the caller's deadline for the handler's own outgoing calls."""
 
     def begin(self, call: Call) -> None:
-        remaining = call.context.time_remaining() if call.context is not None else None
-        _deadline.set(None if remaining is None else time.monotonic() + remaining)
+        _deadline.set(call.context)  # None for an unregistered method; asked for the time left lazily

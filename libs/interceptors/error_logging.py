@@ -18,4 +18,4 @@ class ErrorLogging(Middleware):
 
     def end(self, call: Call) -> None:
         if call.unexpected and call.exception is not None:
-            self._logger.error("unexpected exception in %s", call.method, exc_info=call.exception)
+            self._logger.error("unexpected exception in %s", call.rpc.method, exc_info=call.exception)

@@ -23,9 +23,11 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from libs.interceptors import AccessPolicy, client_interceptors, server_interceptors, server_middleware
-from libs.interceptors.access_log import flush_all
+from libs.interceptors.access_log import AccessLog, flush_all
+from libs.interceptors.core import AsyncServerInterceptor, Call, Middleware, SyncServerInterceptor
+from libs.interceptors.deadlines import time_remaining
 from libs.interceptors.errors import BadRequest, FieldViolation, field_violations
-from libs.interceptors.exception_to_status import INTERNAL_ERROR_DETAILS
+from libs.interceptors.exception_to_status import INTERNAL_ERROR_DETAILS, ExceptionToStatus
 from libs.interceptors.request_id import current_request_id
 from libs.interceptors.tracing import current_trace_id
 
@@ -48,6 +50,8 @@ def outcome(request: bytes) -> bytes:
         raise RuntimeError("secret: /var/lib/catalog.db is corrupt")
     if request == b"whoami":
         return json.dumps({"request_id": current_request_id(), "trace_id": current_trace_id()}).encode()
+    if request == b"deadline":  # what an outgoing call made now would get
+        return json.dumps(time_remaining()).encode()
     return b"ok:" + request
 
 
@@ -64,9 +68,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(kind: str, downstream: Server | None = None, name: str = "probe", provider=None) -> Iterator[Server]:
-    """A server of `kind` with the full stack; `forward` requests go on to `downstream` through the
-    client interceptors of the same kind."""
+def serve(
+    kind: str, downstream: Server | None = None, name: str = "probe", provider=None, middleware=None
+) -> Iterator[Server]:
+    """A server of `kind` with the full stack (or just `middleware`); `forward` requests go on to
+    `downstream` through the client interceptors of the same kind."""
     registry = CollectorRegistry()
     spans = InMemorySpanExporter()
     if provider is None:
@@ -75,12 +81,12 @@ def serve(kind: str, downstream: Server | None = None, name: str = "probe", prov
     options = {"registry": registry, "tracer_provider": provider}
     target = f"127.0.0.1:{downstream.port}" if downstream else None
     if kind == "sync":
-        yield from _serve_sync(name, options, target, registry, spans, provider)
+        yield from _serve_sync(name, options, target, registry, spans, provider, middleware)
     else:
-        yield from _serve_aio(name, options, target, registry, spans, provider)
+        yield from _serve_aio(name, options, target, registry, spans, provider, middleware)
 
 
-def _serve_sync(name, options, target, registry, spans, provider) -> Iterator[Server]:
+def _serve_sync(name, options, target, registry, spans, provider, middleware) -> Iterator[Server]:
     downstream = None
     if target:
         interceptors = client_interceptors(asynchronous=False, **options)
@@ -100,7 +106,7 @@ def _serve_sync(name, options, target, registry, spans, provider) -> Iterator[Se
         outcome(request)
         yield b"second"
 
-    server = grpc.server(ThreadPoolExecutor(4), interceptors=server_interceptors(name, asynchronous=False, **options))
+    server = grpc.server(ThreadPoolExecutor(4), interceptors=_interceptors(name, False, options, middleware))
     server.add_generic_rpc_handlers((_handlers(unary, stream),))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
@@ -110,7 +116,7 @@ def _serve_sync(name, options, target, registry, spans, provider) -> Iterator[Se
         server.stop(None)
 
 
-def _serve_aio(name, options, target, registry, spans, provider) -> Iterator[Server]:
+def _serve_aio(name, options, target, registry, spans, provider, middleware) -> Iterator[Server]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -133,7 +139,7 @@ def _serve_aio(name, options, target, registry, spans, provider) -> Iterator[Ser
     async def start() -> int:
         if target:
             state["downstream"] = grpc.aio.insecure_channel(target, interceptors=client_interceptors(**options))
-        server = grpc.aio.server(interceptors=server_interceptors(name, **options))
+        server = grpc.aio.server(interceptors=_interceptors(name, True, options, middleware))
         server.add_generic_rpc_handlers((_handlers(unary, stream),))
         port = server.add_insecure_port("127.0.0.1:0")
         await server.start()
@@ -147,6 +153,12 @@ def _serve_aio(name, options, target, registry, spans, provider) -> Iterator[Ser
         asyncio.run_coroutine_threadsafe(state["server"].stop(None), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
+
+
+def _interceptors(name: str, asynchronous: bool, options: dict, middleware: list | None) -> list:
+    if middleware is None:
+        return server_interceptors(name, asynchronous=asynchronous, **options)
+    return [AsyncServerInterceptor(middleware) if asynchronous else SyncServerInterceptor(middleware)]
 
 
 def _handlers(unary, stream) -> grpc.GenericRpcHandler:
@@ -325,6 +337,33 @@ def test_client_metrics_count_outgoing_calls(kind: str) -> None:
     assert front.registry.get_sample_value("grpc_client_handled_total", labels) == 1
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_in_flight_counts_the_calls_being_handled(kind: str) -> None:
+    unary = {"grpc_service": SERVICE, "grpc_method": "Unary", "grpc_type": "unary"}
+    with serve(kind) as server, ThreadPoolExecutor(2) as pool:
+        slow = [pool.submit(call, server, b"slow") for _ in range(2)]
+        seen = set()
+        while not all(future.done() for future in slow):  # each spends 0.5 s in the handler
+            seen.add(server.registry.get_sample_value("grpc_server_in_flight", unary))
+            time.sleep(0.01)
+        assert [future.result() for future in slow] == [b"ok:slow"] * 2
+        assert 2 in seen
+    assert server.registry.get_sample_value("grpc_server_in_flight", unary) == 0
+
+
+# --- deadlines ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_handler_sees_the_time_its_caller_has_left(kind: str) -> None:
+    with serve(kind) as server:
+        remaining = json.loads(call(server, b"deadline"))  # call() gives 5 s
+        with server.channel() as channel:
+            unbounded = json.loads(channel.unary_unary(f"/{SERVICE}/Unary")(b"deadline"))
+    assert 3 < remaining <= 5.1  # gRPC rounds deadlines up a little
+    assert unbounded is None
+
+
 # --- propagation across two hops ----------------------------------------------------------------
 
 
@@ -378,6 +417,53 @@ def test_stack_order() -> None:
     ]  # fmt: skip
     with_policy = server_middleware("x", policy=AccessPolicy({}), registry=CollectorRegistry())
     assert [type(m).__name__ for m in with_policy][-2:] == ["Authorization", "DeadlineRecorder"]
+
+
+class Recorder(Middleware):
+    """Notes its hooks in `log`; refuses the call in `begin` if `refuse`."""
+
+    def __init__(self, name: str, log: list[str], refuse: bool = False) -> None:
+        self.name, self.log, self.refuse = name, log, refuse
+
+    def begin(self, call: Call) -> None:
+        self.log.append(f"begin {self.name}")
+        if self.refuse:
+            raise NotFound("refused")
+
+    def end(self, call: Call) -> None:
+        self.log.append(f"end {self.name} {call.code_name}")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ends_run_in_reverse_and_only_for_middleware_that_began(kind: str) -> None:
+    log: list[str] = []
+    stack = [Recorder("a", log), ExceptionToStatus(), Recorder("b", log, refuse=True), Recorder("c", log)]
+    with serve(kind, middleware=stack) as server:
+        assert fail(server, b"hello").code() == grpc.StatusCode.NOT_FOUND
+        time.sleep(0.1)  # the sync server may end the call just after answering
+        assert log == ["begin a", "begin b", "end b NOT_FOUND", "end a NOT_FOUND"]
+        log.clear()
+        stack[2].refuse = False
+        assert call(server, b"hello") == b"ok:hello"
+        time.sleep(0.1)
+        assert log == ["begin a", "begin b", "begin c", "end c OK", "end b OK", "end a OK"]
+
+
+def test_access_lines_escape_what_they_must_and_null_what_is_unknown(caplog) -> None:
+    access_log = AccessLog("svc", logger=logging.getLogger("test-access"))
+    rows = [
+        (1_764_470_000.1239, "/p.S/M", "OK", 0.0001234, "", 'unix:/tmp/a"b\\c\n', "id-1", ""),
+        (1_764_470_001.9999, "/p.S/M", "NOT_FOUND", 12.5, 'cn="x"', "", "", "ab" * 16),
+    ]
+    first, second = (json.loads(line) for line in access_log._lines(rows).split("\n"))
+    assert first == {
+        "timestamp": "2025-11-30T02:33:20.123+00:00", "service": "svc", "method": "/p.S/M", "code": "OK",
+        "duration_ms": 0.123, "peer": None, "peer_address": 'unix:/tmp/a"b\\c\n', "request_id": "id-1",
+        "trace_id": None,
+    }  # fmt: skip
+    assert (second["timestamp"], second["duration_ms"]) == ("2025-11-30T02:33:21.999+00:00", 12500.0)
+    assert (second["peer"], second["peer_address"], second["request_id"]) == ('cn="x"', None, None)
+    assert second["trace_id"] == "ab" * 16
 
 
 def test_tracing_notices_a_provider_installed_later_within_a_second(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,12 +72,13 @@ class Tracing(Middleware):
 
     def begin(self, call: Call) -> None:
         traced = "traceparent" in call.metadata
-        if not traced and not self._records(call.started):
+        if not traced and not self._recording and (call.started < self._recheck_at or not self._records(call.started)):
             return  # nothing to continue and nothing to record: skip the no-op span's cost
         parent = PROPAGATOR.extract(call.metadata, getter=_GETTER) if traced else None
+        rpc = call.rpc
         span = self._tracer.start_span(
-            f"{call.service}/{call.name}", context=parent, kind=SpanKind.SERVER,
-            attributes=rpc_attributes(call.service, call.name),
+            f"{rpc.service}/{rpc.name}", context=parent, kind=SpanKind.SERVER,
+            attributes=rpc_attributes(rpc.service, rpc.name),
         )  # fmt: skip
         call.span = span
         call.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -86,7 +87,7 @@ class Tracing(Middleware):
     def end(self, call: Call) -> None:
         if call.span is None:
             return
-        end_span(call.span, call.code.name, call.code.value[0], call.exception if call.unexpected else None)
+        end_span(call.span, call.code_name, call.code.value[0], call.exception if call.unexpected else None)
         otel_context.detach(call.otel_token)
 
 

@@ -123,6 +123,7 @@ class ServerConfig:
     shutdown_grace: float = 10.0
     blocking_workers: int = 4
     metrics_port: int = 0
+    access_log_interval: float = 0.05
     allow: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
@@ -187,6 +188,14 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port:
         type=int,
     )
     add_flag(parser, prefix, "--metrics-port", 0, "HTTP port serving Prometheus /metrics; 0 = off", type=int)
+    add_flag(
+        parser,
+        prefix,
+        "--access-log-interval",
+        defaults.access_log_interval,
+        "seconds between writes of the batched access log (longer: less CPU, later lines)",
+        type=float,
+    )
     add_log_flags(parser, prefix)
     allow_env = env_name(prefix, "--allow")
     parser.add_argument(
@@ -217,6 +226,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     check("drain_seconds", lambda v: v >= 0, "must be 0 or more")
     check("shutdown_grace", lambda v: v >= 0, "must be 0 or more")
     check("blocking_workers", lambda v: 1 <= v <= 256, "must be between 1 and 256")
+    check("access_log_interval", lambda v: 0 < v <= 60, "must be more than 0 and at most 60 seconds")
     extra_ports = [port for port in (args.health_port, args.metrics_port) if port]
     if len(set(extra_ports)) != len(extra_ports) or args.port in extra_ports:
         problems.append("--port, --health-port and --metrics-port must differ")
@@ -237,5 +247,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         shutdown_grace=args.shutdown_grace,
         blocking_workers=args.blocking_workers,
         metrics_port=args.metrics_port,
+        access_log_interval=args.access_log_interval,
         allow=allow,
     )

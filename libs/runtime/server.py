@@ -102,7 +102,9 @@ class GrpcServer:
         policy = self.policy if config.tls else None
         middleware = self._middleware
         if middleware is None:
-            middleware = server_middleware(self.service_name, logger=self.logger, policy=policy)
+            middleware = server_middleware(
+                self.service_name, logger=self.logger, policy=policy, access_log_interval=config.access_log_interval
+            )
         server = grpc.aio.server(
             options=server_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs or None
         )
