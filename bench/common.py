@@ -30,7 +30,8 @@ class RpcResult:
     requests_per_second: float
     mean_latency_ms: float
     succeeded: int
-    cpu_us_per_request: float = 0.0
+    cpu_us_per_request: float = 0.0  # the server's, user + system
+    user_us_per_request: float = 0.0
 
 
 @dataclass
@@ -41,10 +42,11 @@ class PageResult:
     non_2xx: int
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads), from /proc."""
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU time of a process so far (all its threads), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
 def grpc_frame(message: bytes) -> bytes:
@@ -56,19 +58,27 @@ def _milliseconds(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_h2load(port: int, body: Path, requests: int, clients: int, streams: int) -> RpcResult:
-    """Unary gRPC load on `METHOD` with h2load (which counts gRPC errors as successes: check statuses)."""
-    command = [
-        *PIN_LOAD,
-        "h2load", "-n", str(requests), "-c", str(clients), "-m", str(streams), "-t", "1",
+def h2load_command(port: int, body: Path, clients: int, streams: int, *, requests: int = 0, seconds: int = 0) -> list:
+    """Unary gRPC load on `METHOD`: `requests` calls, or as many as fit in `seconds`."""
+    amount = ["-D", str(seconds)] if seconds else ["-n", str(requests)]
+    return [
+        *PIN_LOAD, "h2load", *amount, "-c", str(clients), "-m", str(streams), "-t", "1",
         "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body),
         f"http://127.0.0.1:{port}{METHOD}",
     ]  # fmt: skip
-    output = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout
+
+
+def parse_h2load(output: str) -> RpcResult:
+    """h2load's figures (it counts gRPC errors as successes: check statuses)."""
     rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output).group(1))
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
     succeeded = int(re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", output).group(1))
     return RpcResult(rate, _milliseconds(*mean.groups()), succeeded)
+
+
+def run_h2load(port: int, body: Path, requests: int, clients: int, streams: int) -> RpcResult:
+    command = h2load_command(port, body, clients, streams, requests=requests)
+    return parse_h2load(subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout)
 
 
 def run_wrk(url: str, duration: int, connections: int) -> PageResult:
@@ -91,12 +101,16 @@ def check_statuses(port: int, calls: int = 50) -> None:
             assert len(stub.Recommend(REQUEST, timeout=5).recommendations) == 3
 
 
+def handled(metrics_port: int) -> dict[str, float]:
+    """Recommend calls our server's own metrics counted, by status code."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    pattern = r'grpc_server_handled_total\{grpc_code="(\w+)",grpc_method="Recommend"[^}]*\} ([\d.e+]+)'
+    return {code: float(count) for code, count in re.findall(pattern, text)}
+
+
 def handled_ok(metrics_port: int) -> float:
     """How many Recommend calls our server's own metrics counted as OK."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    pattern = r'grpc_server_handled_total\{grpc_code="OK",grpc_method="Recommend"[^}]*\} ([\d.e+]+)'
-    match = re.search(pattern, text)
-    return float(match.group(1)) if match else 0.0
+    return handled(metrics_port).get("OK", 0.0)
 
 
 def start_quiet(name: str, argv: list, port: int) -> ChildProcess:

@@ -13,7 +13,7 @@
 # 50 ms batches would hold one line instead of ~200 and its per-batch work would be priced per call:
 # the batch interval is stretched by the same factor (3.2 s) to keep batches the size they have in a
 # real run. Callgrind counts user-space instructions only: the kernel's share of a call (sockets,
-# epoll), about half of the server's CPU time, is in neither side of the comparison.
+# epoll; about a fifth of the server's CPU time here) is in neither side of the comparison.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 variant="$1"

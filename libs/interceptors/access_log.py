@@ -95,6 +95,7 @@ class AccessLog(Middleware):
         ended, methods, codes, durations, peers, addresses, request_ids, trace_ids = zip(*rows, strict=True)
         seconds = list(map(int, ended))
         stamps = {second: f'{{"timestamp":"{_iso_second(second)}' for second in set(seconds)}
+        addresses_json = {address: _json(address) for address in set(addresses)}  # few: connections are reused
         for method in set(methods).difference(self._middle):
             self._middle[method] = f',"service":{self._service_json},"method":{_json(method)},"code":"'
         parts = zip(
@@ -107,7 +108,7 @@ class AccessLog(Middleware):
             repeat(',"peer":'),
             map(_json, peers),
             repeat(',"peer_address":'),
-            map(_json, addresses),
+            map(addresses_json.__getitem__, addresses),
             repeat(',"request_id":"'),
             request_ids,  # "" or a token RequestId checked: nothing to escape
             repeat('","trace_id":"'),

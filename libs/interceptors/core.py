@@ -4,7 +4,8 @@ Each concern (request ids, tracing, metrics, access log, exception → status, e
 authorisation, deadlines) is a `Middleware` with three hooks that know nothing of sync or async:
 
 - `begin(call)` before the handler, in stack order (may raise, e.g. PermissionDenied);
-- `fail(call, exc)` when the handler (or a `begin`) raised: may return the `Abort` to answer with;
+- `fail(call, exc)` when the handler (or a `begin`) raised, in stack order: may return the `Abort`
+  to answer with (the first one returned wins; every fail hook runs);
 - `end(call)` after the call, in reverse order, always, with the final status code in `call.code`.
 
 A `Pipeline` wraps a method's handler once; the wrapper runs the hooks around each call, in the
@@ -160,11 +161,13 @@ class Pipeline:
         context_code = call.context.code() if call.context is not None else None
         call.exception = exc
         call.unexpected = not isinstance(exc, GrpcException) and not _aborted(exc, context_code)
+        abort = None
         for fail in self._fails:
-            abort = fail(call, exc)
-            if abort is not None:
-                call.code = abort.code
-                return abort
+            answer = fail(call, exc)
+            abort = abort or answer
+        if abort is not None:
+            call.code = abort.code
+            return abort
         call.code = context_code or (exc.status_code if isinstance(exc, GrpcException) else grpc.StatusCode.UNKNOWN)
         return None
 

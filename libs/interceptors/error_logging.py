@@ -16,6 +16,7 @@ class ErrorLogging(Middleware):
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self._logger = logger or logging.getLogger(__name__)
 
-    def end(self, call: Call) -> None:
-        if call.unexpected and call.exception is not None:
-            self._logger.error("unexpected exception in %s", call.rpc.method, exc_info=call.exception)
+    def fail(self, call: Call, exc: BaseException) -> None:
+        # A fail hook, not an end hook: a call that succeeds never pays for it.
+        if call.unexpected:
+            self._logger.error("unexpected exception in %s", call.rpc.method, exc_info=exc)
