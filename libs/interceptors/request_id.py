@@ -8,7 +8,7 @@ HTTP front ends call `use_request_id(header_value)` per request.
 from __future__ import annotations
 
 import contextvars
-import random
+import os
 import re
 
 from libs.interceptors.core import Call, Middleware
@@ -18,7 +18,6 @@ HTTP_HEADER = "X-Request-ID"
 _VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")  # nothing that could forge a log line
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
-_random_bits = random.getrandbits
 
 
 def current_request_id() -> str:
@@ -26,9 +25,33 @@ def current_request_id() -> str:
 
 
 def new_request_id() -> str:
-    """128 random bits as 32 hex digits (the shape of a W3C trace id). An id must be unique, not secret:
-    `random` (seeded from the OS, re-seeded in forked children) costs 30 % less than os.urandom."""
-    return _random_bits(128).to_bytes(16).hex()
+    """128 random bits from the OS as 32 hex digits (the shape of a W3C trace id)."""
+    global _unused_ids
+    try:
+        return next(_unused_ids)
+    except StopIteration:
+        _unused_ids = _new_ids()
+        return next(_unused_ids)
+
+
+def _new_ids():
+    # One getrandom() syscall per 256 ids: 170 ns an id, against 460 ns for os.urandom(16).hex() each
+    # time. next() on a map is one C call, safe from any thread.
+    block = os.urandom(16 * _IDS_PER_BLOCK).hex()
+    return map(block.__getitem__, _SLICES)
+
+
+_IDS_PER_BLOCK = 256
+_SLICES = [slice(start, start + 32) for start in range(0, 32 * _IDS_PER_BLOCK, 32)]
+_unused_ids = iter(())
+
+
+def _forget_unused_ids() -> None:
+    global _unused_ids
+    _unused_ids = iter(())
+
+
+os.register_at_fork(after_in_child=_forget_unused_ids)  # a forked worker must not reuse its parent's ids
 
 
 def use_request_id(candidate: str | None) -> str:
