@@ -7,10 +7,10 @@ calls to methods no service registered count as service and method "unknown", so
 create label values at will. `start_metrics_server(port)` exposes /metrics over HTTP.
 
 The numbers are plain Python counters under one lock per update, exported by a prometheus-client
-custom collector at scrape time; the in-flight gauge is started minus handled, so a call takes the
-lock twice. Measured (bench/interceptors): prometheus-client's own Counter, Gauge and Histogram
-objects take a lock per operation and walk the buckets in Python, which cost several times more per
-call than this, for the same exposition.
+custom collector at scrape time; the in-flight gauge is started minus handled, not a third count.
+Measured (bench/interceptors): prometheus-client's own Counter, Gauge and Histogram objects take a
+lock per operation and walk the buckets in Python, which cost several times more per call than
+this, for the same exposition.
 """
 
 from __future__ import annotations
