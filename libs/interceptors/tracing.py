@@ -72,7 +72,7 @@ class Tracing(Middleware):
 
     def begin(self, call: Call) -> None:
         traced = "traceparent" in call.metadata
-        if not traced and not self._recording and (call.started < self._recheck_at or not self._records(call.started)):
+        if not traced and not self._records(call.started):
             return  # nothing to continue and nothing to record: skip the no-op span's cost
         parent = PROPAGATOR.extract(call.metadata, getter=_GETTER) if traced else None
         rpc = call.rpc

@@ -220,7 +220,7 @@ def _oci_reproducibility_test_impl(ctx):
     paths = {}
     layers = []
     for layer in image.layers:
-        inputs += layer.inputs + [layer.info]
+        inputs += layer.inputs + [layer.info, layer.blob]  # the blob: to name what differs
         layers.append(layer.args)
     for file in inputs:
         paths[file.path] = _runfiles_path(ctx, file)

@@ -9,10 +9,12 @@ fresh temporary directory, under another umask and time zone, from the runfiles 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -44,6 +46,23 @@ def rebuild_layer(args: list[str], paths: dict[str, str], out: Path) -> dict:
     return {"blob": str(out), "info": str(info)}
 
 
+def differing_members(first: Path, second: Path, limit: int = 10) -> list[str]:
+    """The entries whose header or content differ between two layer tarballs (for the failure message)."""
+
+    def entries(path: Path) -> dict[str, tuple]:
+        with tarfile.open(path) as tar:
+            return {
+                member.name: (member.get_info(), hashlib.sha256(tar.extractfile(member).read()).hexdigest())
+                if member.isfile()
+                else (member.get_info(), "")
+                for member in tar.getmembers()
+            }
+
+    one, other = entries(first), entries(second)
+    names = sorted(name for name in one.keys() | other.keys() if one.get(name) != other.get(name))
+    return [f"differs: {name}" for name in names[:limit]] + (["..."] if len(names) > limit else [])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, required=True)
@@ -63,6 +82,8 @@ def main() -> int:
             print(f"layer {number}: built {before}, rebuilt {after}")
             if before != after:
                 failures.append(f"layer {number} ({args[0]}) differs: {before} != {after}")
+                built_blob = RUNFILES / paths[built["blob"]]
+                failures += [f"  {line}" for line in differing_members(built_blob, Path(rebuilt["blob"]))]
             rebuilt_layers.append(rebuilt)
         *_, digest = image.build(dict(spec, layers=rebuilt_layers))
     print(f"image: built {expected}, rebuilt {digest}")
