@@ -13,8 +13,8 @@ call's own form (sync or aio). It reaches the server in one of two ways:
 
 - `AsyncServerInterceptor` / `SyncServerInterceptor`: standard gRPC server interceptors, for any
   server (`server_interceptors()` in __init__.py);
-- `instrument(server, pipeline)`: wraps the handlers as services register them, which is what
-  libs/runtime does. Measured with bench/interceptors: grpc.aio's interceptor path costs 5-8 %
+- `InstrumentedServer(server, pipeline)`: wraps the handlers as services register them, which is
+  what libs/runtime does. Measured with bench/interceptors: grpc.aio's interceptor path costs 5-8 %
   of Recommend throughput by itself (an extra coroutine and handler lookup per call, and no use of
   the registered-method fast path), more than all our hooks together once tuned.
 
