@@ -38,6 +38,7 @@ from bench.common import (
     handled,
     parse_h2load,
     run_h2load,
+    start_quiet,
 )
 from libs.processes.processes import ChildProcess, free_port, runfile
 
@@ -54,9 +55,7 @@ def start(variant: str) -> tuple[ChildProcess, int, int]:
     args += ["--host", "127.0.0.1", "--port", str(port), "--drain-seconds", "0", "--blocking-workers", "4"]
     if variant == "full":
         args += ["--metrics-port", str(metrics_port)]
-    server = ChildProcess(variant, args, discard_output=True).start()
-    server.wait_for_port(port)
-    return server, port, metrics_port
+    return start_quiet(variant, args, port), port, metrics_port
 
 
 def load_together(servers: dict, body: Path, args: argparse.Namespace) -> dict[str, RpcResult]:

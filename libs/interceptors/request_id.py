@@ -63,7 +63,4 @@ def use_request_id(candidate: str | None) -> str:
 
 class RequestId(Middleware):
     def begin(self, call: Call) -> None:
-        candidate = call.metadata.get(METADATA_KEY)
-        request_id = candidate if candidate and _VALID.match(candidate) else new_request_id()
-        _request_id.set(request_id)  # use_request_id, inlined: this runs on every call
-        call.request_id = request_id
+        call.request_id = use_request_id(call.metadata.get(METADATA_KEY))
