@@ -26,12 +26,13 @@ from libs.runtime.config import flag_environment
 from services.marketplace import app as marketplace_app
 from services.marketplace import main as marketplace_main
 from services.recommendations import main as recommendations_main
-from services.recommendations.servicer import DEFAULT_POLICY, SERVICE_NAME
+from services.recommendations.servicer import SERVICE_NAME
+from services.registry import REGISTRY
 from tools.certs.certs import service_dns_names
 from tools.oci.oci import read_layout
 
 KUBERNETES = "1.31.0"
-REGISTRY = "registry.test/books"
+IMAGE_REGISTRY = "registry.test/books"
 NAMESPACE = "books"
 OVERLAYS = ("dev", "prod")
 SERVICES = ("recommendations", "marketplace")
@@ -43,7 +44,7 @@ PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
 
 @functools.cache
 def objects(overlay: str) -> tuple[dict, ...]:
-    return tuple(doc for doc in yaml.safe_load_all(render(overlay, REGISTRY)) if doc)
+    return tuple(doc for doc in yaml.safe_load_all(render(overlay, IMAGE_REGISTRY)) if doc)
 
 
 def find(overlay: str, kind: str, name: str | None = None) -> list[dict]:
@@ -99,7 +100,7 @@ def test_overlay_renders_with_images_pinned_by_the_built_digests(overlay: str) -
     built = digests()
     for service in SERVICES:
         name = f"online-books/{service}"
-        assert container(overlay, service)["image"] == f"{REGISTRY}/{name}@{built[name]}"
+        assert container(overlay, service)["image"] == f"{IMAGE_REGISTRY}/{name}@{built[name]}"
     assert set(IMAGES) == {f"online-books/{service}" for service in SERVICES}
     assert all(o["metadata"].get("namespace", NAMESPACE) == NAMESPACE for o in objects(overlay))
 
@@ -291,7 +292,7 @@ def test_certificates_name_the_identities_the_services_authorise() -> None:
         assert certificate["dnsNames"] == [n for n in service_dns_names(service, NAMESPACE) if n != "localhost"]
         assert certificate["commonName"] == service
         assert {"server auth", "client auth"} <= set(certificate["usages"])
-    callers = {identity for identities in DEFAULT_POLICY.values() for identity in identities}
+    callers = set(REGISTRY["recommendations"].callers)
     assert callers <= {one("prod", "Certificate", s)["spec"]["dnsNames"][0] for s in SERVICES}
 
 

@@ -70,6 +70,21 @@ def add_tls_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
     )
 
 
+def add_callee_flags(parser: argparse.ArgumentParser, callee: str, default_port: int) -> None:
+    """How this process reaches the gRPC service `callee`: `--<callee>-addr` and `--<callee>-tls-name`, with
+    the callee's own prefix (ORDER_HISTORY_ADDR, ORDER_HISTORY_TLS_NAME), the names //:dev and the
+    Kubernetes manifests set for every service a process calls (services/services.bzl)."""
+    prefix = callee.replace("-", "_").upper()
+    add_flag(
+        parser,
+        prefix,
+        f"--{callee}-addr",
+        f"localhost:{default_port}",
+        "gRPC target: host:port, dns:///name:port (balanced over every address) or ip:port,ip:port",
+    )
+    add_flag(parser, prefix, f"--{callee}-tls-name", callee, f"name the {callee} certificate must carry")
+
+
 def add_log_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
     add_flag(parser, prefix, "--log-format", "json", "log lines as 'json' objects or 'text'", choices=FORMATS)
 

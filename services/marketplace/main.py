@@ -17,12 +17,14 @@ from grpc_health.v1 import health_pb2_grpc
 from books.recommendations.v1 import recommendations_pb2_grpc
 from libs.interceptors.tracing import configure_tracing
 from libs.runtime.channel import ReloadingChannel, normalize_target
-from libs.runtime.config import add_flag, add_log_flags, add_tls_flags, tls_files
+from libs.runtime.config import add_callee_flags, add_flag, add_log_flags, add_tls_flags, tls_files
 from libs.runtime.logs import configure_logging
 from libs.runtime.tls import TlsFiles
 from services.marketplace.app import create_app
+from services.registry import REGISTRY
 
-ENV_PREFIX = "MARKETPLACE"
+SERVICE = REGISTRY["marketplace"]
+ENV_PREFIX = SERVICE.env_prefix
 
 logger = logging.getLogger("marketplace")
 
@@ -30,19 +32,14 @@ logger = logging.getLogger("marketplace")
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=__doc__)
     add_flag(result, ENV_PREFIX, "--host", "0.0.0.0", "address to listen on")
-    add_flag(result, ENV_PREFIX, "--port", 8080, "HTTP port", type=int)
+    add_flag(result, ENV_PREFIX, "--port", SERVICE.port, "HTTP port", type=int)
     add_flag(result, ENV_PREFIX, "--workers", 1, "processes serving HTTP, each with its own event loop", type=int)
     add_flag(result, ENV_PREFIX, "--access-log", True, "log each HTTP request", action=argparse.BooleanOptionalAction)
     add_tls_flags(result, ENV_PREFIX)
     add_log_flags(result, ENV_PREFIX)
-    # The Recommendations settings keep their own names: RECOMMENDATIONS_ADDR is what callers expect.
-    add_flag(
-        result,
-        "RECOMMENDATIONS",
-        "--recommendations-addr",
-        "localhost:50051",
-        "gRPC target: host:port, dns:///name:port (balanced over every address) or ip:port,ip:port",
-    )
+    # How to reach every service this one calls (services/services.bzl): --recommendations-addr, ...
+    for callee in REGISTRY.calls(SERVICE.name):
+        add_callee_flags(result, callee, REGISTRY[callee].port)
     add_flag(
         result,
         "RECOMMENDATIONS",
@@ -50,13 +47,6 @@ def parser() -> argparse.ArgumentParser:
         0.3,
         "seconds each page may spend on Recommendations",
         type=float,
-    )
-    add_flag(
-        result,
-        "RECOMMENDATIONS",
-        "--recommendations-tls-name",
-        "recommendations",
-        "name the Recommendations certificate must carry",
     )
     return result
 
@@ -92,7 +82,7 @@ class Server(uvicorn.Server):
 async def serve(args: argparse.Namespace, tls: TlsFiles | None, sock: socket.socket | None = None) -> None:
     """Serves HTTP (on `sock` if given) until SIGTERM/SIGINT (uvicorn handles both), then closes the
     gRPC channel. Each worker process has its own event loop and channel."""
-    configure_tracing("marketplace")
+    configure_tracing(SERVICE.name)
     channel = ReloadingChannel(
         args.recommendations_addr,
         tls=tls,
@@ -165,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.log_format)
     problems = validate(args)
     tls = tls_files(args, problems)
-    try:
-        normalize_target(args.recommendations_addr)
-    except ValueError as error:
-        problems.append(f"--recommendations-addr: {error}")
+    for callee in REGISTRY.calls(SERVICE.name):
+        try:
+            normalize_target(getattr(args, f"{REGISTRY[callee].package}_addr"))
+        except ValueError as error:
+            problems.append(f"{REGISTRY[callee].address_flag()}: {error}")
     if problems:
         argument_parser.error("; ".join(problems))  # exits 2 before binding anything
     if args.workers > 1:

@@ -15,24 +15,19 @@ from libs.runtime.config import ConfigError, ServerConfig, add_flag, add_server_
 from libs.runtime.logs import configure_logging
 from libs.runtime.server import GrpcServer, StartError
 from services.recommendations.catalog import DEFAULT_CATALOG, Catalog, CatalogError
-from services.recommendations.servicer import (
-    DEFAULT_POLICY,
-    SERVICE_NAME,
-    RecommendationServicer,
-    category_names,
-)
+from services.recommendations.servicer import SERVICE_NAME, RecommendationServicer, category_names
+from services.registry import REGISTRY
 
-ENV_PREFIX = "RECOMMENDATIONS"
-DEFAULT_PORT = 50051
+SERVICE = REGISTRY["recommendations"]
 logger = logging.getLogger("recommendations")
 
 
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=__doc__)
-    add_server_flags(result, ENV_PREFIX, DEFAULT_PORT)
+    add_server_flags(result, SERVICE.env_prefix, SERVICE.port)
     add_flag(
         result,
-        ENV_PREFIX,
+        SERVICE.env_prefix,
         "--catalog",
         str(DEFAULT_CATALOG),
         "books CSV: id,category,title,author,year",
@@ -44,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
 def build_server(config: ServerConfig, catalog: Catalog, middleware: Sequence[Middleware] | None = None) -> GrpcServer:
     """The server with its dependencies passed in: the catalog, and the runtime's executor.
     `middleware` replaces the standard stack (bench/interceptors compares against none)."""
-    server = GrpcServer(config, DEFAULT_POLICY, logger, service_name="recommendations", middleware=middleware)
+    # Who may call which method under mTLS: services/services.bzl (replaced by --allow).
+    server = GrpcServer(config, SERVICE.allow, logger, service_name=SERVICE.name, middleware=middleware)
     servicer = RecommendationServicer(catalog, server.executor)
     server.add_service(
         SERVICE_NAME,
@@ -57,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     argument_parser = parser()
     args = argument_parser.parse_args(argv)
     configure_logging(args.log_format)
-    configure_tracing("recommendations")
+    configure_tracing(SERVICE.name)
     try:
         config = server_config(args)
     except ConfigError as error:

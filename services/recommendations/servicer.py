@@ -19,8 +19,6 @@ from libs.interceptors.errors import BadRequest, FieldViolation
 from services.recommendations.catalog import Book, Catalog
 
 SERVICE_NAME = recommendations_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
-DEFAULT_POLICY = {"Recommend": ["marketplace"], "RecommendEach": ["marketplace"]}
-"""Under mTLS, only the marketplace may ask for recommendations (override with --allow)."""
 
 MAX_RESULTS_CAP = 20
 """Largest max_results a request may ask for (documented in recommendations.proto)."""

@@ -1,4 +1,5 @@
-"""`bazel run //:dev`, the README's first command: both services up, the page served, Ctrl-C stops all."""
+"""`bazel run //:dev`, the README's first command: every service up and wired, the page served, Ctrl-C
+stops all of them in reverse order."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import signal
 import urllib.request
 
 from libs.processes.processes import ChildProcess, free_port, runfile
+from services.registry import REGISTRY
 
 
-def test_dev_serves_the_page_and_stops_cleanly_on_ctrl_c() -> None:
-    web_port, rec_port = free_port(), free_port()
+def test_dev_starts_every_service_serves_the_page_and_stops_cleanly_on_ctrl_c() -> None:
+    ports = {name: free_port() for name in REGISTRY}
+    web_port = ports["marketplace"]
     dev = ChildProcess(
-        "dev", [runfile("tools/dev/dev"), "--port", web_port, "--recommendations-port", rec_port]
+        "dev", [runfile("tools/dev/dev"), *(f"--port={name}={port}" for name, port in ports.items())]
     ).start()
     try:
         dev.wait_for_port(web_port)
@@ -25,6 +28,20 @@ def test_dev_serves_the_page_and_stops_cleanly_on_ctrl_c() -> None:
         dev.stop()
     output = "\n".join(dev.lines)
     assert f"open http://127.0.0.1:{web_port}/" in output
-    assert "recommendations | " in output
-    assert "    marketplace | " in output
-    assert "stopped (exit codes: marketplace=0, recommendations=0)" in output
+    for name, port in ports.items():
+        assert f"{name:>15} | " in output, f"no log line from {name}"
+        assert f"| {name} on " in output
+        assert f"://127.0.0.1:{port}" in output
+    stopped = ", ".join(f"{service.name}=0" for service in reversed(REGISTRY.start_order()))
+    assert f"stopped (exit codes: {stopped})" in output
+
+
+def test_dev_refuses_an_unknown_service_or_a_shared_port() -> None:
+    for flags, message in (
+        (["--port=nosuch=1234"], "expected NAME=PORT with NAME one of"),
+        ([f"--port={name}=4321" for name in REGISTRY], "two services on port 4321"),
+    ):
+        dev = ChildProcess("dev", [runfile("tools/dev/dev"), *flags]).start()
+        assert dev.wait(timeout=20) == 2
+        dev.stop()
+        assert message in "\n".join(dev.lines)

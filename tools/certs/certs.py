@@ -1,11 +1,11 @@
 """Mints a private CA and one key/certificate pair per service for mTLS.
 
 `./bazelw run //tools/certs -- OUT_DIR` writes ca.pem (+ ca.key, kept to mint more later) and, for each
-service, <service>.pem and <service>.key. Each leaf certificate names its service in DNS SANs — the
-bare name (the caller identity servers authorise on), the Kubernetes service names, and localhost with
-127.0.0.1/::1 for local work — and is valid for both server and client authentication. Keys are ECDSA
-P-256, written with mode 0600. Lifetimes are short by default; mint again to rotate (servers reload
-changed files without a restart).
+service in services/services.bzl, <service>.pem and <service>.key. Each leaf certificate names its
+service in DNS SANs — the bare name (the caller identity servers authorise on), the Kubernetes service
+names, and localhost with 127.0.0.1/::1 for local work — and is valid for both server and client
+authentication. Keys are ECDSA P-256, written with mode 0600. Lifetimes are short by default; mint
+again to rotate (servers reload changed files without a restart).
 """
 
 from __future__ import annotations
@@ -23,7 +23,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-DEFAULT_SERVICES = ("recommendations", "marketplace")
+from services.registry import REGISTRY
+
+DEFAULT_SERVICES = tuple(REGISTRY)
+"""Every service in services/services.bzl."""
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
-"""Starts the whole bookstore on loopback: `./bazelw run //:dev`.
+"""Starts the whole system on loopback: `./bazelw run //:dev`.
 
-Mints a throwaway CA and certificates into a temporary directory (services talk mTLS, as in
-production; `--insecure` for plaintext), runs Recommendations and the Marketplace as child
-processes, prefixes each log line with the service's name, prints the URL to open, and on Ctrl-C
-(or SIGTERM) stops the Marketplace, then Recommendations. If either exits on its own, the other is
-stopped too and the exit code is non-zero.
+Every service in services/services.bzl runs as a child process, callees before their callers, each on the
+port the list gives it (`--port NAME=PORT` moves one) and told where the services it calls listen. A
+throwaway CA and certificates are minted into a temporary directory (services talk mTLS, as in
+production; `--insecure` for plaintext). Each log line is prefixed with its service's name; the URL to
+open is printed once everything listens. Ctrl-C (or SIGTERM) stops the services in reverse order. If one
+exits on its own, the rest are stopped too and the exit code is non-zero.
 """
 
 from __future__ import annotations
@@ -18,29 +19,57 @@ import threading
 from pathlib import Path
 
 from libs.processes.processes import ChildProcess, runfile
+from services.registry import REGISTRY, Service
 from tools.certs.certs import mint_all, service_flags
 
 logger = logging.getLogger("dev")
 
 
+def port_override(text: str) -> tuple[str, int]:
+    name, sep, port = text.partition("=")
+    if not sep or name not in REGISTRY or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected NAME=PORT with NAME one of {', '.join(REGISTRY)}, got {text!r}")
+    return name, int(port)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1", help="loopback address both services bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080, help="Marketplace HTTP port (default: 8080)")
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address every service binds (default: 127.0.0.1)")
     parser.add_argument(
-        "--recommendations-port", type=int, default=50051, help="Recommendations gRPC port (default: 50051)"
+        "--port",
+        dest="ports",
+        type=port_override,
+        action="append",
+        default=[],
+        help="NAME=PORT: run service NAME on PORT instead of its port in services/services.bzl (repeatable)",
     )
     parser.add_argument(
         "--startup-timeout", type=float, default=30.0, help="seconds to wait for each service to listen"
     )
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC instead of mTLS")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.ports = {service.name: service.port for service in REGISTRY.values()} | dict(args.ports)
+    taken = [port for port in args.ports.values() if list(args.ports.values()).count(port) > 1]
+    if taken:
+        parser.error(f"two services on port {taken[0]}")
+    return args
 
 
 def tls_flags(certs: Path | None, service: str) -> list[str | Path]:
     if certs is None:
         return ["--insecure"]
     return service_flags(certs, service)
+
+
+def command(service: Service, args: argparse.Namespace, certs: Path | None) -> list[str | Path]:
+    """How //:dev runs `service`: its binary on its port, told where its callees listen."""
+    argv: list[str | Path] = [runfile(service.binary), "--host", args.host, "--port", str(args.ports[service.name])]
+    argv += ["--log-format", "text", *tls_flags(certs, service.name)]
+    if service.kind == "grpc":
+        argv += ["--drain-seconds", "0"]  # nothing balances across a single local process: stop at once
+    for callee in REGISTRY.calls(service.name):
+        argv += [REGISTRY[callee].address_flag(), f"{args.host}:{args.ports[callee]}"]
+    return argv
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,42 +89,17 @@ def run(args: argparse.Namespace, certs: Path | None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    recommendations = ChildProcess(
-        "recommendations",
-        [
-            runfile("services/recommendations/recommendations"),
-            "--host",
-            args.host,
-            "--port",
-            args.recommendations_port,
-            "--drain-seconds",
-            "0",  # nothing balances across a single local process: stop at once
-            "--log-format",
-            "text",
-            *tls_flags(certs, "recommendations"),
-        ],
-    )
-    marketplace = ChildProcess(
-        "marketplace",
-        [
-            runfile("services/marketplace/marketplace"),
-            "--host",
-            args.host,
-            "--port",
-            args.port,
-            "--recommendations-addr",
-            f"{args.host}:{args.recommendations_port}",
-            "--log-format",
-            "text",
-            *tls_flags(certs, "marketplace"),
-        ],
-    )
     started: list[ChildProcess] = []
     try:
-        for child, port in ((recommendations, args.recommendations_port), (marketplace, args.port)):
+        for service in REGISTRY.start_order():
+            child = ChildProcess(service.name, command(service, args, certs))
             started.append(child.start())
-            child.wait_for_port(port, args.host, args.startup_timeout)
-        logger.info("Online Books For You is up: open http://%s:%d/  (Ctrl-C stops both)", args.host, args.port)
+            child.wait_for_port(args.ports[service.name], args.host, args.startup_timeout)
+        for service in REGISTRY.values():
+            scheme = "http" if service.kind == "http" else "grpc"
+            logger.info("%s on %s://%s:%d", service.name, scheme, args.host, args.ports[service.name])
+        for service in (s for s in REGISTRY.values() if s.public):
+            logger.info("up: open http://%s:%d/  (Ctrl-C stops everything)", args.host, args.ports[service.name])
         while not stop.wait(0.2):
             for child in started:
                 if child.poll() is not None:

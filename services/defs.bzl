@@ -1,0 +1,81 @@
+"""Bazel's view of services/services.bzl: the labels of every service's targets, and its image.
+
+    load("//services:defs.bzl", "service_image", "service_targets")
+    data = service_targets()                 # every service's binary: //services/<package>:<package>
+    deps = service_targets("{package}_lib")  # every service's library
+    data = service_targets("image")          # every service's OCI layout
+    service_image(name = "image", service = "order-history")   # in services/order_history/BUILD.bazel
+
+A service's Bazel package is its name with "-" turned into "_" (services/registry.py `package_of`).
+"""
+
+load("//tools/oci:defs.bzl", "py_image")
+load(":services.bzl", "SERVICES")
+
+IMAGE_PREFIX = "online-books"
+
+def _package(name):
+    return name.replace("-", "_")
+
+def _entry(name):
+    for entry in SERVICES:
+        if entry["name"] == name:
+            return entry
+    fail("no service %r in services/services.bzl" % name)
+
+def service_targets(target = "{package}", kind = None):
+    """The label of a target in every service's package.
+
+    Args:
+      target: the target's name in each package, where "{package}" stands for the package: the binary
+        by default, "{package}_lib" the library, "image" the image.
+      kind: only services of this kind ("grpc" or "http"); all by default.
+
+    Returns:
+      `//services/<package>:<target>` for each service, in list order.
+    """
+    return [
+        "//services/%s:%s" % (_package(entry["name"]), target.format(package = _package(entry["name"])))
+        for entry in SERVICES
+        if kind in (None, entry["kind"])
+    ]
+
+def service_grpc_libraries():
+    """The generated gRPC stubs of every gRPC service: //proto/books/<package>/v1:<package>_py_pb2_grpc."""
+    return [
+        "//proto/books/%s/v1:%s_py_pb2_grpc" % (_package(entry["name"]), _package(entry["name"]))
+        for entry in SERVICES
+        if entry["kind"] == "grpc"
+    ]
+
+def service_image(name, service, main = "main.py", **kwargs):
+    """The py_image of a service, configured from its entry in services/services.bzl.
+
+    Repository, exposed ports and description come from the entry; a gRPC service's image turns its
+    health and metrics ports on (<PREFIX>_HEALTH_PORT, <PREFIX>_METRICS_PORT).
+
+    Args:
+      name: the image target, conventionally "image" (also `.tar`, `.digest` and `:push`).
+      service: the service's name in services/services.bzl.
+      main: the binary's main file, relative to the package.
+      **kwargs: passed to py_image (visibility, uid, ...).
+    """
+    entry = _entry(service)
+    ports = entry["ports"]
+    env = {}
+    if entry["kind"] == "grpc":
+        prefix = _package(service).upper()
+        env = {
+            prefix + "_HEALTH_PORT": str(ports["health"]),
+            prefix + "_METRICS_PORT": str(ports["metrics"]),
+        }
+    py_image(
+        name = name,
+        binary = ":" + _package(service),
+        main = main,
+        repository = "%s/%s" % (IMAGE_PREFIX, service),
+        exposed_ports = sorted(ports.values()),
+        env = env,
+        labels = {"org.opencontainers.image.description": entry["description"]},
+        **kwargs
+    )

@@ -1,0 +1,131 @@
+"""services/services.bzl against the repository: what each entry says is what each service does.
+
+Bazel checks that every service has its library, binary, image and generated stubs (the BUILD file of this
+test names them from the list, so a missing one fails the build). This test checks the rest: each
+service's own flag parser listens where the list says and takes the address of every service it calls,
+and each gRPC service's proto has the service and every method the list authorises. It also checks the
+reader itself: a malformed list fails with a message naming the entry and the field.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+from google.protobuf import descriptor_pool
+
+from libs.runtime.config import flag_environment
+from services.registry import REGISTRY, RegistryError, Service, dns_label_problem, package_of, parse
+
+GRPC = [name for name, service in REGISTRY.items() if service.kind == "grpc"]
+
+
+def main_module(service: Service):
+    return importlib.import_module(f"services.{service.package}.main")
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_the_service_listens_where_the_list_says(name: str) -> None:
+    service = REGISTRY[name]
+    parser = main_module(service).parser()
+    environment = flag_environment(parser)
+    assert f"{service.env_prefix}_PORT" in environment
+    assert parser.get_default("port") == service.port
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_the_service_takes_the_address_of_every_service_it_calls(name: str) -> None:
+    environment = flag_environment(main_module(REGISTRY[name]).parser())
+    for callee in REGISTRY.calls(name):
+        prefix = REGISTRY[callee].env_prefix
+        assert {f"{prefix}_ADDR", f"{prefix}_TLS_NAME"} <= set(environment), callee
+
+
+@pytest.mark.parametrize("name", GRPC)
+def test_the_proto_has_the_service_and_every_method_in_allow(name: str) -> None:
+    service = REGISTRY[name]
+    importlib.import_module(f"books.{service.package}.v1.{service.package}_pb2")
+    found = descriptor_pool.Default().FindServiceByName(service.grpc_service)
+    assert set(service.allow) <= set(found.methods_by_name), f"{name} allows methods its proto lacks"
+
+
+def test_callees_start_before_their_callers() -> None:
+    order = [service.name for service in REGISTRY.start_order()]
+    assert sorted(order) == sorted(REGISTRY)
+    for name in REGISTRY:
+        for callee in REGISTRY.calls(name):
+            assert order.index(callee) < order.index(name)
+
+
+def test_the_example_services_and_their_wiring() -> None:
+    assert REGISTRY.calls("marketplace") == ("recommendations",)
+    assert REGISTRY["recommendations"].callers == ("marketplace",)
+    assert REGISTRY["recommendations"].env_prefix == "RECOMMENDATIONS"
+
+
+@pytest.mark.parametrize(
+    ("name", "package"), [("recommendations", "recommendations"), ("order-history", "order_history"), ("a1", "a1")]
+)
+def test_names_map_to_python_packages(name: str, package: str) -> None:
+    assert dns_label_problem(name) is None
+    assert package_of(name) == package
+
+
+@pytest.mark.parametrize("name", ["Orders", "order_history", "-orders", "orders-", "9lives", "a--b", "", "x" * 41])
+def test_names_that_are_not_lowercase_dns_labels(name: str) -> None:
+    assert "is not a lowercase DNS label" in (dns_label_problem(name) or "")
+
+
+def entry(name: str = "a", base: int = 50100, **changes: object) -> dict:
+    """A valid gRPC entry, with `changes`."""
+    fields = {
+        "name": name,
+        "kind": "grpc",
+        "ports": {"grpc": base, "health": base + 1, "metrics": base + 2},
+        "description": "A",
+        "grpc_service": "a.v1.AService",
+        "allow": {},
+    }
+    return {**fields, **changes}
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([{"name": "a"}], "missing field 'kind'"),
+        ([entry(colour=1)], "unknown field 'colour'"),
+        ([entry(kind="soap")], "kind must be one of grpc, http"),
+        ([entry(), entry("b")], "port 50100 (grpc) is already used by a (grpc)"),
+        ([entry(allow={"Get": ["nobody"]})], "allows 'nobody', which is not a service"),
+        ([entry(allow={"Get": ["a"]})], "allows the service itself"),
+        ([entry(ports={"grpc": 50100, "health": 50101, "metrics": 80})], "port metrics must be a number from 1024"),
+        ([entry(ports={"http": 8000})], "a grpc service has ports grpc, health, metrics"),
+        ([entry(grpc_service="AService")], "grpc_service must be a full proto name"),
+        ([entry(name="Order_History")], "is not a lowercase DNS label"),
+        ([entry(kind="http", ports={"http": 8000})], "only grpc services have grpc_service and allow"),
+    ],
+)
+def test_a_malformed_entry_is_refused_with_a_message_naming_the_fault(entries: list, message: str) -> None:
+    with pytest.raises(RegistryError, match="services/services.bzl") as raised:
+        parse(f"SERVICES = {entries!r}")
+    assert message in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("OTHER = []", "has no `SERVICES = [...]`"),
+        ("SERVICES = [x]", "must be a plain literal"),
+        ("SERVICES = {}", "must be a list of dicts"),
+    ],
+)
+def test_a_malformed_list_is_refused_with_a_message_naming_the_fault(text: str, message: str) -> None:
+    with pytest.raises(RegistryError, match="services/services.bzl") as raised:
+        parse(text)
+    assert message in str(raised.value)
+
+
+def test_services_calling_each_other_in_a_cycle_are_refused() -> None:
+    entries = [entry("a", allow={"Get": ["b"]}), entry("b", 50200, allow={"Get": ["a"]})]
+    with pytest.raises(RegistryError, match="cycle: a → b → a"):
+        parse(f"SERVICES = {entries!r}")

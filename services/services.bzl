@@ -1,0 +1,51 @@
+"""The services of this repository: the one list everything else reads.
+
+Bazel loads it (services/defs.bzl: //:dev's data, the image targets, the tests' data), and Python reads it
+as a literal (services/registry.py: //:dev, //tools/certs, //k8s:render, the tests). So SERVICES must stay
+a plain literal of dicts, lists, strings, numbers and booleans: no variables, calls or comprehensions.
+`./bazelw run //tools/new_service -- NAME` adds an entry; `services/registry.py` documents and checks
+every field (`//services:registry_test`).
+
+Each entry:
+  name         lowercase DNS label: Kubernetes names, the certificate's identity, the image name. Its Python
+               package is the name with "-" turned into "_" (order-history → services/order_history/).
+  kind         "grpc" (libs/runtime's server) or "http" (a web app).
+  ports        grpc: {"grpc", "health", "metrics"}; http: {"http"}. Distinct across all services, so that
+               //:dev runs everything on one host; in Kubernetes each pod listens on the same numbers.
+  description  one line, for the image label and the manifests.
+  grpc_service grpc only: the full name of the proto service it serves (health probes, reflection).
+  allow        grpc only: method → the services that may call it under mTLS. Who calls whom follows from
+               it: a service listed here gets this one's address (//:dev, Kubernetes) and a NetworkPolicy.
+  public       optional: served to the outside world through the Ingress (prod overlay).
+  settings     optional: environment variables the Kubernetes ConfigMap sets besides the wiring.
+"""
+
+SERVICES = [
+    {
+        "name": "recommendations",
+        "kind": "grpc",
+        "ports": {
+            "grpc": 50051,
+            "health": 50052,
+            "metrics": 9090,
+        },
+        "description": "Book recommendations over gRPC (books.recommendations.v1)",
+        "grpc_service": "books.recommendations.v1.RecommendationService",
+        "allow": {
+            "Recommend": ["marketplace"],
+            "RecommendEach": ["marketplace"],
+        },
+    },
+    {
+        "name": "marketplace",
+        "kind": "http",
+        "ports": {
+            "http": 8080,
+        },
+        "description": "The bookstore's web pages, backed by Recommendations",
+        "public": True,
+        "settings": {
+            "MARKETPLACE_WORKERS": "2",
+        },
+    },
+]
