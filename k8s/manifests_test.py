@@ -1,10 +1,11 @@
 """The rendered manifests: schema-valid, hardened, and consistent with what the services really do.
 
 Every test runs on the YAML that `//k8s:render` produces for each overlay (so on exactly what would be
-applied). Schemas: kubernetes-validate --strict against Kubernetes 1.31. Policy: the pod-security
-checks of checkov's Kubernetes framework, by their IDs (checkov itself would add 70 packages, numpy and
-boto3 among them, to the one lock file and move our pins). Consistency: ports, probes, environment
-variable names and TLS paths are compared with the services' own parsers, routes and images.
+applied), for every service of services/services.bzl. Schemas: kubernetes-validate --strict against
+Kubernetes 1.31. Policy: the pod-security checks of checkov's Kubernetes framework, by their IDs (checkov
+itself would add 70 packages, numpy and boto3 among them, to the one lock file and move our pins).
+Consistency: ports, probes, environment variable names, TLS paths, certificates and network policies are
+compared with the list and with the services' own parsers, routes and images.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
-import re
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,14 +21,11 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from k8s.render import IMAGES, digests, render
+from k8s.render import compose, digests, render
 from libs.processes.processes import runfile
 from libs.runtime.config import flag_environment
 from services.marketplace import app as marketplace_app
-from services.marketplace import main as marketplace_main
-from services.recommendations import main as recommendations_main
-from services.recommendations.servicer import SERVICE_NAME
-from services.registry import REGISTRY
+from services.registry import REGISTRY, Service
 from tools.certs.certs import service_dns_names
 from tools.oci.oci import read_layout
 
@@ -35,11 +33,13 @@ KUBERNETES = "1.31.0"
 IMAGE_REGISTRY = "registry.test/books"
 NAMESPACE = "books"
 OVERLAYS = ("dev", "prod")
-SERVICES = ("recommendations", "marketplace")
-PARSERS: dict[str, Callable[[], argparse.ArgumentParser]] = {
-    "recommendations": recommendations_main.parser,
-    "marketplace": marketplace_main.parser,
-}
+SERVICES = list(REGISTRY)
+GRPC = [name for name in SERVICES if REGISTRY[name].kind == "grpc"]
+HTTP = [name for name in SERVICES if REGISTRY[name].kind == "http"]
+
+
+def parser(service: str) -> argparse.ArgumentParser:
+    return importlib.import_module(f"services.{REGISTRY[service].package}.main").parser()
 
 
 @functools.cache
@@ -60,6 +60,10 @@ def pod_spec(overlay: str, service: str) -> dict:
     return one(overlay, "Deployment", service)["spec"]["template"]["spec"]
 
 
+def pod_labels(overlay: str, service: str) -> dict:
+    return one(overlay, "Deployment", service)["spec"]["template"]["metadata"]["labels"]
+
+
 def container(overlay: str, service: str) -> dict:
     (only,) = pod_spec(overlay, service)["containers"]
     return only
@@ -77,11 +81,11 @@ def environment(overlay: str, service: str) -> dict[str, str]:
 
 def effective_flags(overlay: str, service: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
     """The service's own parser, run with the manifest's environment: what it will listen on."""
-    for name in flag_environment(PARSERS[service]()):
+    for name in flag_environment(parser(service)):
         monkeypatch.delenv(name, raising=False)
     for name, value in environment(overlay, service).items():
         monkeypatch.setenv(name, value)
-    return PARSERS[service]().parse_args([])
+    return parser(service).parse_args([])
 
 
 def ports(overlay: str, service: str) -> dict[str, int]:
@@ -89,19 +93,24 @@ def ports(overlay: str, service: str) -> dict[str, int]:
 
 
 def image_config(service: str) -> dict:
-    return read_layout(runfile(f"services/{service}/image")).config["config"]
+    return read_layout(runfile(REGISTRY[service].image)).config["config"]
+
+
+def selects(selector: dict, service: str) -> bool:
+    """Whether a NetworkPolicy peer's podSelector picks `service`'s pods (and nothing else by accident)."""
+    return selector.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": service}
 
 
 # --- every overlay renders and validates -------------------------------------------------------------
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_overlay_renders_with_images_pinned_by_the_built_digests(overlay: str) -> None:
+def test_overlay_renders_every_service_with_its_image_pinned_by_the_built_digest(overlay: str) -> None:
     built = digests()
+    assert sorted(o["metadata"]["name"] for o in find(overlay, "Deployment")) == sorted(SERVICES)
     for service in SERVICES:
-        name = f"online-books/{service}"
-        assert container(overlay, service)["image"] == f"{IMAGE_REGISTRY}/{name}@{built[name]}"
-    assert set(IMAGES) == {f"online-books/{service}" for service in SERVICES}
+        repository = REGISTRY[service].repository
+        assert container(overlay, service)["image"] == f"{IMAGE_REGISTRY}/{repository}@{built[repository]}"
     assert all(o["metadata"].get("namespace", NAMESPACE) == NAMESPACE for o in objects(overlay))
 
 
@@ -115,10 +124,25 @@ def test_every_object_validates_strictly_against_the_pinned_kubernetes(overlay: 
 
 def test_strict_validation_rejects_an_unknown_field() -> None:
     """Control for the test above: a misspelt field must not pass silently."""
-    broken = copy.deepcopy(one("prod", "Deployment", "recommendations"))
+    broken = copy.deepcopy(one("prod", "Deployment", SERVICES[0]))
     broken["spec"]["template"]["spec"]["containers"][0]["readinessprobe"] = {"grpc": {"port": 50052}}
     with pytest.raises(kubernetes_validate.ValidationError, match="readinessprobe"):
         kubernetes_validate.validate(broken, KUBERNETES, strict=True)
+
+
+def test_the_kustomize_tree_can_be_kept_for_kubectl_apply_k(tmp_path: Path) -> None:
+    top = compose("prod", IMAGE_REGISTRY, tmp_path)
+    assert (top / "kustomization.yaml").is_file()
+    generated = sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("services.yaml"))
+    assert generated == [
+        "base/services.yaml",
+        "components/cert-manager/services.yaml",
+        "components/mtls/services.yaml",
+        "components/plaintext/services.yaml",
+        "overlays/prod/services.yaml",
+    ]
+    for path in tmp_path.rglob("services.yaml"):
+        assert path.read_text().startswith("# Generated by k8s/generate.py")
 
 
 # --- policy: checkov's Kubernetes pod checks ------------------------------------------------------------
@@ -178,133 +202,171 @@ def test_pods_pass_the_policy_checks(overlay: str, service: str) -> None:
     )
 
 
-def test_prod_has_replicas_autoscaling_budgets_default_deny_and_ingress() -> None:
-    for service in SERVICES:
-        assert one("prod", "Deployment", service)["spec"]["replicas"] >= 3
-        hpa = one("prod", "HorizontalPodAutoscaler", service)
-        assert hpa["spec"]["scaleTargetRef"]["name"] == service
-        assert hpa["spec"]["minReplicas"] >= 3
-        assert hpa["spec"]["metrics"][0]["resource"]["name"] == "cpu"
-        labels = one("prod", "Deployment", service)["spec"]["template"]["metadata"]["labels"]
-        budget = one("prod", "PodDisruptionBudget", service)["spec"]
-        assert budget["selector"]["matchLabels"].items() <= labels.items()
+@pytest.mark.parametrize("service", SERVICES)
+def test_prod_runs_three_or_more_replicas_scaled_on_cpu_with_a_budget(service: str) -> None:
+    assert one("prod", "Deployment", service)["spec"]["replicas"] >= 3
+    hpa = one("prod", "HorizontalPodAutoscaler", service)["spec"]
+    assert hpa["scaleTargetRef"]["name"] == service
+    assert hpa["minReplicas"] >= 3
+    assert hpa["metrics"][0]["resource"]["name"] == "cpu"
+    budget = one("prod", "PodDisruptionBudget", service)["spec"]
+    assert budget["selector"]["matchLabels"].items() <= pod_labels("prod", service).items()
+
+
+def test_prod_denies_by_default_and_routes_the_ingress_only_to_public_services() -> None:
     deny = one("prod", "NetworkPolicy", "default-deny")["spec"]
     assert deny["podSelector"] == {}
     assert sorted(deny["policyTypes"]) == ["Egress", "Ingress"]
-    ingress = one("prod", "Ingress", "marketplace")["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
-    assert ingress["name"] == "marketplace"
+    backends = {
+        path["backend"]["service"]["name"]
+        for ingress in find("prod", "Ingress")
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert backends == {name for name in SERVICES if REGISTRY[name].public}
 
 
-def test_dev_runs_one_plaintext_replica_each() -> None:
+def test_dev_runs_one_plaintext_replica_of_every_service() -> None:
     for service in SERVICES:
         assert one("dev", "Deployment", service)["spec"]["replicas"] == 1
-    assert environment("dev", "recommendations")["RECOMMENDATIONS_INSECURE"] == "true"
-    assert environment("dev", "marketplace")["MARKETPLACE_INSECURE"] == "true"
+        assert environment("dev", service)[f"{REGISTRY[service].env_prefix}_INSECURE"] == "true"
     assert not find("dev", "NetworkPolicy")
     assert not find("dev", "Certificate")
 
 
-# --- consistency with the services ----------------------------------------------------------------------
+# --- consistency with the list and the services ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_variable_set_is_one_the_service_reads(overlay: str, service: str) -> None:
-    known = flag_environment(PARSERS[service]())
+    known = flag_environment(parser(service))
     unknown = sorted(set(environment(overlay, service)) - set(known))
     assert not unknown, f"{service} does not read {unknown}; it reads {sorted(known)}"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_recommendations_ports_probes_and_metrics_match_what_it_listens_on(
-    overlay: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("service", GRPC)
+def test_grpc_ports_probes_and_metrics_match_the_list_and_what_it_listens_on(
+    overlay: str, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    flags = effective_flags(overlay, "recommendations", monkeypatch)
-    declared = ports(overlay, "recommendations")
+    entry = REGISTRY[service]
+    flags = effective_flags(overlay, service, monkeypatch)
+    declared = ports(overlay, service)
     assert declared == {"grpc": flags.port, "grpc-health": flags.health_port, "metrics": flags.metrics_port}
-    spec = container(overlay, "recommendations")
+    assert declared == {
+        "grpc": entry.ports["grpc"],
+        "grpc-health": entry.ports["health"],
+        "metrics": entry.ports["metrics"],
+    }
+    spec = container(overlay, service)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert spec[probe]["grpc"]["port"] == flags.health_port, probe
-        assert spec[probe]["grpc"].get("service", "") in ("", SERVICE_NAME), probe
-    annotations = one(overlay, "Deployment", "recommendations")["spec"]["template"]["metadata"]["annotations"]
+        assert spec[probe]["grpc"].get("service", "") in ("", entry.grpc_service), probe
+    annotations = one(overlay, "Deployment", service)["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == flags.metrics_port
-    exposed = image_config("recommendations")["ExposedPorts"]
-    assert {f"{port}/tcp" for port in declared.values()} == set(exposed)
-    grace = pod_spec(overlay, "recommendations")["terminationGracePeriodSeconds"]
+    assert {f"{port}/tcp" for port in declared.values()} == set(image_config(service)["ExposedPorts"])
+    grace = pod_spec(overlay, service)["terminationGracePeriodSeconds"]
     assert grace > float(flags.drain_seconds) + float(flags.shutdown_grace)
+    assert one(overlay, "Service", service)["spec"]["clusterIP"] == "None"  # headless: per-request balancing
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_marketplace_port_and_probe_paths_match_its_app(overlay: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    flags = effective_flags(overlay, "marketplace", monkeypatch)
-    assert ports(overlay, "marketplace") == {"http": int(flags.port)}
+@pytest.mark.parametrize("service", HTTP)
+def test_http_port_matches_the_list_what_it_listens_on_and_its_image(
+    overlay: str, service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flags = effective_flags(overlay, service, monkeypatch)
+    assert ports(overlay, service) == {"http": int(flags.port)} == {"http": REGISTRY[service].port}
+    spec = container(overlay, service)
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert spec[probe]["httpGet"]["port"] in ("http", int(flags.port)), probe
+    annotations = one(overlay, "Deployment", service)["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == int(flags.port)
+    assert set(image_config(service)["ExposedPorts"]) == {f"{flags.port}/tcp"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_marketplace_probe_and_metrics_paths_are_routes_of_its_app(overlay: str) -> None:
+    """The http template's paths, against the one HTTP app there is (a new one should get a test like it)."""
     routes = {route.path for route in marketplace_app.create_app(None, 0.3).routes}  # type: ignore[arg-type]
     spec = container(overlay, "marketplace")
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert spec[probe]["httpGet"]["path"] in routes, probe
-        assert spec[probe]["httpGet"]["port"] in ("http", int(flags.port)), probe
     annotations = one(overlay, "Deployment", "marketplace")["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] in routes
-    assert int(annotations["prometheus.io/port"]) == int(flags.port)
-    assert set(image_config("marketplace")["ExposedPorts"]) == {f"{flags.port}/tcp"}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_services_select_their_pods_and_name_real_ports(overlay: str) -> None:
-    for service in SERVICES:
-        spec = one(overlay, "Service", service)["spec"]
-        labels = one(overlay, "Deployment", service)["spec"]["template"]["metadata"]["labels"]
-        assert spec["selector"].items() <= labels.items()
-        for port in spec["ports"]:
-            assert port["targetPort"] in ports(overlay, service), port
-    assert one(overlay, "Service", "recommendations")["spec"]["clusterIP"] == "None"  # headless: per-request balancing
+@pytest.mark.parametrize("service", SERVICES)
+def test_the_service_selects_its_pods_and_names_real_ports(overlay: str, service: str) -> None:
+    spec = one(overlay, "Service", service)["spec"]
+    assert spec["selector"].items() <= pod_labels(overlay, service).items()
+    for port in spec["ports"]:
+        assert port["targetPort"] in ports(overlay, service), port
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_marketplace_calls_the_recommendations_service_by_its_dns_name(
-    overlay: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("service", [name for name in SERVICES if REGISTRY.calls(name)])
+def test_callers_reach_every_callee_by_its_dns_name_and_certificate_name(
+    overlay: str, service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    flags = effective_flags(overlay, "marketplace", monkeypatch)
-    match = re.fullmatch(r"dns:///([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local:(\d+)", flags.recommendations_addr)
-    assert match, flags.recommendations_addr
-    name, namespace, port = match.groups()
-    grpc_port = next(p for p in one(overlay, "Service", name)["spec"]["ports"] if p["name"] == "grpc")
-    assert (namespace, int(port)) == (NAMESPACE, grpc_port["port"])
-    assert flags.recommendations_tls_name == name
+    flags = effective_flags(overlay, service, monkeypatch)
+    for callee in (REGISTRY[name] for name in REGISTRY.calls(service)):
+        grpc_port = next(p for p in one(overlay, "Service", callee.name)["spec"]["ports"] if p["name"] == "grpc")
+        expected = f"dns:///{callee.name}.{NAMESPACE}.svc.cluster.local:{grpc_port['port']}"
+        assert getattr(flags, f"{callee.package}_addr") == expected
+        assert getattr(flags, f"{callee.package}_tls_name") == callee.name
 
 
-def test_mtls_files_are_the_mounted_secret_of_each_certificate(monkeypatch: pytest.MonkeyPatch) -> None:
-    for service in SERVICES:
-        flags = effective_flags("prod", service, monkeypatch)
-        certificate = one("prod", "Certificate", service)["spec"]
-        (mount,) = [m for m in container("prod", service)["volumeMounts"] if m["name"] == "tls"]
-        (volume,) = [v for v in pod_spec("prod", service)["volumes"] if v["name"] == "tls"]
-        assert volume["secret"]["secretName"] == certificate["secretName"]
-        assert mount["readOnly"] is True
-        files = {flags.tls_cert, flags.tls_key, flags.tls_ca}
-        assert files == {str(Path(mount["mountPath"]) / key) for key in ("tls.crt", "tls.key", "ca.crt")}
-        assert not flags.insecure
+@pytest.mark.parametrize("service", SERVICES)
+def test_mtls_files_are_the_mounted_secret_of_its_certificate(service: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    flags = effective_flags("prod", service, monkeypatch)
+    certificate = one("prod", "Certificate", service)["spec"]
+    (mount,) = [m for m in container("prod", service)["volumeMounts"] if m["name"] == "tls"]
+    (volume,) = [v for v in pod_spec("prod", service)["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["secretName"] == certificate["secretName"]
+    assert mount["readOnly"] is True
+    files = {flags.tls_cert, flags.tls_key, flags.tls_ca}
+    assert files == {str(Path(mount["mountPath"]) / key) for key in ("tls.crt", "tls.key", "ca.crt")}
+    assert not flags.insecure
 
 
-def test_certificates_name_the_identities_the_services_authorise() -> None:
-    for service in SERVICES:
-        certificate = one("prod", "Certificate", service)["spec"]
-        assert certificate["dnsNames"] == [n for n in service_dns_names(service, NAMESPACE) if n != "localhost"]
-        assert certificate["commonName"] == service
-        assert {"server auth", "client auth"} <= set(certificate["usages"])
-    callers = set(REGISTRY["recommendations"].callers)
-    assert callers <= {one("prod", "Certificate", s)["spec"]["dnsNames"][0] for s in SERVICES}
+@pytest.mark.parametrize("service", SERVICES)
+def test_certificates_name_the_identities_the_services_authorise(service: str) -> None:
+    certificate = one("prod", "Certificate", service)["spec"]
+    assert certificate["dnsNames"] == [n for n in service_dns_names(service, NAMESPACE) if n != "localhost"]
+    assert certificate["dnsNames"][0] == certificate["commonName"] == service  # the identity `allow` names
+    assert {"server auth", "client auth"} <= set(certificate["usages"])
 
 
-def test_network_policy_opens_exactly_the_grpc_port_to_the_marketplace(monkeypatch: pytest.MonkeyPatch) -> None:
-    flags = effective_flags("prod", "recommendations", monkeypatch)
-    (rule,) = one("prod", "NetworkPolicy", "recommendations-from-marketplace")["spec"]["ingress"]
-    assert [p["port"] for p in rule["ports"]] == [flags.port]
-    assert rule["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "marketplace"}
-    marketplace = effective_flags("prod", "marketplace", monkeypatch)
-    (from_ingress,) = one("prod", "NetworkPolicy", "marketplace-from-ingress")["spec"]["ingress"]
-    assert [p["port"] for p in from_ingress["ports"]] == [int(marketplace.port)]
-    scraped = {
-        p["port"] for p in one("prod", "NetworkPolicy", "metrics-from-prometheus")["spec"]["ingress"][0]["ports"]
+@pytest.mark.parametrize("service", SERVICES)
+def test_network_policy_lets_in_exactly_the_callers_the_ingress_and_prometheus(service: str) -> None:
+    entry: Service = REGISTRY[service]
+    policy = one("prod", "NetworkPolicy", service)["spec"]
+    assert policy["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": service}
+    allowed: set[tuple[str, int]] = set()
+    for rule in policy["ingress"]:
+        for peer in rule["from"]:
+            names = peer.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+            source = names or peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            allowed |= {(source, port["port"]) for port in rule["ports"]}
+    metrics = entry.ports["metrics"] if entry.kind == "grpc" else entry.port
+    expected = {("monitoring", metrics)} | {(caller, entry.port) for caller in entry.callers}
+    if entry.public:
+        expected.add(("ingress-nginx", entry.port))
+    assert allowed == expected
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_network_policy_lets_out_exactly_the_calls_the_list_allows_and_dns(service: str) -> None:
+    policy = one("prod", "NetworkPolicy", service)["spec"]
+    calls = {(callee, REGISTRY[callee].port) for callee in REGISTRY.calls(service)}
+    reached = {
+        (peer["podSelector"]["matchLabels"].get("app.kubernetes.io/name", "kube-dns"), port["port"])
+        for rule in policy.get("egress", [])
+        for peer in rule["to"]
+        for port in rule["ports"]
     }
-    assert scraped == {flags.metrics_port, int(marketplace.port)}
+    assert reached == (calls | {("kube-dns", 53)} if calls else set())
+    assert ("Egress" in policy["policyTypes"]) == bool(calls)

@@ -2,8 +2,10 @@
 
 The digests are the ones the image targets just built (`//services/<svc>:image.digest`), so what is
 deployed is exactly what was tested; push them first with `./bazelw run //services/<svc>:push -- R`.
-kustomize runs on a copy of k8s/ with one more kustomization on top of the overlay, whose `images:`
-maps `online-books/<svc>` to `R/online-books/<svc>@sha256:...`.
+kustomize runs on a copy of k8s/ with the per-service files generated into it (k8s/generate.py, from
+services/services.bzl) and one more kustomization on top of the overlay, whose `images:` maps
+`online-books/<svc>` to `R/online-books/<svc>@sha256:...`. `--kustomize-dir DIR` keeps that tree (for
+`kubectl apply -k DIR/rendered` or a GitOps repository).
 """
 
 from __future__ import annotations
@@ -19,15 +21,12 @@ from pathlib import Path
 
 import yaml
 
+from k8s.generate import GENERATED, generate
 from libs.processes.processes import runfile
 from libs.runtime.config import user_path
+from services.registry import REGISTRY
 
 OVERLAYS = ("dev", "prod")
-# Image name in k8s/base → the image target that builds it (its `repository` attribute is the name).
-IMAGES = {
-    "online-books/recommendations": "services/recommendations/image.digest",
-    "online-books/marketplace": "services/marketplace/image.digest",
-}
 _REGISTRY = re.compile(r"^[a-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?$")
 
 
@@ -36,11 +35,13 @@ class RenderError(Exception):
 
 
 def digests() -> dict[str, str]:
-    return {name: runfile(path).read_text().strip() for name, path in IMAGES.items()}
+    """Each service's image repository → the digest of the image Bazel built for it."""
+    return {s.repository: runfile(f"{s.image}.digest").read_text().strip() for s in REGISTRY.values()}
 
 
-def render(overlay: str, registry: str) -> str:
-    """The overlay's YAML with images at `registry`, pinned by the digests Bazel built."""
+def compose(overlay: str, registry: str, into: Path) -> Path:
+    """Writes the kustomize tree for `overlay` into `into`: k8s/ with the generated per-service files, and
+    `rendered/kustomization.yaml` pinning the images. Returns the `rendered` directory."""
     if overlay not in OVERLAYS:
         raise RenderError(f"unknown overlay {overlay!r}; choose one of {', '.join(OVERLAYS)}")
     if not _REGISTRY.match(registry):
@@ -48,14 +49,22 @@ def render(overlay: str, registry: str) -> str:
     images = [
         {"name": name, "newName": f"{registry}/{name}", "digest": digest} for name, digest in sorted(digests().items())
     ]
+    # A real copy: kustomize refuses files whose real path (runfiles are symlinks) is outside the tree.
+    shutil.copytree(runfile("k8s"), into, ignore=shutil.ignore_patterns("*.py", GENERATED), dirs_exist_ok=True)
+    generate(into)
+    top = into / "rendered"
+    top.mkdir(exist_ok=True)
+    (top / "kustomization.yaml").write_text(
+        yaml.safe_dump({"resources": [f"../overlays/{overlay}"], "images": images}, sort_keys=False)
+    )
+    return top
+
+
+def render(overlay: str, registry: str, kustomize_dir: Path | None = None) -> str:
+    """The overlay's YAML with images at `registry`, pinned by the digests Bazel built; the kustomize
+    tree is kept in `kustomize_dir` if given."""
     with tempfile.TemporaryDirectory() as scratch:
-        # A real copy: kustomize refuses files whose real path (runfiles are symlinks) is outside the tree.
-        tree = Path(shutil.copytree(runfile("k8s"), Path(scratch) / "k8s", ignore=shutil.ignore_patterns("*.py")))
-        top = tree / "rendered"
-        top.mkdir()
-        (top / "kustomization.yaml").write_text(
-            yaml.safe_dump({"resources": [f"../overlays/{overlay}"], "images": images}, sort_keys=False)
-        )
+        top = compose(overlay, registry, kustomize_dir or Path(scratch) / "k8s")
         result = subprocess.run(
             [str(runfile("../kustomize/kustomize")), "build", str(top)], capture_output=True, text=True, check=False
         )
@@ -69,7 +78,7 @@ def render(overlay: str, registry: str) -> str:
         if "@sha256:" not in container["image"]
     )
     if unpinned:
-        raise RenderError(f"images not pinned by digest: {', '.join(unpinned)} (add them to IMAGES in k8s/render.py)")
+        raise RenderError(f"images not pinned by digest: {', '.join(unpinned)} (is the service in services.bzl?)")
     return result.stdout
 
 
@@ -82,13 +91,18 @@ def main(argv: list[str] | None = None) -> int:
         help="where :push put the images, e.g. registry.example.com/team (env REGISTRY)",
     )
     parser.add_argument("--output", type=user_path, help="file to write (default: stdout)")
+    parser.add_argument(
+        "--kustomize-dir",
+        type=user_path,
+        help="also keep the kustomize tree here (kubectl apply -k DIR/rendered); made if missing",
+    )
     args = parser.parse_args(argv)
     if not args.registry:
         parser.error(
             "say where the images are: --registry HOST[:PORT][/PATH] (the one given to :push), or env REGISTRY"
         )
     try:
-        rendered = render(args.overlay, args.registry)
+        rendered = render(args.overlay, args.registry, args.kustomize_dir)
     except RenderError as error:
         print(f"render: {error}", file=sys.stderr)
         return 1
