@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 
 from libs.processes.processes import runfile
+from services.registry import REGISTRY
 from tools.certs.certs import mint_ca
 from tools.oci.oci import Tree, read_layout, write_layer
 from tools.oci.scan import scan_layer, scan_layout
 
-IMAGES = {
-    "recommendations": runfile("services/recommendations/image"),
-    "marketplace": runfile("services/marketplace/image"),
-}
+IMAGES = {name: runfile(service.image) for name, service in REGISTRY.items()}
+ANY_IMAGE = next(iter(IMAGES.values()))  # for what the base layer holds: every image has the same one
 LOCK = runfile("tools/oci/debian_packages.lock")
 NONROOT = 65532
 
@@ -42,23 +41,25 @@ def test_config_runs_the_service_as_the_non_root_user(service: str) -> None:
     _, config = manifest_and_config(IMAGES[service])
     settings = config["config"]
     assert settings["User"] == f"{NONROOT}:{NONROOT}"
-    assert settings["Entrypoint"] == ["/usr/bin/python3.11", f"/app/online_books/services/{service}/main.py"]
+    package = REGISTRY[service].package
+    assert settings["Entrypoint"] == ["/usr/bin/python3.11", f"/app/online_books/services/{package}/main.py"]
     assert settings["WorkingDir"] == "/app"
     assert "PYTHONDONTWRITEBYTECODE=1" in settings["Env"]
     assert any(env.startswith("PYTHONPATH=/app/online_books:") for env in settings["Env"])
     labels = settings["Labels"]
-    assert labels["org.opencontainers.image.title"] == f"online-books/{service}"
-    assert labels["org.opencontainers.image.description"]
+    assert labels["org.opencontainers.image.title"] == REGISTRY[service].repository
+    assert labels["org.opencontainers.image.description"] == REGISTRY[service].description
     assert labels["org.opencontainers.image.base.name"]
 
 
-def test_exposed_ports() -> None:
-    assert manifest_and_config(IMAGES["recommendations"])[1]["config"]["ExposedPorts"] == {
-        "50051/tcp": {},
-        "50052/tcp": {},
-        "9090/tcp": {},
-    }
-    assert manifest_and_config(IMAGES["marketplace"])[1]["config"]["ExposedPorts"] == {"8080/tcp": {}}
+@pytest.mark.parametrize("service", sorted(IMAGES))
+def test_exposes_the_ports_of_the_list_and_turns_probes_and_metrics_on(service: str) -> None:
+    entry = REGISTRY[service]
+    settings = manifest_and_config(IMAGES[service])[1]["config"]
+    assert settings["ExposedPorts"] == {f"{port}/tcp": {} for port in entry.ports.values()}
+    if entry.kind == "grpc":
+        assert f"{entry.env_prefix}_HEALTH_PORT={entry.ports['health']}" in settings["Env"]
+        assert f"{entry.env_prefix}_METRICS_PORT={entry.ports['metrics']}" in settings["Env"]
 
 
 @pytest.mark.parametrize("service", sorted(IMAGES))
@@ -69,9 +70,12 @@ def test_three_layers_each_with_a_dated_history_entry(service: str) -> None:
     assert [layer["mediaType"] for layer in manifest["layers"]] == ["application/vnd.oci.image.layer.v1.tar+gzip"] * 3
 
 
+def test_every_image_shares_one_base_layer() -> None:
+    assert len({read_layout(layout).manifest["layers"][0]["digest"] for layout in IMAGES.values()}) == 1
+
+
 def test_base_layer_has_the_user_the_ca_bundle_and_the_pinned_packages() -> None:
-    layout = IMAGES["recommendations"]
-    files = layer_files(layout, 0)
+    files = layer_files(ANY_IMAGE, 0)
     home = files["home/nonroot"]
     assert (home.uid, home.gid, home.mode) == (NONROOT, NONROOT, 0o700)
     assert files["tmp"].mode == 0o1777
@@ -87,8 +91,7 @@ def test_base_layer_has_the_user_the_ca_bundle_and_the_pinned_packages() -> None
 
 
 def test_passwd_names_the_non_root_user() -> None:
-    layout = IMAGES["recommendations"]
-    with tarfile.open(fileobj=io.BytesIO(layer_bytes(layout, 0))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(layer_bytes(ANY_IMAGE, 0))) as tar:
         passwd = tar.extractfile("etc/passwd").read().decode()  # type: ignore[union-attr]
     assert f"nonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin" in passwd.splitlines()
 
@@ -113,16 +116,16 @@ def test_the_scanner_finds_keys_and_certificates(tmp_path: Path) -> None:
     """Control for the test above: a layer with what a careless Dockerfile would bake in."""
     minted = mint_ca()
     tree = Tree()
-    tree.file("app/certs/recommendations.pem", data=minted.cert_pem + minted.key_pem)
+    tree.file("app/certs/service.pem", data=minted.cert_pem + minted.key_pem)
     tree.file("app/notes.txt", data=b"no secrets here")
     tree.file("etc/ssl/certs/ca-certificates.crt", data=minted.cert_pem)
     tree.file("home/nonroot/.ssh/id_ed25519", data=b"whatever is inside")
     write_layer(tree, tmp_path / "layer.tar.gz")
     assert scan_layer(tmp_path / "layer.tar.gz") == [
-        "app/certs/recommendations.pem: private key or key store",
+        "app/certs/service.pem: private key or key store",
         "home/nonroot/.ssh/id_ed25519: private key or key store",
     ]
-    tree.entries.pop("app/certs/recommendations.pem")
+    tree.entries.pop("app/certs/service.pem")
     tree.file("app/certs/ca.pem", data=minted.cert_pem)
     write_layer(tree, tmp_path / "layer.tar.gz")
     assert scan_layer(tmp_path / "layer.tar.gz") == [
