@@ -126,6 +126,10 @@ class Registry(Mapping[str, Service]):
         """The services `name` calls: those whose `allow` lists it."""
         return tuple(other.name for other in self.values() if name in other.callers)
 
+    def callee_ports(self, name: str) -> dict[str, int]:
+        """The services `name` calls → the port each is called on (libs/runtime's add_callee_flags takes it)."""
+        return {callee: self[callee].port for callee in self.calls(name)}
+
     def start_order(self) -> list[Service]:
         """Every service after the ones it calls (so a caller finds its callees listening)."""
         order: list[Service] = []

@@ -58,7 +58,7 @@ def test_callees_start_before_their_callers() -> None:
 
 
 def test_the_example_services_and_their_wiring() -> None:
-    assert REGISTRY.calls("marketplace") == ("recommendations",)
+    assert "recommendations" in REGISTRY.calls("marketplace")
     assert REGISTRY["recommendations"].callers == ("marketplace",)
     assert REGISTRY["recommendations"].env_prefix == "RECOMMENDATIONS"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,19 +70,20 @@ def add_tls_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
     )
 
 
-def add_callee_flags(parser: argparse.ArgumentParser, callee: str, default_port: int) -> None:
-    """How this process reaches the gRPC service `callee`: `--<callee>-addr` and `--<callee>-tls-name`, with
-    the callee's own prefix (ORDER_HISTORY_ADDR, ORDER_HISTORY_TLS_NAME), the names //:dev and the
-    Kubernetes manifests set for every service a process calls (services/services.bzl)."""
-    prefix = callee.replace("-", "_").upper()
-    add_flag(
-        parser,
-        prefix,
-        f"--{callee}-addr",
-        f"localhost:{default_port}",
-        "gRPC target: host:port, dns:///name:port (balanced over every address) or ip:port,ip:port",
-    )
-    add_flag(parser, prefix, f"--{callee}-tls-name", callee, f"name the {callee} certificate must carry")
+def add_callee_flags(parser: argparse.ArgumentParser, callees: Mapping[str, int]) -> None:
+    """How this process reaches each gRPC service it calls (name → default port): `--<callee>-addr` and
+    `--<callee>-tls-name`, with the callee's own prefix (ORDER_HISTORY_ADDR, ORDER_HISTORY_TLS_NAME), the
+    names //:dev and the Kubernetes manifests set for every service a process calls (services/services.bzl)."""
+    for callee, default_port in callees.items():
+        prefix = callee.replace("-", "_").upper()
+        add_flag(
+            parser,
+            prefix,
+            f"--{callee}-addr",
+            f"localhost:{default_port}",
+            "gRPC target: host:port, dns:///name:port (balanced over every address) or ip:port,ip:port",
+        )
+        add_flag(parser, prefix, f"--{callee}-tls-name", callee, f"name the {callee} certificate must carry")
 
 
 def add_log_flags(parser: argparse.ArgumentParser, prefix: str) -> None:

@@ -38,8 +38,7 @@ def parser() -> argparse.ArgumentParser:
     add_tls_flags(result, ENV_PREFIX)
     add_log_flags(result, ENV_PREFIX)
     # How to reach every service this one calls (services/services.bzl): --recommendations-addr, ...
-    for callee in REGISTRY.calls(SERVICE.name):
-        add_callee_flags(result, callee, REGISTRY[callee].port)
+    add_callee_flags(result, REGISTRY.callee_ports(SERVICE.name))
     add_flag(
         result,
         "RECOMMENDATIONS",

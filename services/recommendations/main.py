@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from books.recommendations.v1 import recommendations_pb2_grpc
 from libs.interceptors.core import Middleware
 from libs.interceptors.tracing import configure_tracing
-from libs.runtime.config import ConfigError, ServerConfig, add_flag, add_server_flags, server_config, user_path
+from libs.runtime.config import (
+    ConfigError,
+    ServerConfig,
+    add_callee_flags,
+    add_flag,
+    add_server_flags,
+    server_config,
+    user_path,
+)
 from libs.runtime.logs import configure_logging
 from libs.runtime.server import GrpcServer, StartError
 from services.recommendations.catalog import DEFAULT_CATALOG, Catalog, CatalogError
@@ -25,6 +33,8 @@ logger = logging.getLogger("recommendations")
 def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=__doc__)
     add_server_flags(result, SERVICE.env_prefix, SERVICE.port)
+    # The address of every service it calls (none today; services/services.bzl says who calls whom).
+    add_callee_flags(result, REGISTRY.callee_ports(SERVICE.name))
     add_flag(
         result,
         SERVICE.env_prefix,

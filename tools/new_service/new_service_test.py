@@ -1,0 +1,120 @@
+"""//tools/new_service on a scratch copy of the list: bad input refused with nothing written, --dry-run writes
+nothing, and what is written is consistent (names, ports, callers) and lands in the list.
+
+The end-to-end proof, that a generated service builds and passes its tests, the manifests and the container
+tests, is in .ci/run (it generates one into a throwaway copy of the repository and runs them there).
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+
+from libs.processes.processes import runfile
+from services.registry import parse
+from tools.new_service import new_service
+from tools.new_service.new_service import NewServiceError, main, plan
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    (tmp_path / "services").mkdir()
+    shutil.copy(runfile("services/services.bzl"), tmp_path / "services" / "services.bzl")
+    shutil.copy(runfile("ruff.toml"), tmp_path / "ruff.toml")
+    return tmp_path
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_new_service_is_written_with_consistent_names_and_lands_in_the_list(workspace: Path, capsys) -> None:
+    argv = ["loyalty-points", "--port", "50461", "--metrics-port", "9461", "--callers", "marketplace"]
+    assert main([*argv, "--workspace", str(workspace)]) == 0
+    registry = parse((workspace / "services/services.bzl").read_text())
+    entry = registry["loyalty-points"]
+    assert entry.package == "loyalty_points"
+    assert entry.ports == {"grpc": 50461, "health": 50462, "metrics": 9461}
+    assert entry.grpc_service == "books.loyalty_points.v1.LoyaltyPointsService"
+    assert dict(entry.allow) == {"CountWords": ("marketplace",), "SplitWords": ("marketplace",)}
+    assert "loyalty-points" in registry.calls("marketplace")
+    proto = (workspace / "proto/books/loyalty_points/v1/loyalty_points.proto").read_text()
+    assert "package books.loyalty_points.v1;" in proto
+    assert "service LoyaltyPointsService {" in proto
+    assert proto.count("// Errors") == 2  # documented per RPC
+    for path in (workspace / "services/loyalty_points").glob("*.py"):
+        ast.parse(path.read_text(), str(path))  # every file is Python
+        assert "${" not in path.read_text(), path
+    build = (workspace / "services/loyalty_points/BUILD.bazel").read_text()
+    assert 'service = "loyalty-points"' in build
+    assert 'name = "loyalty_points"' in build
+    printed = capsys.readouterr().out
+    assert "wrote services/loyalty_points/main.py" in printed
+    assert "wrote services/services.bzl" in printed
+
+
+def test_dry_run_lists_the_files_and_writes_nothing(workspace: Path, capsys) -> None:
+    before = snapshot(workspace)
+    assert main(["shelf", "--dry-run", "--workspace", str(workspace)]) == 0
+    assert snapshot(workspace) == before
+    printed = capsys.readouterr().out
+    for path in new_service.FILES.values():
+        assert f"would write {path.format(package='shelf')}" in printed
+    assert "would add to services/services.bzl" in printed
+
+
+def test_default_ports_are_the_first_free_ones(workspace: Path) -> None:
+    made = plan("shelf", workspace)
+    entry = parse(made.services_bzl)["shelf"]
+    taken = parse((workspace / "services/services.bzl").read_text()).used_ports()
+    assert entry.ports["grpc"] >= 50051
+    assert not set(entry.ports.values()) & set(taken)
+    assert entry.ports["health"] == entry.ports["grpc"] + 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["recommendations"], "a service named 'recommendations' exists already"),
+        (["Order_History"], "is not a lowercase DNS label"),
+        (["order--history"], "is not a lowercase DNS label"),
+        (["x-"], "is not a lowercase DNS label"),
+        (["9lives"], "is not a lowercase DNS label"),
+        (["import"], "shadows Python's own"),
+        (["json"], "shadows Python's own"),
+        (["shelf", "--port", "50051"], "--port 50051 is already used by recommendations (grpc)"),
+        (["shelf", "--port", "50050"], "--port + 1 (health) 50051 is already used by recommendations (grpc)"),
+        (["shelf", "--metrics-port", "8080"], "--metrics-port 8080 is already used by marketplace (http)"),
+        (["shelf", "--port", "80"], "--port 80 is not a port from 1024 to 65535"),
+        (["shelf", "--callers", "marketplace,billing"], "--callers billing: not a service"),
+        (["shelf", "--callers", "shelf"], "--callers shelf: not a service"),
+        (["shelf", "--description", "two\nlines"], "--description must be one line"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_nothing_is_written(
+    workspace: Path, argv: list[str], message: str, capsys
+) -> None:
+    before = snapshot(workspace)
+    assert main([*argv, "--workspace", str(workspace)]) == 2
+    assert message in capsys.readouterr().err
+    assert snapshot(workspace) == before
+
+
+def test_an_existing_package_directory_is_not_overwritten(workspace: Path) -> None:
+    (workspace / "services" / "shelf").mkdir()
+    with pytest.raises(NewServiceError, match="services/shelf exists already"):
+        plan("shelf", workspace)
+
+
+def test_a_failed_write_leaves_nothing_behind(workspace: Path) -> None:
+    made = plan("shelf", workspace)
+    before = snapshot(workspace)
+    (workspace / "proto").write_text("a file where a directory must go")
+    with pytest.raises(NewServiceError, match="nothing was written"):
+        new_service.write(made, workspace)
+    (workspace / "proto").unlink()
+    assert snapshot(workspace) == before
+    assert not (workspace / "services" / "shelf").exists()
