@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 
 from libs.interceptors.access_log import FLUSH_INTERVAL, AccessLog
 from libs.interceptors.authz import AccessPolicy, Authorization
-from libs.interceptors.client import AsyncClientInterceptor, SyncClientInterceptor
+from libs.interceptors.client import ASYNC_INTERCEPTORS, SyncClientInterceptor
 from libs.interceptors.core import AsyncServerInterceptor, Middleware, SyncServerInterceptor
 from libs.interceptors.deadlines import DeadlineRecorder
 from libs.interceptors.error_logging import ErrorLogging
@@ -86,6 +86,9 @@ def client_interceptors(
     registry: CollectorRegistry = REGISTRY,
     tracer_provider: trace.TracerProvider | None = None,
 ) -> list:
-    """One interceptor for a grpc.aio channel (or, asynchronous=False, for `grpc.intercept_channel`)."""
-    kind = AsyncClientInterceptor if asynchronous else SyncClientInterceptor
-    return [kind(default_timeout, registry, tracer_provider)]
+    """The client middleware for a grpc.aio channel (one interceptor per RPC kind: grpc.aio gives an
+    interceptor only the first kind it implements), or, asynchronous=False, one interceptor for
+    `grpc.intercept_channel`. Both cover unary, server-streaming, client-streaming and bidi calls."""
+    if asynchronous:
+        return [kind(default_timeout, registry, tracer_provider) for kind in ASYNC_INTERCEPTORS]
+    return [SyncClientInterceptor(default_timeout, registry, tracer_provider)]

@@ -1,16 +1,19 @@
 """Client interceptors (grpc.aio and sync): request ids, trace context, deadlines, metrics, logs.
 
-Every outgoing call gets: the current request id in `x-request-id` (a new one outside any request);
-a CLIENT span whose W3C `traceparent` goes in the metadata; the smaller of its timeout (or the
-channel's default) and the caller's remaining deadline (libs/interceptors/deadlines.py), or an
-immediate DEADLINE_EXCEEDED when that has passed; `grpc_client_*` metrics; and a WARNING log line for
-each failed call. As on the server, one interceptor object runs every concern, and the logic is
-shared by the aio and the sync adapter.
+Every outgoing call, of every kind (unary, server-streaming, client-streaming, bidi), gets: the current
+request id in `x-request-id` (a new one outside any request); a CLIENT span whose W3C `traceparent` goes
+in the metadata; the smaller of its timeout (or the channel's default) and the caller's remaining
+deadline (libs/interceptors/deadlines.py), or an immediate DEADLINE_EXCEEDED when that has passed;
+`grpc_client_*` metrics; and a WARNING log line for each failed call. As on the server, one object
+runs every concern of a call (per kind, for grpc.aio), and the logic is shared by the aio and the sync
+adapters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import functools
 import logging
 import time
 from typing import Any
@@ -84,8 +87,14 @@ def _expired(method: str) -> grpc.aio.AioRpcError:
     )
 
 
-class AsyncClientInterceptor(_Outgoing, grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor):
-    """For grpc.aio channels: `grpc.aio.insecure_channel(..., interceptors=[AsyncClientInterceptor(...)])`."""
+class _AsyncOutgoing(_Outgoing):
+    """The grpc.aio side. A unary call is awaited here (the cheapest way to see its outcome). Streaming
+    calls are handed back untouched, so the caller keeps the whole call API (read, write, done_writing,
+    cancel), and their outcome is recorded when gRPC reports them done, however they ended."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self._recording: set[asyncio.Task] = set()
 
     def _details(self, details: grpc.aio.ClientCallDetails, kind: str) -> tuple[grpc.aio.ClientCallDetails, dict]:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
@@ -95,6 +104,27 @@ class AsyncClientInterceptor(_Outgoing, grpc.aio.UnaryUnaryClientInterceptor, gr
             raise _expired(method) from None
         return details._replace(timeout=timeout, metadata=grpc.aio.Metadata(*metadata)), state
 
+    async def _streaming(self, continuation, client_call_details, request_or_iterator, kind: str):
+        details, state = self._details(client_call_details, kind)
+        call = await continuation(details, request_or_iterator)
+        call.add_done_callback(functools.partial(self._done, state))
+        return call
+
+    def _done(self, state: dict, call: grpc.aio.Call) -> None:
+        # On the event loop, once the call has its status; code() and details() then return at once.
+        task = asyncio.get_running_loop().create_task(self._record(state, call))
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record(self, state: dict, call: grpc.aio.Call) -> None:
+        self.finish(state, await call.code(), await call.details())
+
+
+# grpc.aio files an interceptor under the first kind it is an instance of (aio/_channel.py), so an object
+# that is both a UnaryUnary and a UnaryStream interceptor would never see a stream: one class per kind.
+
+
+class AsyncUnaryUnaryInterceptor(_AsyncOutgoing, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(self, continuation, client_call_details, request):
         details, state = self._details(client_call_details, "unary")
         try:
@@ -109,47 +139,67 @@ class AsyncClientInterceptor(_Outgoing, grpc.aio.UnaryUnaryClientInterceptor, gr
         self.finish(state, grpc.StatusCode.OK)
         return response
 
+
+class AsyncUnaryStreamInterceptor(_AsyncOutgoing, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(self, continuation, client_call_details, request):
-        details, state = self._details(client_call_details, "server_stream")
-        call = await continuation(details, request)
-
-        async def responses():
-            try:
-                async for response in call:
-                    yield response
-            except grpc.aio.AioRpcError as error:
-                self.finish(state, error.code(), error.details())
-                raise
-            self.finish(state, grpc.StatusCode.OK)
-
-        return responses()
+        return await self._streaming(continuation, client_call_details, request, "server_stream")
 
 
-class SyncClientInterceptor(_Outgoing, grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+class AsyncStreamUnaryInterceptor(_AsyncOutgoing, grpc.aio.StreamUnaryClientInterceptor):
+    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return await self._streaming(continuation, client_call_details, request_iterator, "client_stream")
+
+
+class AsyncStreamStreamInterceptor(_AsyncOutgoing, grpc.aio.StreamStreamClientInterceptor):
+    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return await self._streaming(continuation, client_call_details, request_iterator, "bidi_stream")
+
+
+ASYNC_INTERCEPTORS = (
+    AsyncUnaryUnaryInterceptor,
+    AsyncUnaryStreamInterceptor,
+    AsyncStreamUnaryInterceptor,
+    AsyncStreamStreamInterceptor,
+)
+"""One of each for a grpc.aio channel: `interceptors=[kind(...) for kind in ASYNC_INTERCEPTORS]`."""
+
+
+class SyncClientInterceptor(
+    _Outgoing,
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """For sync channels: `grpc.intercept_channel(channel, SyncClientInterceptor(...))`."""
 
-    def _details(self, details: grpc.ClientCallDetails, kind: str) -> tuple[grpc.ClientCallDetails, dict]:
+    def _observed(self, continuation, client_call_details, request_or_iterator, kind: str):
+        """Sends the call on; its outcome is recorded when gRPC reports it done (it may already be)."""
         try:
-            state, timeout, metadata = self.prepare(details.method, details.timeout, details.metadata, kind)
+            state, timeout, metadata = self.prepare(
+                client_call_details.method, client_call_details.timeout, client_call_details.metadata, kind
+            )
         except DeadlineExpired as error:
             raise _SyncExpired(str(error)) from None
-        new = _SyncDetails(
-            details.method, timeout, metadata, details.credentials, details.wait_for_ready,
-            getattr(details, "compression", None),
+        details = _SyncDetails(
+            client_call_details.method, timeout, metadata, client_call_details.credentials,
+            client_call_details.wait_for_ready, getattr(client_call_details, "compression", None),
         )  # fmt: skip
-        return new, state
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        details, state = self._details(client_call_details, "unary")
-        outcome = continuation(details, request)
+        outcome = continuation(details, request_or_iterator)
         outcome.add_done_callback(lambda done: self.finish(state, done.code(), done.details()))
         return outcome
 
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return self._observed(continuation, client_call_details, request, "unary")
+
     def intercept_unary_stream(self, continuation, client_call_details, request):
-        details, state = self._details(client_call_details, "server_stream")
-        call = continuation(details, request)
-        call.add_done_callback(lambda done: self.finish(state, done.code(), done.details()))
-        return call
+        return self._observed(continuation, client_call_details, request, "server_stream")
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return self._observed(continuation, client_call_details, request_iterator, "client_stream")
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return self._observed(continuation, client_call_details, request_iterator, "bidi_stream")
 
 
 class _SyncExpired(grpc.RpcError):

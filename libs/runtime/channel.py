@@ -184,7 +184,9 @@ class ReloadingChannel:
     def _multicallable(self, kind: str, method: str, args: dict) -> Callable:
         made: dict[str, Any] = {"generation": -1, "callable": None}
 
-        def call(request: Any, **kwargs: Any) -> Any:
+        def call(request: Any = None, **kwargs: Any) -> Any:
+            """`request` is the message, or for a client-streaming or bidi method the request iterator (or
+            None, to write with the call's `write`)."""
             self._watch()
             if made["generation"] != self._generation:  # bind to the current channel once per generation
                 made["callable"] = getattr(self._channel, kind)(method, **args)
@@ -198,6 +200,12 @@ class ReloadingChannel:
 
     def unary_stream(self, method: str, **args: Any) -> Callable:
         return self._multicallable("unary_stream", method, args)
+
+    def stream_unary(self, method: str, **args: Any) -> Callable:
+        return self._multicallable("stream_unary", method, args)
+
+    def stream_stream(self, method: str, **args: Any) -> Callable:
+        return self._multicallable("stream_stream", method, args)
 
     async def channel_ready(self) -> None:
         await self._channel.channel_ready()
