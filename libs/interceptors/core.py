@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from grpc_interceptor.exceptions import GrpcException
+from grpc_interceptor.exceptions import GrpcException, InvalidArgument
 
 UNKNOWN = "unknown"
 _HANDLER_CACHE_LIMIT = 4096  # wrapped handlers kept per adapter; a bound against per-call handlers
@@ -135,8 +135,40 @@ def _deadline_passed(context: Any) -> bool:
     return remaining is not None and remaining <= 0
 
 
+class UndecodableRequest(InvalidArgument):
+    """A request message that does not parse: INVALID_ARGUMENT, answered after authorisation."""
+
+
+def _message_name(deserialize: Callable) -> str:
+    message_class = getattr(deserialize, "__self__", None)  # Message.FromString is a bound classmethod
+    descriptor = getattr(message_class, "DESCRIPTOR", None)
+    return getattr(descriptor, "full_name", "message")
+
+
+def _decode(deserialize: Callable[[bytes], Any], raw: bytes) -> Any:
+    try:
+        return deserialize(raw)
+    except Exception:
+        raise UndecodableRequest(f"the request is not a valid {_message_name(deserialize)}") from None
+
+
+async def _decode_each_async(deserialize: Callable[[bytes], Any], requests: AsyncIterator[bytes]) -> AsyncIterator:
+    async for raw in requests:
+        yield _decode(deserialize, raw)
+
+
+def _decode_each(deserialize: Callable[[bytes], Any], requests: Iterator[bytes]) -> Iterator:
+    for raw in requests:
+        yield _decode(deserialize, raw)
+
+
 class Pipeline:
-    """The ordered middleware stack, and the wrappers that run it around a method's handler."""
+    """The ordered middleware stack, and the wrappers that run it around a method's handler.
+
+    The wrappers decode the request themselves, after the `begin` hooks: gRPC's own decoding runs
+    before any of them, so a malformed message from any caller became UNKNOWN with a traceback,
+    unauthorised, uncounted and unlogged. Here it is UndecodableRequest (INVALID_ARGUMENT), for callers
+    that passed authorisation, and it goes through every hook like any failed call."""
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.middleware = tuple(middleware)
@@ -202,6 +234,12 @@ class Pipeline:
     def wrap_async(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """`handler` of `method` for a grpc.aio server, with the pipeline around each call."""
         rpc, inner = Rpc(method, kind_of(handler)), _inner(handler)
+        deserialize, streamed = handler.request_deserializer, handler.request_streaming
+
+        def decoded(request: Any) -> Any:
+            if deserialize is None:
+                return request
+            return _decode_each_async(deserialize, request) if streamed else _decode(deserialize, request)
 
         async def abort_or_raise(call: Call, context: grpc.aio.ServicerContext, exc: BaseException) -> Any:
             abort = self.failed(call, exc)
@@ -216,7 +254,7 @@ class Pipeline:
                 call = Call(rpc, context, context.invocation_metadata())
                 try:
                     self.begin(call)
-                    responses = inner(request, context)
+                    responses = inner(decoded(request), context)
                     if hasattr(responses, "__aiter__"):
                         async for response in responses:
                             yield response
@@ -235,7 +273,7 @@ class Pipeline:
                 call = Call(rpc, context, context.invocation_metadata())
                 try:
                     self.begin(call)
-                    response = inner(request, context)
+                    response = inner(decoded(request), context)
                     if hasattr(response, "__await__"):
                         response = await response
                 except asyncio.CancelledError:
@@ -251,6 +289,12 @@ class Pipeline:
     def wrap_sync(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """`handler` of `method` for a sync grpc.server, with the pipeline around each call."""
         rpc, inner = Rpc(method, kind_of(handler)), _inner(handler)
+        deserialize, streamed = handler.request_deserializer, handler.request_streaming
+
+        def decoded(request: Any) -> Any:
+            if deserialize is None:
+                return request
+            return _decode_each(deserialize, request) if streamed else _decode(deserialize, request)
 
         def abort_or_raise(call: Call, context: grpc.ServicerContext, exc: BaseException) -> Any:
             abort = self.failed(call, exc)
@@ -281,7 +325,7 @@ class Pipeline:
             call = Call(rpc, context, context.invocation_metadata())
             try:
                 self.begin(call)
-                response = inner(request, context)
+                response = inner(decoded(request), context)
             except Exception as exc:
                 return abort_or_raise(call, context, exc)
             if handler.response_streaming:
@@ -297,9 +341,8 @@ def _inner(handler: grpc.RpcMethodHandler) -> Callable:
 
 
 def _rebuild(handler: grpc.RpcMethodHandler, kind: str, behaviour: Callable) -> grpc.RpcMethodHandler:
-    return _FACTORIES[kind](
-        behaviour, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
-    )
+    # No request_deserializer: the behaviour gets the raw bytes and decodes them after the begin hooks.
+    return _FACTORIES[kind](behaviour, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
 class _HandlerCache:

@@ -1,4 +1,5 @@
-"""Logs unexpected exceptions of gRPC handlers once, with the method name and the traceback.
+"""Logs unexpected exceptions of gRPC handlers once, with the method name and the traceback, and each
+request that did not decode once, as a WARNING without a traceback (a broken or hostile client, not a bug).
 
 Expected failures (grpc-interceptor's GrpcException, e.g. NotFound, and calls the handler aborted on
 purpose) are part of the API and are not logged here (the access log has them). Logging never
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from libs.interceptors.core import Call, Middleware
+from libs.interceptors.core import Call, Middleware, UndecodableRequest
 
 
 class ErrorLogging(Middleware):
@@ -20,3 +21,5 @@ class ErrorLogging(Middleware):
         # A fail hook, not an end hook: a call that succeeds never pays for it.
         if call.unexpected:
             self._logger.error("unexpected exception in %s", call.rpc.method, exc_info=exc)
+        elif isinstance(exc, UndecodableRequest):
+            self._logger.warning("%s from %s: %s", call.rpc.method, call.peer or "an unverified peer", exc.details)

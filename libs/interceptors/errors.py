@@ -16,6 +16,14 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_interceptor.exceptions import InvalidArgument
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+MAX_VIOLATIONS = 10
+"""Violations sent per error; the rest are summed up in one more. A caller's client refuses trailers past its
+metadata limit (gRPC's default is 8 KiB) with RESOURCE_EXHAUSTED, hiding the INVALID_ARGUMENT (measured: 1,000
+violations made 13.9 KB). With these caps a BadRequest's trailers stay under 4 KiB however many fields were
+wrong: the details (base64) under 2.6 KiB, the message (percent-encoded) under MAX_MESSAGE_CHARS."""
+MAX_FIELD_CHARS = 64
+MAX_DESCRIPTION_CHARS = 120
+MAX_MESSAGE_CHARS = 600
 
 
 @dataclass(frozen=True)
@@ -27,12 +35,24 @@ class FieldViolation:
         return f"{self.field}: {self.description}"
 
 
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class BadRequest(InvalidArgument):
-    """INVALID_ARGUMENT carrying a google.rpc.BadRequest with one violation per bad field."""
+    """INVALID_ARGUMENT carrying a google.rpc.BadRequest with one violation per bad field: at most
+    MAX_VIOLATIONS of them, each clipped, so that the error always reaches the caller whole."""
 
     def __init__(self, violations: Sequence[FieldViolation]) -> None:
-        self.violations = list(violations)
-        super().__init__("; ".join(str(v) for v in self.violations))
+        room = MAX_VIOLATIONS if len(violations) <= MAX_VIOLATIONS else MAX_VIOLATIONS - 1
+        kept = [
+            FieldViolation(_clip(v.field, MAX_FIELD_CHARS), _clip(v.description, MAX_DESCRIPTION_CHARS))
+            for v in violations[:room]
+        ]
+        if len(violations) > MAX_VIOLATIONS:
+            kept.append(FieldViolation("", f"and {len(violations) - len(kept)} more violations"))
+        self.violations = kept
+        super().__init__(_clip("; ".join(str(v) for v in self.violations), MAX_MESSAGE_CHARS))
 
     def status_proto(self) -> status_pb2.Status:
         detail = any_pb2.Any()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from grpc_interceptor.exceptions import NotFound
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -26,7 +27,7 @@ from libs.interceptors import AccessPolicy, client_interceptors, server_intercep
 from libs.interceptors.access_log import AccessLog, flush_all
 from libs.interceptors.core import AsyncServerInterceptor, Call, Middleware, SyncServerInterceptor
 from libs.interceptors.deadlines import time_remaining
-from libs.interceptors.errors import BadRequest, FieldViolation, field_violations
+from libs.interceptors.errors import MAX_VIOLATIONS, BadRequest, FieldViolation, field_violations
 from libs.interceptors.exception_to_status import INTERNAL_ERROR_DETAILS, ExceptionToStatus
 from libs.interceptors.request_id import current_request_id
 from libs.interceptors.tracing import current_trace_id
@@ -46,6 +47,8 @@ def outcome(request: bytes) -> bytes:
         raise NotFound("no such book")
     if request == b"bad-request":
         raise BadRequest([FieldViolation("max_results", "must be between 1 and 20"), FieldViolation("user_id", "<1")])
+    if request == b"thousand-bad-fields":  # one violation per entry of a long repeated field, long texts
+        raise BadRequest([FieldViolation(f"items[{i}]" * 20, "x" * 1000) for i in range(1000)])
     if request == b"crash":
         raise RuntimeError("secret: /var/lib/catalog.db is corrupt")
     if request == b"whoami":
@@ -161,11 +164,31 @@ def _interceptors(name: str, asynchronous: bool, options: dict, middleware: list
     return [AsyncServerInterceptor(middleware) if asynchronous else SyncServerInterceptor(middleware)]
 
 
+def seconds(request: Duration, context: object) -> bytes:
+    """A handler whose request is a real message: the pipeline decodes it (or refuses it)."""
+    return str(request.seconds).encode()
+
+
 def _handlers(unary, stream) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(
         SERVICE,
-        {"Unary": grpc.unary_unary_rpc_method_handler(unary), "Stream": grpc.unary_stream_rpc_method_handler(stream)},
+        {
+            "Unary": grpc.unary_unary_rpc_method_handler(unary),
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Decoded": grpc.unary_unary_rpc_method_handler(seconds, request_deserializer=Duration.FromString),
+        },
     )
+
+
+def counts(registry: CollectorRegistry, method: str) -> dict[str, float]:
+    """grpc_server_handled_total of a unary `method`, by code."""
+    found = {}
+    for code in grpc.StatusCode:
+        labels = {"grpc_service": SERVICE, "grpc_method": method, "grpc_type": "unary", "grpc_code": code.name}
+        value = registry.get_sample_value("grpc_server_handled_total", labels)
+        if value:
+            found[code.name] = value
+    return found
 
 
 def call(server: Server, request: bytes, method: str = "Unary", metadata=()) -> bytes:
@@ -200,6 +223,40 @@ def test_bad_request_carries_every_field_violation(kind: str) -> None:
             FieldViolation("max_results", "must be between 1 and 20"),
             FieldViolation("user_id", "<1"),
         ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_thousand_violations_still_reach_the_caller_as_invalid_argument(kind: str) -> None:
+    with serve(kind) as server:
+        error = fail(server, b"thousand-bad-fields")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT  # not RESOURCE_EXHAUSTED for oversized trailers
+    violations = field_violations(error)
+    assert len(violations) == MAX_VIOLATIONS
+    assert violations[-1] == FieldViolation("", f"and {1000 - MAX_VIOLATIONS + 1} more violations")
+    assert all(len(v.field) <= 64 for v in violations)
+    assert all(len(v.description) <= 120 for v in violations)
+    assert len(error.details()) <= 600
+    assert sum(len(value) for _, value in error.trailing_metadata()) < 4 * 1024
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_request_that_does_not_decode_is_invalid_argument_counted_and_logged_once(kind: str, caplog) -> None:
+    fresh_access_log(caplog)
+    with serve(kind) as server, server.channel() as channel:
+        decoded = channel.unary_unary(f"/{SERVICE}/Decoded")
+        with pytest.raises(grpc.RpcError) as raised:
+            decoded(b"\xff\xff\xff\xff", timeout=5)  # not a protobuf message
+        assert decoded(Duration(seconds=7).SerializeToString(), timeout=5) == b"7"
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert raised.value.details() == "the request is not a valid google.protobuf.Duration"
+    assert counts(server.registry, "Decoded") == {"INVALID_ARGUMENT": 1.0, "OK": 1.0}
+    assert [line["code"] for line in access_lines(caplog) if line["method"].endswith("/Decoded")] == [
+        "INVALID_ARGUMENT",
+        "OK",
+    ]
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "Decoded" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].exc_info is None  # a broken client is not a bug: no traceback
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -134,3 +134,34 @@ def test_reflection_describes_the_recommendation_service(certs: Path) -> None:
         assert responses[1].file_descriptor_response.file_descriptor_proto  # clients can build stubs from it
 
     run(certs, Catalog(BOOKS, category_names()), scenario)
+
+
+def test_bytes_that_are_no_request_are_refused_after_authorisation(certs: Path) -> None:
+    """Malformed protobuf from a certificate of our CA: PERMISSION_DENIED for a caller the policy does not
+    name, INVALID_ARGUMENT naming the message type for one it does (was UNKNOWN with a traceback for both)."""
+    garbage = b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"  # field 1, a length that overflows
+
+    async def scenario(server, as_marketplace: grpc.aio.Channel) -> None:
+        method = f"/{SERVICE_NAME}/Recommend"
+        async with channel(certs, "intruder", server.port) as as_intruder:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await as_intruder.unary_unary(method)(garbage, timeout=5)
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await as_marketplace.unary_unary(method)(garbage, timeout=5)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert invalid.value.details() == "the request is not a valid books.recommendations.v1.RecommendRequest"
+
+    run(certs, Catalog(BOOKS, category_names()), scenario)
+
+
+def test_a_million_categories_get_one_violation_over_the_wire(certs: Path) -> None:
+    async def scenario(server, as_marketplace: grpc.aio.Channel) -> None:
+        stub = recommendations_pb2_grpc.RecommendationServiceStub(as_marketplace)
+        request = recommendations_pb2.RecommendEachRequest(user_id=1, categories=[7] * 1_000_000, max_results=3)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await stub.RecommendEach(request, timeout=5)
+        assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [v.field for v in field_violations(raised.value)] == ["categories"]
+
+    run(certs, Catalog(BOOKS, category_names()), scenario)

@@ -63,9 +63,19 @@ def validate(request: recommendations_pb2.RecommendRequest) -> str:
 
 
 def validate_each(request: recommendations_pb2.RecommendEachRequest) -> list[str]:
-    """Returns the category names of a valid RecommendEach request; raises BadRequest otherwise."""
+    """Returns the category names of a valid RecommendEach request; raises BadRequest otherwise.
+
+    More categories than BookCategory has is refused before any entry is looked at: the work per
+    request stays bounded however long the list an attacker sends."""
     violations: list[FieldViolation] = []
     _common(request, violations)
+    most = len(category_names())
+    if len(request.categories) > most:
+        violations.append(
+            FieldViolation("categories", f"must name at most {most} categories, got {len(request.categories)}")
+        )
+        _max_results(request, violations)
+        raise BadRequest(violations)
     if not request.categories:
         violations.append(FieldViolation("categories", "must name at least one category"))
     names = [_category_name(value, f"categories[{i}]", violations) for i, value in enumerate(request.categories)]
