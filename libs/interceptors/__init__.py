@@ -24,6 +24,7 @@ from libs.interceptors.core import AsyncServerInterceptor, Middleware, SyncServe
 from libs.interceptors.deadlines import DeadlineRecorder
 from libs.interceptors.error_logging import ErrorLogging
 from libs.interceptors.exception_to_status import ExceptionToStatus
+from libs.interceptors.load_shedding import LoadShedding
 from libs.interceptors.metrics import ServerMetrics
 from libs.interceptors.request_id import RequestId
 from libs.interceptors.tracing import Tracing
@@ -44,6 +45,7 @@ def server_middleware(
     registry: CollectorRegistry = REGISTRY,
     tracer_provider: trace.TracerProvider | None = None,
     access_log_interval: float = FLUSH_INTERVAL,
+    max_in_flight: int = 0,
 ) -> list[Middleware]:
     """The standard server stack, in the order `begin` runs (`end` runs in reverse):
 
@@ -53,8 +55,10 @@ def server_middleware(
     4. AccessLog: one JSON line with the final code, after everything inside has ended.
     5. ExceptionToStatus: turns what the inner layers and the handler raise into a status.
     6. ErrorLogging: logs unexpected exceptions once, with the request id still set.
-    7. Authorization (with mTLS, i.e. when a policy is given): rejects before any work is done.
-    8. DeadlineRecorder: the caller's deadline, for the handler's outgoing calls.
+    7. LoadShedding (with `max_in_flight`): RESOURCE_EXHAUSTED past that many calls in progress,
+       counted and logged by the layers above.
+    8. Authorization (with mTLS, i.e. when a policy is given): rejects before any work is done.
+    9. DeadlineRecorder: the caller's deadline, for the handler's outgoing calls.
     """
     stack: list[Middleware] = [
         RequestId(),
@@ -64,6 +68,8 @@ def server_middleware(
         ExceptionToStatus(),
         ErrorLogging(logger),
     ]
+    if max_in_flight:
+        stack.append(LoadShedding(max_in_flight))
     if policy is not None:
         stack.append(Authorization(policy))
     stack.append(DeadlineRecorder())

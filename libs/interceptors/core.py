@@ -77,6 +77,7 @@ class Call:
     span: Any = None  # Tracing's
     otel_token: Any = None
     series: Any = None  # ServerMetrics'
+    admitted = False  # LoadShedding's: counted in its in-flight total
 
     def __init__(self, rpc: Rpc, context: Any, metadata: Any) -> None:
         self.rpc = rpc

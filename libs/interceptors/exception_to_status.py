@@ -3,7 +3,8 @@
 Handlers raise the named exceptions of grpc-interceptor (`grpc_interceptor.exceptions.NotFound`,
 `InvalidArgument`, ... one per status code) and the call is answered with that code and message; an
 exception with a `status_proto()` (such as errors.BadRequest) also sends that google.rpc.Status in
-the standard `grpc-status-details-bin` trailer. Any other exception becomes INTERNAL with a generic
+the standard `grpc-status-details-bin` trailer, and one with `trailers` (load_shedding.Overloaded)
+sends those. Any other exception becomes INTERNAL with a generic
 message: its text may hold internal details (paths, SQL, hostnames), so it goes to the server log
 (see error_logging), never to the caller. A handler that aborted the call itself keeps its status.
 """
@@ -24,7 +25,7 @@ class ExceptionToStatus(Middleware):
         if isinstance(exc, GrpcException):
             rich = getattr(exc, "status_proto", None)
             trailers = ((STATUS_DETAILS_KEY, rich().SerializeToString()),) if rich else ()
-            return Abort(exc.status_code, exc.details, trailers)
+            return Abort(exc.status_code, exc.details, trailers + getattr(exc, "trailers", ()))
         if call.unexpected:
             return Abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_DETAILS)
         return None  # the handler aborted with a status of its own

@@ -47,6 +47,10 @@ class Backend:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
         if kind == b"invalid":
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "bad field")
+        if kind == b"shed" and self.attempts[request] < int(argument):  # as LoadShedding answers
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "busy", (("grpc-retry-pushback-ms", "30"),))
+        if kind == b"quota":  # RESOURCE_EXHAUSTED that is no invitation to come back
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "quota", (("grpc-retry-pushback-ms", "-1"),))
         if kind == b"sleep":
             await asyncio.sleep(float(argument))
         return b"ok"
@@ -82,6 +86,42 @@ def test_unavailable_is_retried_with_bounded_attempts() -> None:
                 await call(channel)(b"flaky:10")
             assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
             assert backend.attempts[b"flaky:10"] == RetryPolicy().max_attempts
+        await stopped(backend)
+
+    run_in_loop(main())
+
+
+def test_a_shed_call_is_retried_after_the_servers_pushback_but_not_when_told_no() -> None:
+    async def main() -> None:
+        backend = Backend()
+        await started(backend)
+        async with create_channel(f"127.0.0.1:{backend.port}", tls=None) as channel:
+            begun = time.monotonic()
+            assert await call(channel)(b"shed:2") == b"ok"
+            waited = time.monotonic() - begun
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await call(channel)(b"quota:")
+        assert backend.attempts[b"shed:2"] == 2
+        assert waited >= 0.03  # the retry came after the 30 ms the server asked for
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert backend.attempts[b"quota:"] == 1  # a negative pushback means: do not retry
+        await stopped(backend)
+
+    run_in_loop(main())
+
+
+def test_retries_are_throttled_when_most_calls_fail() -> None:
+    """gRPC's retry throttling: under sustained failure the channel stops retrying (no retry storm)."""
+
+    async def main() -> None:
+        backend = Backend()
+        await started(backend)
+        async with create_channel(f"127.0.0.1:{backend.port}", tls=None) as channel:
+            for n in range(20):
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await call(channel)(f"flaky:99:{n}".encode())
+        attempts = sum(count for request, count in backend.attempts.items() if request.startswith(b"flaky:99"))
+        assert attempts < 20 * RetryPolicy().max_attempts / 2  # most calls were not retried at all
         await stopped(backend)
 
     run_in_loop(main())
@@ -141,6 +181,36 @@ def test_a_replica_whose_health_says_not_serving_gets_no_calls() -> None:
         await stopped(first, second)
 
     run_in_loop(main())
+
+
+def test_when_no_replica_says_serving_calls_go_to_the_draining_ones() -> None:
+    """A single replica draining (health NOT_SERVING, still serving) keeps answering instead of every call
+    failing UNAVAILABLE; once one says SERVING again, calls go back to the health-checked channel."""
+
+    async def main() -> None:
+        backend = Backend()
+        await started(backend)
+        async with create_channel(f"127.0.0.1:{backend.port}", tls=None) as channel:
+            assert await call(channel)(b"warm") == b"ok"
+            await backend.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+            await wait_for_state(channel.serving, grpc.ChannelConnectivity.TRANSIENT_FAILURE)
+            answers = [await call(channel)(f"draining:{n}".encode()) for n in range(20)]
+            assert answers == [b"ok"] * 20
+            assert channel.fallback.get_state() == grpc.ChannelConnectivity.READY  # they went that way
+            await backend.health.set("", health_pb2.HealthCheckResponse.SERVING)
+            await wait_for_state(channel.serving, grpc.ChannelConnectivity.READY)
+            assert await call(channel)(b"serving again") == b"ok"
+        await stopped(backend)
+
+    run_in_loop(main())
+
+
+async def wait_for_state(channel: grpc.aio.Channel, wanted: grpc.ChannelConnectivity, timeout: float = 5) -> None:
+    async def reached() -> None:
+        while (state := channel.get_state()) != wanted:
+            await channel.wait_for_state_change(state)
+
+    await asyncio.wait_for(reached(), timeout)
 
 
 def test_default_deadline_applies_to_calls_without_timeout() -> None:

@@ -132,7 +132,7 @@ class ServerConfig:
     health_port: int = 0
     tls: TlsFiles | None = None
     max_message_bytes: int = 4 * 1024 * 1024
-    max_concurrent_rpcs: int = 0
+    max_concurrent_rpcs: int = 1000
     keepalive_time: float = 30.0
     keepalive_timeout: float = 10.0
     drain_seconds: float = 5.0
@@ -166,8 +166,8 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port:
         parser,
         prefix,
         "--max-concurrent-rpcs",
-        0,
-        "calls in progress before RESOURCE_EXHAUSTED; 0 = no limit",
+        defaults.max_concurrent_rpcs,
+        "calls in progress in this process; more are shed with RESOURCE_EXHAUSTED and a retry delay (0 = no limit)",
         type=int,
     )
     add_flag(parser, prefix, "--keepalive-time", defaults.keepalive_time, "seconds between keepalive pings", type=float)

@@ -103,11 +103,14 @@ class GrpcServer:
         middleware = self._middleware
         if middleware is None:
             middleware = server_middleware(
-                self.service_name, logger=self.logger, policy=policy, access_log_interval=config.access_log_interval
+                self.service_name,
+                logger=self.logger,
+                policy=policy,
+                access_log_interval=config.access_log_interval,
+                max_in_flight=config.max_concurrent_rpcs,
             )
-        server = grpc.aio.server(
-            options=server_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs or None
-        )
+        # No maximum_concurrent_rpcs: gRPC would refuse past it unseen; LoadShedding counts and logs.
+        server = grpc.aio.server(options=server_options(config))
         # The middleware wraps each handler as it registers: cheaper than gRPC's interceptor path.
         target = InstrumentedServer(server, Pipeline(middleware)) if middleware else server
         for service in self.services:

@@ -1,0 +1,138 @@
+"""A live server process under more than it may take: every call is answered with a clear status and is
+in the metrics and the access log, whether it was served, shed, cancelled, expired or cut off by shutdown.
+
+The server is libs/runtime's echo service (`sleep:<s>` holds a call that long), run as a process with
+JSON logs (access lines on stdout) and /metrics. Each test makes a bounded number of calls and compares
+what the clients saw with what the server counted and logged: nothing may go unaccounted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from libs.processes.processes import ChildProcess, free_port, runfile
+
+ECHO = "/test.v1.Echo/Echo"
+PUSHBACK = "grpc-retry-pushback-ms"
+
+
+class Echo:
+    """The echo server process, its address, its metrics and its access lines."""
+
+    def __init__(self, *flags: str) -> None:
+        self.port, self.metrics_port = free_port(), free_port()
+        argv = [runfile("libs/runtime/echo_server"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv += ["--metrics-port", str(self.metrics_port), "--log-format", "json", "--drain-seconds", "0", *flags]
+        self.process = ChildProcess("echo", argv, on_line=lambda line: None).start()
+        self.process.wait_for_port(self.port)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def handled(self) -> dict[str, float]:
+        """grpc_server_handled_total of Echo, by code."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        found: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("grpc_server_handled_total{") and 'grpc_method="Echo"' in line:
+                code = line.split('grpc_code="')[1].split('"')[0]
+                found[code] = float(line.rsplit(" ", 1)[1])
+        return found
+
+    def access_codes(self) -> collections.Counter[str]:
+        codes: collections.Counter[str] = collections.Counter()
+        for line in list(self.process.lines):
+            if line.startswith("{") and '"method"' in line:
+                entry = json.loads(line)
+                if entry.get("method") == ECHO:
+                    codes[entry["code"]] += 1
+        return codes
+
+    def wait_for_access_lines(self, count: int, timeout: float = 10) -> collections.Counter[str]:
+        """The access codes once `count` lines arrived (they are written in batches, up to 50 ms late)."""
+        give_up = time.monotonic() + timeout
+        while sum(self.access_codes().values()) < count and time.monotonic() < give_up:
+            time.sleep(0.02)
+        return self.access_codes()
+
+
+@pytest.fixture
+def echo_factory() -> Iterator:
+    started: list[Echo] = []
+
+    def make(*flags: str) -> Echo:
+        started.append(Echo(*flags))
+        return started[-1]
+
+    yield make
+    for echo in started:
+        echo.process.stop()
+
+
+async def concurrent_calls(target: str, requests: list[bytes], timeout: float) -> list[tuple[str, dict]]:
+    """Every request at once on one plain channel (no retries): each call's code and trailers."""
+    async with grpc.aio.insecure_channel(target, options=[("grpc.enable_retries", 0)]) as channel:
+        echo = channel.unary_unary(ECHO)
+
+        async def one(request: bytes) -> tuple[str, dict]:
+            try:
+                await echo(request, timeout=timeout)
+                return "OK", {}
+            except grpc.aio.AioRpcError as error:
+                return error.code().name, dict(error.trailing_metadata() or ())
+
+        return await asyncio.gather(*(one(request) for request in requests))
+
+
+def test_calls_over_the_concurrency_cap_are_shed_counted_and_logged(echo_factory) -> None:
+    echo = echo_factory("--max-concurrent-rpcs", "4")
+    outcomes = asyncio.run(concurrent_calls(echo.target, [b"sleep:0.5"] * 12, timeout=10))
+    codes = collections.Counter(code for code, _ in outcomes)
+    assert codes == {"OK": 4, "RESOURCE_EXHAUSTED": 8}
+    shed_trailers = [trailers for code, trailers in outcomes if code == "RESOURCE_EXHAUSTED"]
+    assert all(int(trailers[PUSHBACK]) > 0 for trailers in shed_trailers)  # clients are told when to retry
+    assert echo.handled() == dict(codes)
+    assert echo.wait_for_access_lines(12) == codes
+
+
+def test_calls_whose_deadline_passes_are_counted_and_logged_as_such(echo_factory) -> None:
+    echo = echo_factory()
+    outcomes = asyncio.run(concurrent_calls(echo.target, [b"sleep:2"] * 40, timeout=0.3))
+    assert collections.Counter(code for code, _ in outcomes) == {"DEADLINE_EXCEEDED": 40}
+    logged = echo.wait_for_access_lines(40)
+    assert logged == echo.handled()
+    assert sum(logged.values()) == 40
+    # The server's own timer, or the client's cancellation when its deadline passed a moment earlier.
+    assert set(logged) <= {"DEADLINE_EXCEEDED", "CANCELLED"}
+
+
+def test_calls_cut_off_by_shutdown_are_counted_and_logged_before_exit(echo_factory) -> None:
+    echo = echo_factory("--shutdown-grace", "0.3")
+
+    async def scenario() -> list[tuple[str, dict]]:
+        calls = asyncio.ensure_future(concurrent_calls(echo.target, [b"sleep:0.1"] * 5 + [b"sleep:30"] * 200, 20))
+        await asyncio.sleep(0.5)  # the short ones are done, the long ones in flight
+        echo.process.signal(signal.SIGTERM)
+        return await calls
+
+    outcomes = asyncio.run(scenario())
+    assert echo.process.wait(timeout=10) == 0
+    seen = collections.Counter(code for code, _ in outcomes)
+    assert seen["OK"] == 5
+    cut = sum(seen.values()) - 5
+    assert cut == 200
+    logged = echo.wait_for_access_lines(205)
+    print(f"clients saw {dict(seen)}; the server logged {dict(logged)}")
+    assert logged["OK"] == 5
+    assert sum(logged.values()) == 205  # the 200 cut off are in the log too, whatever the code
