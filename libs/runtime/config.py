@@ -135,6 +135,12 @@ class ServerConfig:
     max_concurrent_rpcs: int = 1000
     keepalive_time: float = 30.0
     keepalive_timeout: float = 10.0
+    max_connection_idle: float = 300.0
+    max_connection_age: float = 600.0
+    max_connection_age_grace: float = 30.0
+    max_streams_per_connection: int = 200
+    handshake_timeout: float = 10.0
+    max_health_watches: int = 100
     drain_seconds: float = 5.0
     shutdown_grace: float = 10.0
     blocking_workers: int = 4
@@ -178,6 +184,54 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port:
         defaults.keepalive_timeout,
         "seconds to wait for a ping ack",
         type=float,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--max-connection-idle",
+        defaults.max_connection_idle,
+        "seconds a connection without calls stays open",
+        type=float,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--max-connection-age",
+        defaults.max_connection_age,
+        "seconds (±10 %) before a connection is asked to go, so clients rebalance over new replicas",
+        type=float,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--max-connection-age-grace",
+        defaults.max_connection_age_grace,
+        "then seconds its calls get before it is closed (bounds calls that never finish)",
+        type=float,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--max-streams-per-connection",
+        defaults.max_streams_per_connection,
+        "calls open at once on one connection; a client queues the rest",
+        type=int,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--handshake-timeout",
+        defaults.handshake_timeout,
+        "seconds a new connection has to complete TLS and HTTP/2 setup",
+        type=float,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--max-health-watches",
+        defaults.max_health_watches,
+        "grpc.health.v1 Watch streams open at once; more get RESOURCE_EXHAUSTED",
+        type=int,
     )
     add_flag(
         parser,
@@ -239,6 +293,11 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     check("max_concurrent_rpcs", lambda v: v >= 0, "must be 0 or more")
     check("keepalive_time", lambda v: v >= 1, "must be at least 1 second")
     check("keepalive_timeout", lambda v: v > 0, "must be positive")
+    for name in ("max_connection_idle", "max_connection_age", "handshake_timeout"):
+        check(name, lambda v: 0.1 <= v <= 86400, "must be from 0.1 to 86400 seconds")
+    check("max_connection_age_grace", lambda v: 0 <= v <= 3600, "must be from 0 to 3600 seconds")
+    check("max_streams_per_connection", lambda v: 1 <= v <= 10000, "must be between 1 and 10000")
+    check("max_health_watches", lambda v: 1 <= v <= 10000, "must be between 1 and 10000")
     check("drain_seconds", lambda v: v >= 0, "must be 0 or more")
     check("shutdown_grace", lambda v: v >= 0, "must be 0 or more")
     check("blocking_workers", lambda v: 1 <= v <= 256, "must be between 1 and 256")
@@ -259,6 +318,12 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_concurrent_rpcs=args.max_concurrent_rpcs,
         keepalive_time=args.keepalive_time,
         keepalive_timeout=args.keepalive_timeout,
+        max_connection_idle=args.max_connection_idle,
+        max_connection_age=args.max_connection_age,
+        max_connection_age_grace=args.max_connection_age_grace,
+        max_streams_per_connection=args.max_streams_per_connection,
+        handshake_timeout=args.handshake_timeout,
+        max_health_watches=args.max_health_watches,
         drain_seconds=args.drain_seconds,
         shutdown_grace=args.shutdown_grace,
         blocking_workers=args.blocking_workers,

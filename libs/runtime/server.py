@@ -43,19 +43,57 @@ class StartError(RuntimeError):
     """The server could not start, e.g. its port is taken."""
 
 
-def server_options(config: ServerConfig) -> list[tuple[str, int]]:
-    keepalive_ms = int(config.keepalive_time * 1000)
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def server_options(config: ServerConfig, max_streams_per_connection: int | None = None) -> list[tuple[str, int]]:
+    """gRPC's own limits: messages, keepalive (and its enforcement: a client pinging more often than
+    our clients do is sent away after 2 strikes), idle and maximum connection age, the TLS/HTTP2
+    handshake, and the streams one connection may have open."""
+    keepalive_ms = _ms(config.keepalive_time)
     return [
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.keepalive_time_ms", keepalive_ms),
-        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout * 1000)),
+        ("grpc.keepalive_timeout_ms", _ms(config.keepalive_timeout)),
         ("grpc.keepalive_permit_without_calls", 1),
         # Accept client pings as often as our own clients send them (libs/runtime/channel.py).
         ("grpc.http2.min_ping_interval_without_data_ms", min(keepalive_ms, 10_000)),
         ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", _ms(config.max_connection_idle)),
+        ("grpc.max_connection_age_ms", _ms(config.max_connection_age)),
+        ("grpc.max_connection_age_grace_ms", _ms(config.max_connection_age_grace)),
+        ("grpc.server_handshake_timeout_ms", _ms(config.handshake_timeout)),
+        ("grpc.max_concurrent_streams", max_streams_per_connection or config.max_streams_per_connection),
         ("grpc.so_reuseport", 0),
     ]
+
+
+PROBE_STREAMS_PER_CONNECTION = 16
+"""The plaintext health port serves probes, a few calls at a time: one connection may not hold more."""
+
+
+class BoundedHealthServicer(health.aio.HealthServicer):
+    """grpc.health.v1 with at most `max_watches` Watch streams open at once: each holds a task and a
+    queue until its caller leaves, and the probe port is open to anyone who reaches it (measured before
+    the cap: 3,357 Watch streams on one connection, +75 MB)."""
+
+    def __init__(self, max_watches: int, logger: logging.Logger) -> None:
+        super().__init__()
+        self._max_watches = max_watches
+        self._watches = 0
+        self._logger = logger
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+        if self._watches >= self._max_watches:
+            self._logger.warning("refused a health Watch from %s: %d open", context.peer(), self._watches)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self._max_watches} Watch streams")
+        self._watches += 1
+        try:
+            await super().Watch(request, context)
+        finally:
+            self._watches -= 1
 
 
 class GrpcServer:
@@ -75,7 +113,7 @@ class GrpcServer:
         self.services: list[Service] = []
         self.logger = logger or logging.getLogger(__name__)
         self.policy = AccessPolicy(default_policy or {}).with_overrides(config.allow)
-        self.health = health.aio.HealthServicer()
+        self.health = BoundedHealthServicer(config.max_health_watches, self.logger)
         # Handlers hand blocking work (SQLite, CPU) to this bounded pool and keep the event loop free.
         self.executor = ThreadPoolExecutor(config.blocking_workers, thread_name_prefix="blocking")
         self.port = 0
@@ -128,7 +166,7 @@ class GrpcServer:
 
         if config.health_port:
             # Kubernetes' native gRPC probes cannot present a client certificate: health only, plaintext.
-            probe = grpc.aio.server(options=server_options(config))
+            probe = grpc.aio.server(options=server_options(config, PROBE_STREAMS_PER_CONNECTION))
             health_pb2_grpc.add_HealthServicer_to_server(self.health, probe)
             self.health_port = self._bind(probe, f"{config.host}:{config.health_port}", secure=False)
             self._servers.append(probe)

@@ -252,3 +252,65 @@ def test_port_in_use_is_a_start_error(certs: Path) -> None:
             await second.start()
 
     serve(mtls_config(certs), scenario)
+
+
+def test_a_connection_that_never_completes_its_handshake_is_closed(certs: Path) -> None:
+    """Idle TCP connections (slowloris on the gRPC port) are closed after --handshake-timeout."""
+
+    async def scenario(server: GrpcServer) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        begun = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(reader.read(1024), timeout=5) == b""  # closed by the server
+        assert asyncio.get_running_loop().time() - begun < 4
+        writer.close()
+
+    serve(mtls_config(certs, handshake_timeout=0.5), scenario)
+
+
+def test_idle_and_old_connections_are_sent_away_and_clients_reconnect(certs: Path) -> None:
+    async def scenario(server: GrpcServer) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            echo = channel.unary_unary(ECHO)
+            assert await echo(b"first", timeout=5) == b"echo:first"
+            # max_connection_idle: the server closes it (GOAWAY) and the channel goes IDLE
+            await asyncio.wait_for(wait_until(channel, grpc.ChannelConnectivity.IDLE), 5)
+            assert await echo(b"again", timeout=5) == b"echo:again"  # a new connection, transparently
+
+    config = ServerConfig(host="127.0.0.1", port=0, tls=None, drain_seconds=0, max_connection_idle=0.3)
+    serve(config, scenario)
+
+
+async def wait_until(channel: grpc.aio.Channel, wanted: grpc.ChannelConnectivity) -> None:
+    while (state := channel.get_state()) != wanted:
+        await channel.wait_for_state_change(state)
+
+
+def test_health_watch_streams_are_capped(certs: Path) -> None:
+    """The plaintext probe port held 3,357 Watch streams on one connection; now a few, then RESOURCE_EXHAUSTED."""
+
+    async def scenario(server: GrpcServer) -> None:
+        channels = [grpc.aio.insecure_channel(f"127.0.0.1:{server.health_port}") for _ in range(3)]
+        watches = []
+        for n in range(4):  # over two connections: the per-connection stream limit is not what refuses
+            stream = health_pb2_grpc.HealthStub(channels[n % 2]).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            assert (await stream.read()).status == health_pb2.HealthCheckResponse.SERVING
+            watches.append(stream)
+        refused = health_pb2_grpc.HealthStub(channels[2]).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await refused.read()
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        watches.pop().cancel()
+        await asyncio.sleep(0)  # let the server see the cancellation
+        for _ in range(50):
+            again = health_pb2_grpc.HealthStub(channels[2]).Watch(health_pb2.HealthCheckRequest(), timeout=10)
+            try:
+                assert (await again.read()).status == health_pb2.HealthCheckResponse.SERVING
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.02)  # the freed slot is given back when the server notices
+        else:
+            pytest.fail("a freed Watch slot was never given back")
+        for channel in channels:
+            await channel.close()
+
+    serve(mtls_config(certs, health_port=free_port(), max_health_watches=4), scenario)
