@@ -25,18 +25,11 @@ OPEN_SERVICES = (
 )
 
 
-def peer_identities(context: Any) -> frozenset[str]:
-    """DNS names in the SAN of the verified client certificate (IP SANs say nothing of who it is);
-    empty without mTLS."""
+def peer_identities(context: Any) -> list[str]:
+    """DNS names in the SAN of the verified client certificate, in the certificate's order (IP SANs say
+    nothing of who it is); empty without mTLS."""
     names = (name.decode() for name in context.auth_context().get("x509_subject_alternative_name", []))
-    return frozenset(name for name in names if not _is_ip(name))
-
-
-def peer_name(context: Any) -> str:
-    """A short name of the verified caller for messages and logs (the certificate's common name);
-    "" without mTLS."""
-    common_name = context.auth_context().get("x509_common_name", [])
-    return common_name[0].decode() if common_name else ",".join(sorted(peer_identities(context)))
+    return [name for name in names if not _is_ip(name)]
 
 
 def _is_ip(name: str) -> bool:
@@ -69,11 +62,15 @@ class AccessPolicy:
                 return identities
         return None
 
-    def permits(self, method: str, identities: frozenset[str]) -> bool:
+    def permitted_as(self, method: str, identities: list[str]) -> str | None:
+        """The identity (of the caller's, in certificate order) under which `method` is allowed; None if
+        none is. Open services and `*` rules admit the first one."""
         if method.lstrip("/").split("/", 1)[0] in OPEN_SERVICES:
-            return True
+            return identities[0]
         allowed = self.allowed(method)
-        return allowed is not None and (ANY_IDENTITY in allowed or bool(allowed & identities))
+        if allowed is None:
+            return None
+        return next((name for name in identities if ANY_IDENTITY in allowed or name in allowed), None)
 
 
 def _same_method(key: str, method: str) -> bool:
@@ -90,8 +87,11 @@ class Authorization(Middleware):
         if call.context is None:
             return  # an unregistered method: gRPC answers UNIMPLEMENTED
         identities = peer_identities(call.context)
-        call.peer = peer_name(call.context)
         if not identities:
             raise Unauthenticated("a client certificate with a DNS SAN is required")
-        if not self._policy.permits(call.rpc.method, identities):
-            raise PermissionDenied(f"{call.peer or 'anonymous'} may not call {call.rpc.method}")
+        # Logs name the caller by the identity authorisation went by (not the certificate's CN, which
+        # nothing checks): the allowed name, or for a refusal the certificate's first DNS name.
+        permitted_as = self._policy.permitted_as(call.rpc.method, identities)
+        call.peer = permitted_as or identities[0]
+        if permitted_as is None:
+            raise PermissionDenied(f"{call.peer} may not call {call.rpc.method}")

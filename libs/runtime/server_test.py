@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import shutil
 from collections.abc import Awaitable, Callable
@@ -10,16 +12,19 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from libs.interceptors.access_log import flush_all
 from libs.processes.processes import free_port
 from libs.runtime.channel import ReloadingChannel
 from libs.runtime.config import ServerConfig
 from libs.runtime.server import GrpcServer, StartError
 from libs.runtime.testing.echo_server import SERVICE, register
 from libs.runtime.tls import TlsFiles
-from tools.certs.certs import mint_all, mint_leaf, write_leaf
+from tools.certs.certs import Issued, mint_all, mint_leaf, write_leaf
 
 # One event loop for the whole module: grpc.aio objects do not survive a switch between loops
 # (each asyncio.run makes a new one), and a test after such a switch can hang.
@@ -121,6 +126,31 @@ def test_valid_but_not_allowed_identity_is_permission_denied(certs: Path) -> Non
         assert error.details() == f"intruder may not call {ECHO}"
 
     serve(mtls_config(certs), scenario)
+
+
+def test_logs_name_the_caller_by_the_identity_authorisation_went_by(certs: Path, caplog) -> None:
+    """A certificate whose CN says one thing and whose DNS names another: authorisation uses the DNS
+    names, so the access log and the refusal must name that identity, not the CN."""
+    ca = Issued(
+        serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None),
+        x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes()),
+    )
+    write_leaf(certs, "disguised", mint_leaf(ca, "marketplace", common_name="root-admin"))
+    write_leaf(certs, "impostor", mint_leaf(ca, "intruder", common_name="marketplace"))
+
+    async def scenario(server: GrpcServer) -> None:
+        assert await call_echo(server.port, credentials(certs, "disguised")) == b"echo:hi"
+        error = await expect_failure(server.port, credentials(certs, "impostor"))
+        assert error.details() == f"intruder may not call {ECHO}"
+
+    caplog.set_level(logging.INFO, logger="access")
+    serve(mtls_config(certs), scenario)
+    flush_all()
+    lines = [json.loads(line) for r in caplog.records if r.name == "access" for line in r.getMessage().split("\n")]
+    assert [(line["code"], line["peer"]) for line in lines if line["method"] == ECHO] == [
+        ("OK", "marketplace"),
+        ("PERMISSION_DENIED", "intruder"),
+    ]
 
 
 def test_allow_flag_overrides_the_service_policy(certs: Path) -> None:

@@ -93,14 +93,18 @@ def service_dns_names(service: str, namespace: str) -> list[str]:
     ]
 
 
-def mint_leaf(ca: Issued, service: str, namespace: str = "books", hours: float = 48) -> Issued:
+def mint_leaf(
+    ca: Issued, service: str, namespace: str = "books", hours: float = 48, common_name: str | None = None
+) -> Issued:
+    """A key and certificate for `service`; `common_name` defaults to the service's name (servers go by
+    the DNS names, never by the CN)."""
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     sans: list[x509.GeneralName] = [x509.DNSName(name) for name in service_dns_names(service, namespace)]
     sans += [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, service)]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name or service)]))
         .issuer_name(ca.cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
