@@ -226,6 +226,31 @@ def test_prod_denies_by_default_and_routes_the_ingress_only_to_public_services()
     assert backends == {name for name in SERVICES if REGISTRY[name].public}
 
 
+def ingress_routes(path: str) -> bool:
+    """Whether the prod Ingress sends `path` to a backend (Kubernetes' Exact and Prefix matching)."""
+    for ingress in find("prod", "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for entry in rule["http"]["paths"]:
+                if entry["pathType"] == "Exact" and path == entry["path"]:
+                    return True
+                prefix = entry["path"].rstrip("/")
+                if entry["pathType"] == "Prefix" and (path == prefix or path.startswith(prefix + "/") or not prefix):
+                    return True
+    return False
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz", "/readyz", "/metrics/", "/metricsz"])
+def test_the_ingress_does_not_publish_metrics_or_probes(path: str) -> None:
+    assert not ingress_routes(path)
+
+
+@pytest.mark.parametrize("path", ["/", "/category/mystery", "/api/recommendations", "/static/style.css"])
+def test_the_ingress_publishes_the_site(path: str) -> None:
+    assert ingress_routes(path)
+    routes = [route.path for route in marketplace_app.create_app(None, 0.3).routes]  # type: ignore[arg-type]
+    assert any(path == route or path.startswith(route.split("{")[0].rstrip("/") + "/") for route in routes)
+
+
 def test_dev_runs_one_plaintext_replica_of_every_service() -> None:
     for service in SERVICES:
         assert one("dev", "Deployment", service)["spec"]["replicas"] == 1

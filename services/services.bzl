@@ -46,6 +46,8 @@ SERVICES = [
         "public": True,
         "settings": {
             "MARKETPLACE_WORKERS": "2",
+            # Behind the Ingress (the only way in, by NetworkPolicy): believe its X-Forwarded-Proto.
+            "MARKETPLACE_FORWARDED_ALLOW_IPS": "*",
         },
     },
 ]

@@ -344,3 +344,22 @@ def test_health_watch_streams_are_capped(certs: Path) -> None:
             await channel.close()
 
     serve(mtls_config(certs, health_port=free_port(), max_health_watches=4), scenario)
+
+
+def test_a_stream_that_never_sends_is_ended_by_the_connection_age_limit(certs: Path) -> None:
+    """A bidi call (reflection's) that sends nothing holds a stream until --max-connection-age and its
+    grace have passed; then the server closes the connection and the call ends."""
+
+    async def scenario(server: GrpcServer) -> None:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()  # never written to
+            begun = asyncio.get_running_loop().time()
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                await asyncio.wait_for(stream.read(), timeout=10)
+            assert asyncio.get_running_loop().time() - begun < 5
+        assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+
+    config = ServerConfig(
+        host="127.0.0.1", port=0, tls=None, drain_seconds=0, max_connection_age=0.5, max_connection_age_grace=0.5
+    )
+    serve(config, scenario)

@@ -11,6 +11,8 @@ category gets a friendly 404.
 from __future__ import annotations
 
 import logging
+import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,16 @@ INVALID_NOTICE = "We could not show recommendations for this request:"
 RECOMMENDATIONS_SERVICE = recommendations_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
 
 logger = logging.getLogger("marketplace")
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+HTTP_REQUESTS = prometheus_client.Counter(
+    "http_requests", "HTTP requests answered by the app, by method, route and status.", ["method", "route", "status"]
+)
+HTTP_DURATION = prometheus_client.Histogram(
+    "http_request_duration_seconds", "Time to answer an HTTP request, by route.", ["route"]
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,68 @@ class BadParameters(Exception):
         self.violations = violations
 
 
+class SecurityHeaders:
+    """The headers every response carries: a Content-Security-Policy that allows only our own stylesheet
+    (the pages have no script), no MIME sniffing, no framing, no referrer beyond our origin, and HSTS when
+    the request came over HTTPS."""
+
+    HEADERS = [
+        (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"same-origin"),
+        (b"cross-origin-opener-policy", b"same-origin"),
+    ]
+    HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self.HEADERS + [self.HSTS] if scope.get("scheme") == "https" else self.HEADERS
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class RequestMetrics:
+    """`http_requests_total{method, route, status}` and `http_request_duration_seconds{route}`: every
+    answer the app gives, refusals (4xx) and failures (5xx) included. `route` is the route's template
+    (/category/{name}), so the labels stay few whatever paths clients ask for."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # if the app raises before answering, uvicorn answers 500
+
+        async def send_and_see(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_see)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
+            HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            HTTP_DURATION.labels(template).observe(time.perf_counter() - started)
+
+
 class RequestIdMiddleware:
     """Takes X-Request-ID from the request (or makes one), keeps it for logs and gRPC calls, and
     returns it in the response. Plain ASGI: no per-request task, unlike BaseHTTPMiddleware."""
@@ -110,6 +184,7 @@ class RequestIdMiddleware:
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
+_WHOLE_NUMBER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: int() also takes "٣" (Arabic-Indic three)
 
 
 def parse_int(
@@ -119,7 +194,7 @@ def parse_int(
     if value is None or value == "":
         return default
     text = value.strip()
-    if not text.lstrip("-").isdigit() or len(text) > 20 or not bits[0] <= int(text) <= bits[1]:
+    if not _WHOLE_NUMBER.fullmatch(text) or not bits[0] <= int(text) <= bits[1]:
         violations.append(FieldViolation(name, f"must be a whole number, got {value[:40]!r}"))
         return None
     return int(text)
@@ -138,6 +213,174 @@ def shopper(request: Request) -> tuple[int, bool]:
     return (cookie if cookie is not None else DEFAULT_USER), False
 
 
+@dataclass(frozen=True)
+class Backend:
+    """What the handlers depend on, kept on `app.state.backend` by `create_app`."""
+
+    recommendations: recommendations_pb2_grpc.RecommendationServiceStub
+    timeout: float  # each request's budget in seconds for its calls to Recommendations
+    health: health_pb2_grpc.HealthStub | None  # the backend's health service, for /readyz
+    templates: Jinja2Templates
+
+
+def backend_of(request: Request) -> Backend:
+    return request.app.state.backend
+
+
+def failed(section: Section, error: grpc.aio.AioRpcError) -> Section:
+    """Puts the reason a call failed in place of the section's list."""
+    if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+        section.status, section.notice = 400, INVALID_NOTICE
+        section.problems = [str(p) for p in field_violations(error)] or [error.details() or ""]
+    elif error.code() == grpc.StatusCode.NOT_FOUND:
+        section.notice = empty_notice(section.category)
+    else:
+        logger.warning("recommendations failed: %s: %s", error.code().name, error.details())
+        section.notice = UNAVAILABLE_NOTICE
+    return section
+
+
+async def one_section(backend: Backend, category: Category, user: int, max_results: int) -> Section:
+    request = recommendations_pb2.RecommendRequest(user_id=user, category=category.enum, max_results=max_results)
+    try:
+        return Section(category, list((await backend.recommendations.Recommend(request)).recommendations))
+    except grpc.aio.AioRpcError as error:
+        return failed(Section(category), error)
+
+
+async def every_section(backend: Backend, user: int, max_results: int) -> list[Section]:
+    """All categories in one RecommendEach call: one round trip per page, not one per shelf."""
+    request = recommendations_pb2.RecommendEachRequest(
+        user_id=user, categories=[c.enum for c in CATEGORIES], max_results=max_results
+    )
+    try:
+        response = await backend.recommendations.RecommendEach(request)
+    except grpc.aio.AioRpcError as error:
+        return [failed(Section(category), error) for category in CATEGORIES]
+    shelves = {shelf.category: list(shelf.recommendations) for shelf in response.categories}
+    return [Section(c, shelves.get(c.enum, []), None if shelves.get(c.enum) else empty_notice(c)) for c in CATEGORIES]
+
+
+def render(request: Request, name: str, context: dict, status: int, set_user: int | None = None) -> Response:
+    templates = backend_of(request).templates
+    response = templates.TemplateResponse(request, name, {"categories": CATEGORIES, **context}, status_code=status)
+    if set_user is not None:
+        # Secure when the page came over HTTPS (directly, or per X-Forwarded-Proto from a trusted proxy).
+        response.set_cookie(
+            USER_COOKIE,
+            str(set_user),
+            max_age=30 * 86400,
+            httponly=True,
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
+    return response
+
+
+def bad_request_page(request: Request, error: BadParameters) -> Response:
+    context = {"title": "Bad request", "message": INVALID_NOTICE, "problems": [str(v) for v in error.violations]}
+    return render(request, "error.html", context, 400)
+
+
+async def home(request: Request) -> Response:
+    backend = backend_of(request)
+    try:
+        user, chosen = shopper(request)
+    except BadParameters as error:
+        return bad_request_page(request, error)
+    with deadline_scope(backend.timeout):
+        sections = await every_section(backend, user, HOME_MAX_RESULTS)
+    status = max(s.status for s in sections)
+    return render(request, "home.html", {"sections": sections, "user": user}, status, user if chosen else None)
+
+
+async def category_page(request: Request) -> Response:
+    backend = backend_of(request)
+    category = BY_SLUG.get(request.path_params["name"])
+    if category is None:
+        raise HTTPException(404)
+    try:
+        user, chosen = shopper(request)
+    except BadParameters as error:
+        return bad_request_page(request, error)
+    with deadline_scope(backend.timeout):
+        result = await one_section(backend, category, user, CATEGORY_MAX_RESULTS)
+    context = {"section": result, "user": user}
+    return render(request, "category.html", context, result.status, user if chosen else None)
+
+
+async def api_recommendations(request: Request) -> Response:
+    backend = backend_of(request)
+    violations: list[FieldViolation] = []
+    params = request.query_params
+    slug = params.get("category", "")
+    category = BY_SLUG.get(slug)
+    if category is None:
+        known = ", ".join(BY_SLUG)
+        violations.append(FieldViolation("category", f"must be one of {known}, got {slug[:40]!r}"))
+    max_results = parse_int(params.get("max_results"), "max_results", HOME_MAX_RESULTS, violations, INT32)
+    user = parse_int(params.get("user_id"), "user_id", DEFAULT_USER, violations)
+    if violations:
+        return api_error(400, "invalid request", violations)
+    request_message = recommendations_pb2.RecommendRequest(
+        user_id=user, category=category.enum, max_results=max_results
+    )
+    try:
+        with deadline_scope(backend.timeout):
+            response = await backend.recommendations.Recommend(request_message)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
+            return api_error(400, "invalid request", field_violations(error) or [FieldViolation("", error.details())])
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            return api_error(404, error.details() or "not found")
+        logger.warning("Recommend failed: %s: %s", error.code().name, error.details())
+        return api_error(503, "recommendations are unavailable right now", code=error.code().name)
+    books = [{"id": b.id, "title": b.title, "author": b.author, "year": b.year} for b in response.recommendations]
+    return JSONResponse({"category": category.slug, "user_id": user, "recommendations": books})
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    # Ready means this process serves requests. A backend outage does not make it unready: pages
+    # degrade gracefully, and taking every marketplace out of rotation would turn that into errors.
+    backend = backend_of(request)
+    status = "UNKNOWN"
+    if backend.health is not None:
+        try:
+            with deadline_scope(min(backend.timeout, 1.0)):
+                reply = await backend.health.Check(health_pb2.HealthCheckRequest(service=RECOMMENDATIONS_SERVICE))
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        except grpc.aio.AioRpcError as error:
+            status = error.code().name
+    return JSONResponse({"status": "ready", "recommendations": status})
+
+
+async def metrics(request: Request) -> Response:
+    return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    if request.url.path.startswith("/api/"):
+        return api_error(404, "no such resource")
+    context = {"title": "Page not found", "message": "We could not find that page. Try one of the categories."}
+    return render(request, "error.html", context, 404)
+
+
+ROUTES = [
+    Route("/", home),
+    Route("/category/{name}", category_page),
+    Route("/api/recommendations", api_recommendations),
+    Route("/healthz", healthz),
+    Route("/readyz", readyz),
+    Route("/metrics", metrics),
+    # Runfiles and image layers hold symlinks; paths are still confined to the directory.
+    Mount("/static", StaticFiles(directory=HERE / "static", follow_symlink=True), name="static"),
+]
+
+
 def create_app(
     recommendations: recommendations_pb2_grpc.RecommendationServiceStub,
     timeout: float,
@@ -148,143 +391,16 @@ def create_app(
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
-    templates = Jinja2Templates(env=environment)
-
-    def failed(section: Section, error: grpc.aio.AioRpcError) -> Section:
-        """Puts the reason a call failed in place of the section's list."""
-        if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            section.status, section.notice = 400, INVALID_NOTICE
-            section.problems = [str(p) for p in field_violations(error)] or [error.details() or ""]
-        elif error.code() == grpc.StatusCode.NOT_FOUND:
-            section.notice = empty_notice(section.category)
-        else:
-            logger.warning("recommendations failed: %s: %s", error.code().name, error.details())
-            section.notice = UNAVAILABLE_NOTICE
-        return section
-
-    async def section(category: Category, user: int, max_results: int) -> Section:
-        request = recommendations_pb2.RecommendRequest(user_id=user, category=category.enum, max_results=max_results)
-        try:
-            return Section(category, list((await recommendations.Recommend(request)).recommendations))
-        except grpc.aio.AioRpcError as error:
-            return failed(Section(category), error)
-
-    async def every_section(user: int, max_results: int) -> list[Section]:
-        """All categories in one RecommendEach call: one round trip per page, not one per shelf."""
-        request = recommendations_pb2.RecommendEachRequest(
-            user_id=user, categories=[c.enum for c in CATEGORIES], max_results=max_results
-        )
-        try:
-            response = await recommendations.RecommendEach(request)
-        except grpc.aio.AioRpcError as error:
-            return [failed(Section(category), error) for category in CATEGORIES]
-        shelves = {shelf.category: list(shelf.recommendations) for shelf in response.categories}
-        return [
-            Section(c, shelves.get(c.enum, []), None if shelves.get(c.enum) else empty_notice(c)) for c in CATEGORIES
-        ]
-
-    def render(request: Request, name: str, context: dict, status: int, set_user: int | None = None) -> Response:
-        response = templates.TemplateResponse(request, name, {"categories": CATEGORIES, **context}, status_code=status)
-        if set_user is not None:
-            response.set_cookie(USER_COOKIE, str(set_user), max_age=30 * 86400, httponly=True, samesite="lax")
-        return response
-
-    def bad_request_page(request: Request, error: BadParameters) -> Response:
-        context = {"title": "Bad request", "message": INVALID_NOTICE, "problems": [str(v) for v in error.violations]}
-        return render(request, "error.html", context, 400)
-
-    async def home(request: Request) -> Response:
-        try:
-            user, chosen = shopper(request)
-        except BadParameters as error:
-            return bad_request_page(request, error)
-        with deadline_scope(timeout):
-            sections = await every_section(user, HOME_MAX_RESULTS)
-        status = max(s.status for s in sections)
-        return render(request, "home.html", {"sections": sections, "user": user}, status, user if chosen else None)
-
-    async def category_page(request: Request) -> Response:
-        category = BY_SLUG.get(request.path_params["name"])
-        if category is None:
-            raise HTTPException(404)
-        try:
-            user, chosen = shopper(request)
-        except BadParameters as error:
-            return bad_request_page(request, error)
-        with deadline_scope(timeout):
-            result = await section(category, user, CATEGORY_MAX_RESULTS)
-        context = {"section": result, "user": user}
-        return render(request, "category.html", context, result.status, user if chosen else None)
-
-    async def api_recommendations(request: Request) -> Response:
-        violations: list[FieldViolation] = []
-        params = request.query_params
-        slug = params.get("category", "")
-        category = BY_SLUG.get(slug)
-        if category is None:
-            known = ", ".join(BY_SLUG)
-            violations.append(FieldViolation("category", f"must be one of {known}, got {slug[:40]!r}"))
-        max_results = parse_int(params.get("max_results"), "max_results", HOME_MAX_RESULTS, violations, INT32)
-        user = parse_int(params.get("user_id"), "user_id", DEFAULT_USER, violations)
-        if violations:
-            return api_error(400, "invalid request", violations)
-        request_message = recommendations_pb2.RecommendRequest(
-            user_id=user, category=category.enum, max_results=max_results
-        )
-        try:
-            with deadline_scope(timeout):
-                response = await recommendations.Recommend(request_message)
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                return api_error(
-                    400, "invalid request", field_violations(error) or [FieldViolation("", error.details())]
-                )
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return api_error(404, error.details() or "not found")
-            logger.warning("Recommend failed: %s: %s", error.code().name, error.details())
-            return api_error(503, "recommendations are unavailable right now", code=error.code().name)
-        books = [{"id": b.id, "title": b.title, "author": b.author, "year": b.year} for b in response.recommendations]
-        return JSONResponse({"category": category.slug, "user_id": user, "recommendations": books})
-
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        # Ready means this process serves requests. A backend outage does not make it unready: pages
-        # degrade gracefully, and taking every marketplace out of rotation would turn that into errors.
-        backend = "UNKNOWN"
-        if health is not None:
-            try:
-                with deadline_scope(min(timeout, 1.0)):
-                    reply = await health.Check(health_pb2.HealthCheckRequest(service=RECOMMENDATIONS_SERVICE))
-                backend = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-            except grpc.aio.AioRpcError as error:
-                backend = error.code().name
-        return JSONResponse({"status": "ready", "recommendations": backend})
-
-    async def metrics(request: Request) -> Response:
-        return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        if request.url.path.startswith("/api/"):
-            return api_error(404, "no such resource")
-        context = {"title": "Page not found", "message": "We could not find that page. Try one of the categories."}
-        return render(request, "error.html", context, 404)
-
-    return Starlette(
-        middleware=[Middleware(RequestIdMiddleware)],
-        routes=[
-            Route("/", home),
-            Route("/category/{name}", category_page),
-            Route("/api/recommendations", api_recommendations),
-            Route("/healthz", healthz),
-            Route("/readyz", readyz),
-            Route("/metrics", metrics),
-            # Runfiles and image layers hold symlinks; paths are still confined to the directory.
-            Mount("/static", StaticFiles(directory=HERE / "static", follow_symlink=True), name="static"),
-        ],
+    app = Starlette(
+        middleware=[Middleware(RequestMetrics), Middleware(SecurityHeaders), Middleware(RequestIdMiddleware)],
+        routes=ROUTES,
         exception_handlers={404: not_found},
     )
+    # No redirect from /static to /static/: Starlette builds it from the Host header, which the client
+    # chooses (a redirect to any host); such a path is simply not found.
+    app.router.redirect_slashes = False
+    app.state.backend = Backend(recommendations, timeout, health, Jinja2Templates(env=environment))
+    return app
 
 
 def empty_notice(category: Category) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import grpc
+import prometheus_client
 import pytest
 from grpc_health.v1 import health_pb2
 from starlette.testclient import TestClient
@@ -264,3 +265,64 @@ def test_stylesheet_is_served() -> None:
     response = client(FakeRecommendations(BOOKS)).get("/static/style.css")
     assert response.status_code == 200
     assert "text/css" in response.headers["content-type"]
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/category/mystery", "/api/recommendations?category=mystery", "/nope", "/static/style.css"]
+)
+def test_every_response_carries_the_security_headers(path: str) -> None:
+    response = client(FakeRecommendations(BOOKS)).get(path)
+    csp = response.headers["content-security-policy"]
+    assert "default-src 'none'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+    assert response.headers["referrer-policy"] == "same-origin"
+    assert "strict-transport-security" not in response.headers  # plain HTTP: HSTS would be ignored anyway
+
+
+def test_over_https_the_cookie_is_secure_and_hsts_is_sent() -> None:
+    app = create_app(FakeRecommendations(BOOKS), timeout=0.25)
+    response = TestClient(app, base_url="https://books.example.com").get("/?user=7")
+    assert "Secure" in response.headers["set-cookie"]
+    assert response.headers["strict-transport-security"] == "max-age=31536000"
+    plain = TestClient(app).get("/?user=7")
+    assert "Secure" not in plain.headers["set-cookie"]
+
+
+def test_no_redirect_built_from_the_host_header() -> None:
+    """/static used to redirect to http://<whatever Host said>/static/."""
+    web = TestClient(create_app(FakeRecommendations(BOOKS), timeout=0.25), follow_redirects=False)
+    response = web.get("/static", headers={"Host": "evil.example"})
+    assert response.status_code == 404
+    assert "location" not in response.headers
+    assert "evil.example" not in response.text
+
+
+@pytest.mark.parametrize("user", ["٣", "３", "1٣", "²", "+1", "1_000", " 1"])
+def test_a_user_id_is_ascii_digits_only(user: str) -> None:
+    stub = FakeRecommendations(BOOKS)
+    response = client(stub).get("/", params={"user": user})
+    if user == " 1":  # surrounding spaces are trimmed, as before
+        assert response.status_code == 200
+        return
+    assert response.status_code == 400, user
+    assert not stub.calls
+
+
+def test_every_answer_is_counted_by_route_and_status() -> None:
+    web = client(FakeRecommendations(BOOKS))
+
+    def count(route: str, status: str) -> float:
+        labels = {"method": "GET", "route": route, "status": status}
+        return prometheus_client.REGISTRY.get_sample_value("http_requests_total", labels) or 0.0
+
+    before = count("/category/{name}", "200"), count("/", "400"), count("unmatched", "404")
+    web.get("/category/mystery")
+    web.get("/?user=x")
+    web.get("/no/such/page")
+    assert (count("/category/{name}", "200"), count("/", "400"), count("unmatched", "404")) == (
+        before[0] + 1,
+        before[1] + 1,
+        before[2] + 1,
+    )

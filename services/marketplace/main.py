@@ -15,6 +15,7 @@ import uvicorn
 from grpc_health.v1 import health_pb2_grpc
 
 from books.recommendations.v1 import recommendations_pb2_grpc
+from libs.http.protocol import HttpLimits, limited_protocol
 from libs.interceptors.tracing import configure_tracing
 from libs.runtime.channel import ReloadingChannel, normalize_target
 from libs.runtime.config import add_callee_flags, add_flag, add_log_flags, add_tls_flags, tls_files
@@ -35,6 +36,37 @@ def parser() -> argparse.ArgumentParser:
     add_flag(result, ENV_PREFIX, "--port", SERVICE.port, "HTTP port", type=int)
     add_flag(result, ENV_PREFIX, "--workers", 1, "processes serving HTTP, each with its own event loop", type=int)
     add_flag(result, ENV_PREFIX, "--access-log", True, "log each HTTP request", action=argparse.BooleanOptionalAction)
+    limits = HttpLimits()
+    add_flag(
+        result, ENV_PREFIX, "--max-header-bytes", limits.max_header_bytes, "request line + headers; more: 431", type=int
+    )
+    add_flag(result, ENV_PREFIX, "--max-headers", limits.max_headers, "header fields per request; more: 431", type=int)
+    add_flag(
+        result,
+        ENV_PREFIX,
+        "--header-timeout",
+        limits.header_timeout,
+        "seconds a request may take to send its headers (slowloris); later: 408",
+        type=float,
+    )
+    add_flag(
+        result, ENV_PREFIX, "--keep-alive-timeout", 5.0, "seconds an idle keep-alive connection stays open", type=float
+    )
+    add_flag(
+        result,
+        ENV_PREFIX,
+        "--limit-concurrency",
+        500,
+        "connections + requests in progress per worker; more requests get 503",
+        type=int,
+    )
+    add_flag(
+        result,
+        ENV_PREFIX,
+        "--forwarded-allow-ips",
+        "127.0.0.1",
+        "proxies whose X-Forwarded-Proto/For are believed (comma-separated, or *)",
+    )
     add_tls_flags(result, ENV_PREFIX)
     add_log_flags(result, ENV_PREFIX)
     # How to reach every service this one calls (services/services.bzl): --recommendations-addr, ...
@@ -58,6 +90,15 @@ def validate(args: argparse.Namespace) -> list[str]:
         problems.append(f"--workers must be between 1 and 64, got {args.workers}")
     if args.recommendations_timeout <= 0:
         problems.append(f"--recommendations-timeout must be positive, got {args.recommendations_timeout}")
+    if not 1024 <= args.max_header_bytes <= 1024 * 1024:
+        problems.append(f"--max-header-bytes must be between 1024 and 1048576, got {args.max_header_bytes}")
+    if not 8 <= args.max_headers <= 1000:
+        problems.append(f"--max-headers must be between 8 and 1000, got {args.max_headers}")
+    for name in ("header_timeout", "keep_alive_timeout"):
+        if not 0.1 <= getattr(args, name) <= 300:
+            problems.append(f"--{name.replace('_', '-')} must be from 0.1 to 300 seconds, got {getattr(args, name)}")
+    if not 2 <= args.limit_concurrency <= 100_000:
+        problems.append(f"--limit-concurrency must be between 2 and 100000, got {args.limit_concurrency}")
     return problems
 
 
@@ -94,14 +135,19 @@ async def serve(args: argparse.Namespace, tls: TlsFiles | None, sock: socket.soc
             args.recommendations_timeout,
             health_pb2_grpc.HealthStub(channel),
         )
+        limits = HttpLimits(args.max_header_bytes, args.max_headers, args.header_timeout)
         config = uvicorn.Config(
             app,
             host=args.host,
             port=args.port,
-            http="httptools",
+            http=limited_protocol(limits),  # httptools, with header size, count and time limits
             lifespan="off",
             log_config=None,
             access_log=args.access_log,
+            timeout_keep_alive=args.keep_alive_timeout,
+            limit_concurrency=args.limit_concurrency,
+            proxy_headers=True,
+            forwarded_allow_ips=args.forwarded_allow_ips,
         )
         logger.info("calling Recommendations at %s", args.recommendations_addr)
         await Server(config).serve(sockets=[sock] if sock else None)
