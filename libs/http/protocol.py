@@ -144,7 +144,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._refused = True
         self._cancel_header_timer()
         REFUSED.labels(reason).inc()
-        client = "%s:%d" % self.client if self.client else "unknown client"
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
         logger.warning("refused a request from %s: %d %s", client, status, message)
         body = message.encode()
         self.transport.write(

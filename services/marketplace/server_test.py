@@ -7,6 +7,7 @@ The backend address is unreachable on purpose: none of this depends on Recommend
 
 from __future__ import annotations
 
+import contextlib
 import re
 import socket
 import threading
@@ -50,10 +51,8 @@ def marketplace() -> Iterator[ChildProcess]:
 def raw_request(port: int, data: bytes, timeout: float = 5) -> bytes:
     """Sends `data` on a new connection; everything the server answers before closing."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server refused and closed while we were still sending
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)  # the server may refuse and close while we are still sending
         return read_until_closed(sock)
 
 
