@@ -87,6 +87,11 @@ class RpcMetrics(Collector):
         finally:
             self._lock.release()
 
+    def started_total(self) -> int:
+        """Calls of every method that reached the middleware, so far."""
+        with self._lock:
+            return sum(series.started for series in self._series.values())
+
     def collect(self) -> Iterator:
         side = self.side
         started = CounterMetricFamily(f"grpc_{side}_started", f"RPCs started on the {side}.", labels=_LABELS)

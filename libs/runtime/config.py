@@ -133,6 +133,7 @@ class ServerConfig:
     tls: TlsFiles | None = None
     max_message_bytes: int = 4 * 1024 * 1024
     max_concurrent_rpcs: int = 1000
+    max_pending_calls: int = 300
     keepalive_time: float = 30.0
     keepalive_timeout: float = 10.0
     max_connection_idle: float = 300.0
@@ -174,6 +175,14 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port:
         "--max-concurrent-rpcs",
         defaults.max_concurrent_rpcs,
         "calls in progress in this process; more are shed with RESOURCE_EXHAUSTED and a retry delay (0 = no limit)",
+        type=int,
+    )
+    add_flag(
+        parser,
+        prefix,
+        "--max-pending-calls",
+        defaults.max_pending_calls,
+        "calls waiting to be picked up before gRPC starts refusing new ones (RESOURCE_EXHAUSTED; all at twice this)",
         type=int,
     )
     add_flag(parser, prefix, "--keepalive-time", defaults.keepalive_time, "seconds between keepalive pings", type=float)
@@ -291,6 +300,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     check("metrics_port", lambda v: 0 <= v <= 65535, "must be between 0 and 65535")
     check("max_message_bytes", lambda v: 1024 <= v <= 2**31 - 1, "must be between 1024 and 2147483647")
     check("max_concurrent_rpcs", lambda v: v >= 0, "must be 0 or more")
+    check("max_pending_calls", lambda v: 1 <= v <= 100_000, "must be between 1 and 100000")
     check("keepalive_time", lambda v: v >= 1, "must be at least 1 second")
     check("keepalive_timeout", lambda v: v > 0, "must be positive")
     for name in ("max_connection_idle", "max_connection_age", "handshake_timeout"):
@@ -316,6 +326,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         tls=tls,
         max_message_bytes=args.max_message_bytes,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_pending_calls=args.max_pending_calls,
         keepalive_time=args.keepalive_time,
         keepalive_timeout=args.keepalive_timeout,
         max_connection_idle=args.max_connection_idle,

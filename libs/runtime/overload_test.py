@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 import signal
 import time
 import urllib.request
@@ -39,10 +40,17 @@ class Echo:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def started(self) -> float:
+        match = re.search(r'^grpc_server_started_total{[^}]*grpc_method="Echo"[^}]*} (\S+)$', self.metrics(), re.M)
+        return float(match.group(1)) if match else 0.0
+
     def handled(self) -> dict[str, float]:
         """grpc_server_handled_total of Echo, by code."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
+        text = self.metrics()
         found: dict[str, float] = {}
         for line in text.splitlines():
             if line.startswith("grpc_server_handled_total{") and 'grpc_method="Echo"' in line:
@@ -122,7 +130,8 @@ def test_calls_cut_off_by_shutdown_are_counted_and_logged_before_exit(echo_facto
 
     async def scenario() -> list[tuple[str, dict]]:
         calls = asyncio.ensure_future(concurrent_calls(echo.target, [b"sleep:0.1"] * 5 + [b"sleep:30"] * 200, 20))
-        await asyncio.sleep(0.5)  # the short ones are done, the long ones in flight
+        while echo.started() < 205:  # every call reached a handler: the long ones are in flight
+            await asyncio.sleep(0.05)
         echo.process.signal(signal.SIGTERM)
         return await calls
 
@@ -136,3 +145,28 @@ def test_calls_cut_off_by_shutdown_are_counted_and_logged_before_exit(echo_facto
     print(f"clients saw {dict(seen)}; the server logged {dict(logged)}")
     assert logged["OK"] == 5
     assert sum(logged.values()) == 205  # the 200 cut off are in the log too, whatever the code
+
+
+def test_calls_gRPC_refuses_before_any_handler_are_counted_and_logged(echo_factory) -> None:
+    """A process that falls behind (here: a handler blocking it for 1 s) lets calls pile up in gRPC's own
+    backlog; past --max-pending-calls gRPC refuses them itself. No handler sees those: they are counted
+    from gRPC's channelz numbers and logged, where they used to vanish (the issue's 148 CANCELLED)."""
+    echo = echo_factory("--max-pending-calls", "2")
+
+    async def scenario() -> list[tuple[str, dict]]:
+        blocker = asyncio.ensure_future(concurrent_calls(echo.target, [b"block:1"], timeout=10))
+        await asyncio.sleep(0.3)  # the process is blocked now
+        piled_up = await concurrent_calls(echo.target, [b"x"] * 30, timeout=10)
+        return [*await blocker, *piled_up]
+
+    outcomes = asyncio.run(scenario())
+    # gRPC refuses with RST_STREAM(CANCEL): the callers see CANCELLED, with no detail, and do not retry.
+    refused = sum(1 for code, _ in outcomes if code == "CANCELLED")
+    assert refused > 0, outcomes
+    transport_started = float(re.search(r"^grpc_server_transport_started_total (\S+)$", echo.metrics(), re.M)[1])
+    assert transport_started == len(outcomes) == echo.started() + refused
+    assert sum(echo.handled().values()) == echo.started()
+    echo.process.signal(signal.SIGTERM)  # the drain's end logs what was dropped since the last report
+    assert echo.process.wait(timeout=10) == 0
+    logged = "\n".join(echo.process.lines)
+    assert re.search(rf"\d+ more calls reached gRPC but no handler .*; {refused} in all", logged), logged[-2000:]

@@ -24,9 +24,11 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from libs.interceptors import AccessPolicy, server_middleware
 from libs.interceptors.access_log import flush_all
 from libs.interceptors.core import InstrumentedServer, Middleware, Pipeline
-from libs.interceptors.metrics import start_metrics_server
+from libs.interceptors.metrics import RpcMetrics, start_metrics_server
 from libs.runtime.config import ServerConfig
 from libs.runtime.tls import server_credentials
+from libs.runtime.transport import LOG_INTERVAL as DROPPED_LOG_INTERVAL
+from libs.runtime.transport import DroppedCallsLog, TransportCalls, channelz_server_ids
 
 OVERALL = ""  # the health service's name for the server as a whole
 
@@ -66,6 +68,12 @@ def server_options(config: ServerConfig, max_streams_per_connection: int | None 
         ("grpc.max_connection_age_grace_ms", _ms(config.max_connection_age_grace)),
         ("grpc.server_handshake_timeout_ms", _ms(config.handshake_timeout)),
         ("grpc.max_concurrent_streams", max_streams_per_connection or config.max_streams_per_connection),
+        # gRPC's backlog of calls that arrived faster than the process picks them up (a CPU-bound process
+        # falls behind here, not in its handlers): past the limit gRPC resets a growing share of new calls,
+        # past twice it every one, in C and cheaply (a refusal in Python costs as much as an answer:
+        # bench/RESULTS.md). No handler sees these calls; transport.py counts and logs them.
+        ("grpc.server.max_pending_requests", config.max_pending_calls),
+        ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_pending_calls),
         ("grpc.so_reuseport", 0),
     ]
 
@@ -120,6 +128,9 @@ class GrpcServer:
         self.health_port = 0
         self._servers: list[grpc.aio.Server] = []
         self._stopping = False
+        self._channelz_id = 0  # the service port's server in gRPC's channelz (libs/runtime/transport.py)
+        self._dropped: DroppedCallsLog | None = None
+        self._dropped_watch: asyncio.Task | None = None
         self._middleware = middleware
         self.service_name = service_name or "grpc-server"
 
@@ -148,7 +159,12 @@ class GrpcServer:
                 max_in_flight=config.max_concurrent_rpcs,
             )
         # No maximum_concurrent_rpcs: gRPC would refuse past it unseen; LoadShedding counts and logs.
+        existing = channelz_server_ids()
         server = grpc.aio.server(options=server_options(config))
+        (self._channelz_id,) = channelz_server_ids() - existing
+        if self._middleware is None:  # the standard stack counts what its handlers saw: the rest is dropped
+            TransportCalls.of().add(self._channelz_id)
+            self._dropped = DroppedCallsLog(self._channelz_id, RpcMetrics.of("server"), self.logger)
         # The middleware wraps each handler as it registers: cheaper than gRPC's interceptor path.
         target = InstrumentedServer(server, Pipeline(middleware)) if middleware else server
         for service in self.services:
@@ -178,6 +194,8 @@ class GrpcServer:
                 raise StartError(f"cannot serve /metrics on port {config.metrics_port}: {error}") from error
         for each in self._servers:
             await each.start()
+        if self._dropped is not None:
+            self._dropped_watch = asyncio.get_running_loop().create_task(self._log_dropped())
         for name in [OVERALL, *(s.name for s in self.services)]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.logger.info(
@@ -190,6 +208,11 @@ class GrpcServer:
         )
         if config.metrics_port:
             self.logger.info("Prometheus metrics on http://%s:%d/metrics", config.host, config.metrics_port)
+
+    async def _log_dropped(self) -> None:
+        while True:
+            await asyncio.sleep(DROPPED_LOG_INTERVAL)
+            self._dropped.check()
 
     async def shutdown(self) -> None:
         """NOT_SERVING, drain, then stop with grace; in-flight calls finish, new ones are refused.
@@ -205,8 +228,14 @@ class GrpcServer:
             self.config.shutdown_grace,
         )
         await asyncio.sleep(self.config.drain_seconds)
+        if self._dropped is not None:
+            self._dropped_watch.cancel()
+            self._dropped.check()
+            TransportCalls.of().total()  # the last count gRPC will give before it forgets the server
         await asyncio.gather(*(server.stop(self.config.shutdown_grace) for server in self._servers))
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self._dropped is not None:
+            TransportCalls.of().retire(self._channelz_id)
         flush_all()
         self.logger.info("stopped")
 

@@ -1,7 +1,8 @@
 """A tiny service on the shared runtime, for tests that need a real server process.
 
 `test.v1.Echo/Echo` answers `echo:<request>`; a request `sleep:<seconds>` first sleeps that long,
-to hold a call in flight. Takes every flag of libs/runtime/config.py (prefix ECHO).
+to hold a call in flight, and `block:<seconds>` blocks the whole process that long (a CPU-bound handler:
+calls arriving meanwhile wait in gRPC's backlog). Takes every flag of libs/runtime/config.py (prefix ECHO).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 
 import grpc
 
@@ -22,6 +24,8 @@ SERVICE = "test.v1.Echo"
 async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
     if request.startswith(b"sleep:"):
         await asyncio.sleep(float(request.removeprefix(b"sleep:")))
+    if request.startswith(b"block:"):
+        time.sleep(float(request.removeprefix(b"block:")))
     return b"echo:" + request
 
 
