@@ -1,124 +1,116 @@
-"""Protocol buffer rules for Python, run with grpcio-tools' protoc (no C++ toolchain needed).
+"""Python code for Bazel's own proto_library (ProtoInfo): rules_python's and grpc's rule names and shapes.
 
-Stand-ins with upstream's names and shapes, so that moving to rules_proto + rules_python later is a
-change of `load` lines:
+    load("@rules_proto//proto:defs.bzl", "proto_library")
+    load("//tools/proto:defs.bzl", "py_grpc_library", "py_proto_library")
 
-    proto_library(name = "x_proto", srcs = ["x.proto"], deps = [...], strip_import_prefix = "/proto")
-    py_proto_library(name = "x_py_pb2", deps = [":x_proto"])        # x_pb2.py and x_pb2.pyi
-    py_grpc_library(name = "x_py_pb2_grpc", srcs = [":x_proto"], deps = [":x_py_pb2"])  # x_pb2_grpc.py
+    proto_library(
+        name = "x_proto",
+        srcs = ["x.proto"],
+        strip_import_prefix = "/proto",  # proto/books/x/v1/x.proto is imported as books/x/v1/x.proto
+        deps = ["@com_google_protobuf//:timestamp_proto"],
+    )
+    py_proto_library(name = "x_py_pb2", deps = [":x_proto"])  # x_pb2.py + x_pb2.pyi, for x and its imports
+    py_grpc_library(name = "x_py_pb2_grpc", srcs = [":x_proto"], deps = [":x_py_pb2"])  # + x_pb2_grpc.pyi
 
-Import paths are the source paths below `strip_import_prefix`, and so are the Python module paths:
-`proto/books/v1/x.proto` with prefix `/proto` is imported as "books/v1/x.proto" and as
-`books.v1.x_pb2`. Well-known types (`google/protobuf/*.proto`) are always importable.
+proto_library is Bazel's (ProtoInfo, descriptor sets), compiled with `--proto_compiler=//tools/proto:protoc`
+(.bazelrc): grpcio-tools' protoc, the release that matches the protobuf runtime of the lock. The Python
+module of a proto is its import path (`books.x.v1.x_pb2`); the files land beside the .proto in bazel-bin.
+Type stubs come from mypy-protobuf's generators: `.pyi` for messages, and for gRPC typed stubs and servicers
+that accept both `grpc` and `grpc.aio` channels, servers and contexts. The well-known types
+(@com_google_protobuf, tools/proto/well_known_types.bzl) get no code here: the protobuf runtime has it.
+
+To move to upstream (rules_python's py_proto_library, grpc's py_grpc_library): change the `load` lines.
 """
 
-ProtoSourcesInfo = provider(
-    doc = "The .proto files of a proto_library and of everything it imports.",
-    fields = {
-        "direct_sources": "list of File: this target's .proto files",
-        "transitive_sources": "depset of File: these and every imported .proto file",
-        "import_root": "string: directory, relative to the execution root, that import paths start from",
-        "transitive_import_roots": "depset of string: import roots of this target and its deps",
-    },
-)
+load("@rules_proto//proto:defs.bzl", "ProtoInfo")
 
-def _import_root(ctx):
-    prefix = ctx.attr.strip_import_prefix
-    if prefix.startswith("/"):
-        relative = prefix[1:]
-    elif prefix:
-        relative = ctx.label.package + "/" + prefix
-    else:
-        relative = ctx.label.package
-    for src in ctx.files.srcs:
-        if not (src.short_path + "/").startswith(relative + "/") and relative:
-            fail("%s is not below strip_import_prefix %s" % (src.short_path, prefix))
-    workspace_root = ctx.label.workspace_root
-    return "/".join([part for part in [workspace_root, relative] if part]) or "."
-
-def _proto_library_impl(ctx):
-    root = _import_root(ctx)
-    return [
-        DefaultInfo(files = depset(ctx.files.srcs)),
-        ProtoSourcesInfo(
-            direct_sources = ctx.files.srcs,
-            transitive_sources = depset(ctx.files.srcs, transitive = [dep[ProtoSourcesInfo].transitive_sources for dep in ctx.attr.deps]),
-            import_root = root,
-            transitive_import_roots = depset([root], transitive = [dep[ProtoSourcesInfo].transitive_import_roots for dep in ctx.attr.deps]),
-        ),
-    ]
-
-proto_library = rule(
-    implementation = _proto_library_impl,
-    attrs = {
-        "srcs": attr.label_list(allow_files = [".proto"], mandatory = True),
-        "deps": attr.label_list(providers = [ProtoSourcesInfo]),
-        "strip_import_prefix": attr.string(
-            doc = "Like the native attribute: '/dir' is from the workspace root, 'dir' from this package; empty = this package.",
-        ),
-    },
-    provides = [ProtoSourcesInfo],
-    doc = "A set of .proto files and the proto_library targets they import.",
-)
-
-def _run_protoc(ctx, proto, protoc, outputs, plugin_flags):
-    """Runs protoc on `proto`'s direct sources, writing below the bin dir at the same import root."""
-    out_root = ctx.bin_dir.path + ("/" + proto.import_root if proto.import_root != "." else "")
-    args = ctx.actions.args()
-    args.add_all(proto.transitive_import_roots, format_each = "-I%s")
-    args.add_all([flag + "=" + out_root for flag in plugin_flags])
-    args.add_all(proto.direct_sources)
-    ctx.actions.run(
-        executable = protoc,
-        arguments = [args],
-        inputs = proto.transitive_sources,
-        outputs = outputs,
-        mnemonic = "ProtocPython",
-        progress_message = "Generating Python code for %{label}",
-    )
-
-def _outputs(ctx, target, proto, suffixes):
-    package = target.label.package
-    outputs = []
-    for src in proto.direct_sources:
-        if src.owner.package != package or src.owner.workspace_root != target.label.workspace_root:
-            fail("%s: generated code goes beside the .proto, so its sources must be in this package" % target.label)
-        stem = src.basename[:-len(".proto")]
-        relative_dir = src.short_path[len(package) + 1:-len(src.basename)] if package else src.short_path[:-len(src.basename)]
-        outputs += [ctx.actions.declare_file(relative_dir + stem + suffix) for suffix in suffixes]
-    return outputs
+_RUNTIME_PROVIDED = "com_google_protobuf"  # the runtime has google.protobuf.*_pb2
 
 _PyProtoGenInfo = provider(
     doc = "Generated _pb2 modules of a proto_library and its deps (internal to these rules).",
     fields = ["transitive_sources", "transitive_imports"],
 )
 
-def _python_import(ctx, label, import_root):
-    """Runfiles-relative sys.path entry for an import root (what py_library's `imports` gives)."""
+_TOOLS = {
+    "_protoc": attr.label(default = "//tools/proto:protoc", executable = True, cfg = "exec"),
+    "_mypy": attr.label(default = "//tools/proto:protoc_gen_mypy", executable = True, cfg = "exec"),
+    "_mypy_grpc": attr.label(default = "//tools/proto:protoc_gen_mypy_grpc", executable = True, cfg = "exec"),
+}
+
+def _import_path(proto, source):
+    """The path protoc knows `source` by (its import path), from its proto_source_root."""
+    root = proto.proto_source_root
+    if root in ["", "."]:
+        return source.short_path
+    if source.path.startswith(root + "/"):
+        return source.path[len(root) + 1:]
+    return source.short_path
+
+def _layout(ctx, target, suffixes):
+    """Declares the generated files of `target`'s sources (in an aspect: beside them, in the proto_library's
+    package); returns (files, output root)."""
+    proto = target[ProtoInfo]
+    package = target.label.package
+    outputs, roots = [], {}
+    for original, source in zip(ctx.rule.files.srcs, proto.direct_sources):
+        import_path = _import_path(proto, source)
+        if not original.short_path.endswith(import_path):
+            fail("%s: %s is imported as %s; import_prefix is not supported by these rules" % (target.label, original.short_path, import_path))
+        root = original.short_path[:-len(import_path)].rstrip("/")
+        roots[root] = True
+        in_package = original.short_path[len(package) + 1:] if package else original.short_path
+        outputs += [ctx.actions.declare_file(in_package[:-len(".proto")] + suffix) for suffix in suffixes]
+    if len(roots) > 1:
+        fail("%s: all sources of a proto_library must share one import root, got %s" % (target.label, roots.keys()))
+    root = roots.keys()[0] if roots else package
+    return outputs, root
+
+def _generate(ctx, proto, root, outputs, plugins, mnemonic):
+    """protoc over `proto`'s direct sources; `plugins` are (flag, executable or None) pairs."""
+    out_dir = ctx.bin_dir.path + ("/" + root if root else "")
+    args = ctx.actions.args()
+    args.add_all(proto.transitive_proto_path, format_each = "-I%s")
+    args.add("-I.")
+    tools = []
+    for name, executable in plugins:
+        if executable != None:
+            args.add("--plugin=protoc-gen-%s=%s" % (name, executable.executable.path))
+            tools.append(executable)
+        args.add("--%s_out=%s" % (name, out_dir))
+    args.add_all(proto.direct_sources)
+    ctx.actions.run(
+        executable = ctx.executable._protoc,
+        arguments = [args],
+        inputs = proto.transitive_sources,
+        tools = tools,
+        outputs = outputs,
+        mnemonic = mnemonic,
+        progress_message = "Generating Python code for %{label}",
+    )
+
+def _python_import(ctx, label, root):
+    """Runfiles-relative sys.path entry for an output root (what py_library's `imports` gives)."""
     workspace = label.workspace_name or ctx.workspace_name
-    relative = import_root[len(label.workspace_root) + 1:] if label.workspace_root else import_root
-    return workspace if relative in ["", "."] else workspace + "/" + relative
+    return workspace if not root else workspace + "/" + root
 
 def _py_proto_aspect_impl(target, ctx):
-    proto = target[ProtoSourcesInfo]
-    outputs = _outputs(ctx, target, proto, ["_pb2.py", "_pb2.pyi"])
-    _run_protoc(ctx, proto, ctx.executable._protoc, outputs, ["--python_out", "--pyi_out"])
-    deps = [dep[_PyProtoGenInfo] for dep in ctx.rule.attr.deps]
+    deps = [dep[_PyProtoGenInfo] for dep in ctx.rule.attr.deps if _PyProtoGenInfo in dep]
+    sources, imports = [], []
+    if target.label.workspace_name != _RUNTIME_PROVIDED:
+        outputs, root = _layout(ctx, target, ["_pb2.py", "_pb2.pyi"])
+        plugins = [("python", None), ("mypy", ctx.attr._mypy[DefaultInfo].files_to_run)]
+        _generate(ctx, target[ProtoInfo], root, outputs, plugins, "ProtocPython")
+        sources, imports = outputs, [_python_import(ctx, target.label, root)]
     return [_PyProtoGenInfo(
-        transitive_sources = depset(outputs, transitive = [dep.transitive_sources for dep in deps]),
-        transitive_imports = depset(
-            [_python_import(ctx, target.label, proto.import_root)],
-            transitive = [dep.transitive_imports for dep in deps],
-        ),
+        transitive_sources = depset(sources, transitive = [dep.transitive_sources for dep in deps]),
+        transitive_imports = depset(imports, transitive = [dep.transitive_imports for dep in deps]),
     )]
 
 _py_proto_aspect = aspect(
     implementation = _py_proto_aspect_impl,
     attr_aspects = ["deps"],
-    required_providers = [ProtoSourcesInfo],
-    attrs = {
-        "_protoc": attr.label(default = "//tools/proto:protoc", executable = True, cfg = "exec"),
-    },
+    required_providers = [ProtoInfo],
+    attrs = _TOOLS,
 )
 
 def _py_info(sources, imports, runtime_deps):
@@ -146,31 +138,50 @@ def _py_proto_library_impl(ctx):
 py_proto_library = rule(
     implementation = _py_proto_library_impl,
     attrs = {
-        "deps": attr.label_list(providers = [ProtoSourcesInfo], aspects = [_py_proto_aspect], mandatory = True),
+        "deps": attr.label_list(providers = [ProtoInfo], aspects = [_py_proto_aspect], mandatory = True),
         "_protobuf": attr.label(default = "//tools/proto:protobuf_runtime", providers = [PyInfo]),
     },
-    doc = "Python messages (_pb2.py with .pyi stubs) for proto_library targets and everything they import.",
+    doc = "Python messages (_pb2.py with mypy-protobuf .pyi) for proto_library targets and everything they import.",
+)
+
+_PyGrpcGenInfo = provider(
+    doc = "Generated _pb2_grpc modules of one proto_library (internal to these rules).",
+    fields = ["sources", "imports"],
+)
+
+def _py_grpc_aspect_impl(target, ctx):
+    outputs, root = _layout(ctx, target, ["_pb2_grpc.py", "_pb2_grpc.pyi"])
+    plugins = [("grpc_python", None), ("mypy_grpc", ctx.attr._mypy_grpc[DefaultInfo].files_to_run)]
+    _generate(ctx, target[ProtoInfo], root, outputs, plugins, "ProtocGrpcPython")
+    return [_PyGrpcGenInfo(sources = depset(outputs), imports = depset([_python_import(ctx, target.label, root)]))]
+
+_py_grpc_aspect = aspect(
+    implementation = _py_grpc_aspect_impl,
+    required_providers = [ProtoInfo],
+    attrs = _TOOLS,
 )
 
 def _py_grpc_library_impl(ctx):
-    proto = ctx.attr.srcs[0][ProtoSourcesInfo]
-    outputs = _outputs(ctx, ctx.attr.srcs[0], proto, ["_pb2_grpc.py"])
-    _run_protoc(ctx, proto, ctx.executable._protoc, outputs, ["--grpc_python_out"])
-    sources = depset(outputs)
-    imports = depset([_python_import(ctx, ctx.attr.srcs[0].label, proto.import_root)])
+    if len(ctx.attr.srcs) != 1:
+        fail("%s: srcs takes exactly one proto_library" % ctx.label)
+    gen = ctx.attr.srcs[0][_PyGrpcGenInfo]
     runtime_deps = ctx.attr.deps + [ctx.attr._grpc]
     return [
-        DefaultInfo(files = sources, runfiles = _runfiles(ctx, sources, runtime_deps)),
-        _py_info(sources, imports, runtime_deps),
+        DefaultInfo(files = gen.sources, runfiles = _runfiles(ctx, gen.sources, runtime_deps)),
+        _py_info(gen.sources, gen.imports, runtime_deps),
     ]
 
 py_grpc_library = rule(
     implementation = _py_grpc_library_impl,
     attrs = {
-        "srcs": attr.label_list(providers = [ProtoSourcesInfo], mandatory = True, doc = "Exactly one proto_library."),
+        "srcs": attr.label_list(
+            providers = [ProtoInfo],
+            aspects = [_py_grpc_aspect],
+            mandatory = True,
+            doc = "Exactly one proto_library.",
+        ),
         "deps": attr.label_list(providers = [PyInfo], mandatory = True, doc = "The py_proto_library of the same protos."),
         "_grpc": attr.label(default = "//tools/proto:grpc_runtime", providers = [PyInfo]),
-        "_protoc": attr.label(default = "//tools/proto:protoc", executable = True, cfg = "exec"),
     },
-    doc = "gRPC client stubs and servicer base classes (_pb2_grpc.py) for one proto_library.",
+    doc = "gRPC stubs and servicer base classes (_pb2_grpc.py with typed .pyi, sync and aio) for one proto_library.",
 )

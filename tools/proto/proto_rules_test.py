@@ -29,3 +29,17 @@ def test_type_stubs_sit_beside_the_modules() -> None:
     for module, declared in ((shelf_event_pb2, "class ShelfEvent("), (catalog_pb2, "class BookCategory(")):
         stub = Path(module.__file__).with_suffix(".pyi")
         assert declared in stub.read_text(), stub
+
+
+def test_grpc_type_stubs_cover_sync_and_aio() -> None:
+    stub = Path(shelf_event_pb2_grpc.__file__).with_suffix(".pyi").read_text()
+    assert "class ShelfEventsStub" in stub
+    assert "class ShelfEventsServicer" in stub
+    assert "_aio.Channel" in stub  # the stub accepts a grpc.aio channel
+    assert "_aio.ServicerContext" in stub  # servicers type-check under grpc.aio too
+
+
+def test_generated_code_is_from_the_protoc_of_the_runtime() -> None:
+    """The message module says which protobuf release generated it; the runtime checks it at import."""
+    source = Path(shelf_event_pb2.__file__).read_text()
+    assert "ValidateProtobufRuntimeVersion" in source

@@ -1,20 +1,17 @@
-"""protoc from grpcio-tools with the bundled well-known types on the include path.
+"""protoc from grpcio-tools: the compiler Bazel's proto_library runs (--proto_compiler in .bazelrc) and the
+Python rules of defs.bzl run, with its built-in Python and gRPC Python generators.
 
-Takes protoc's own arguments. Exits with protoc's status so a bad .proto fails the build action.
+Why grpcio-tools' and not Debian's protobuf-compiler: it is the protoc of the protobuf release the lock's
+runtime belongs to (generated code checks that it is not newer than the runtime), it comes hash-pinned
+through the lock like every other Python package, and it carries the gRPC generator, which Debian ships
+separately as a C++ plugin. Takes protoc's own arguments; exits with protoc's status.
 """
 
 from __future__ import annotations
 
 import sys
-from importlib.resources import files
 
 from grpc_tools import protoc
 
-
-def main(argv: list[str]) -> int:
-    well_known = files("grpc_tools") / "_proto"
-    return protoc.main(["protoc", *argv, f"-I{well_known}"])
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(protoc.main(["protoc", *sys.argv[1:]]))
