@@ -47,8 +47,10 @@ def _import_path(proto, source):
     return source.short_path
 
 def _layout(ctx, target, suffixes):
-    """Declares the generated files of `target`'s sources (in an aspect: beside them, in the proto_library's
-    package); returns (files, output root)."""
+    """Declares the generated files of `target`'s sources, beside them; returns (files, output root).
+
+    Run in an aspect, so that the files belong to the proto_library's package.
+    """
     proto = target[ProtoInfo]
     package = target.label.package
     outputs, roots = [], {}
