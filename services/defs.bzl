@@ -48,6 +48,14 @@ def service_grpc_libraries():
         if entry["kind"] == "grpc"
     ]
 
+def service_proto_libraries():
+    """The API of every gRPC service: //proto/books/<package>/v1:<package>_proto."""
+    return [
+        "//proto/books/%s/v1:%s_proto" % (_package(entry["name"]), _package(entry["name"]))
+        for entry in SERVICES
+        if entry["kind"] == "grpc"
+    ]
+
 def service_image(name, service, main = "main.py", **kwargs):
     """The py_image of a service, configured from its entry in services/services.bzl.
 

@@ -264,8 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.dry_run:
         package = package_of(args.name)
         print(
-            f"next: ./bazelw test //services/{package}/... //services:registry_test //k8s:manifests_test"
+            f"next: ./bazelw test //services/{package}/... //services:registry_test //k8s:manifests_test //proto/..."
             f"\n      ./bazelw run //:dev   (starts it with the others)"
+            f"\n      ./bazelw run //proto:accept_api_changes   (when its API is released: guards it from breaks)"
         )
     return 0
 
