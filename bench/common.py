@@ -68,11 +68,19 @@ def h2load_command(port: int, body: Path, clients: int, streams: int, *, request
     ]  # fmt: skip
 
 
+def match(pattern: str, output: str) -> re.Match[str]:
+    """The first match of `pattern` in a tool's `output`; an error quoting the output if there is none."""
+    found = re.search(pattern, output, re.M)
+    if found is None:
+        raise RuntimeError(f"no /{pattern}/ in the output:\n{output[-2000:]}")
+    return found
+
+
 def parse_h2load(output: str) -> RpcResult:
     """h2load's figures (it counts gRPC errors as successes: check statuses)."""
-    rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", output).group(1))
-    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
-    succeeded = int(re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", output).group(1))
+    rate = float(match(r"finished in [\d.]+\w+, ([\d.]+) req/s", output).group(1))
+    mean = match(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", output)
+    succeeded = int(match(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded", output).group(1))
     return RpcResult(rate, _milliseconds(*mean.groups()), succeeded)
 
 
@@ -84,9 +92,9 @@ def run_h2load(port: int, body: Path, requests: int, clients: int, streams: int)
 def run_wrk(url: str, duration: int, connections: int) -> PageResult:
     command = [*PIN_LOAD, "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
     output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    latency = re.search(r"Latency\s+([\d.]+)(us|ms|s)", output)
-    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    rate = float(match(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    latency = match(r"Latency\s+([\d.]+)(us|ms|s)", output)
+    requests = int(match(r"(\d+) requests in", output).group(1))
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     failed = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)

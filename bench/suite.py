@@ -47,7 +47,7 @@ def start_to_serving(samples: int) -> float:
     for _ in range(samples):
         port = free_port()
         begun = time.monotonic()
-        command = [runfile(RECOMMENDATIONS), "--insecure", "--port", port]
+        command: list[str | Path | int] = [runfile(RECOMMENDATIONS), "--insecure", "--port", port]
         process = ChildProcess("startup", command, discard_output=True).start()
         try:
             wait_until_serving(f"127.0.0.1:{port}")
@@ -151,8 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     load = f"h2load -n{args.requests} -c8 -m16 -t1, wrk -t2 -c16 -d{args.duration}s"
     print(f"//bench, {when}: {load}, median of {args.rounds} rounds")
     width = max(len(row[0]) for row in rows)
-    for label, value, latency, note in rows:
-        print(f"{label:<{width}}  {value:>16}  {latency:>10}  {note}")
+    for label, value, latency_text, note in rows:
+        print(f"{label:<{width}}  {value:>16}  {latency_text:>10}  {note}")
 
     images = image_rows()
     width = max(len(row[0]) for row in images)

@@ -35,7 +35,7 @@ PROMETHEUS_NAMESPACE = "monitoring"
 
 
 def _template(tree: Path, name: str, service: Service, **extra: Any) -> list[dict]:
-    values = {"name": service.name, "prefix": service.env_prefix, "repository": service.repository}
+    values: dict[str, Any] = {"name": service.name, "prefix": service.env_prefix, "repository": service.repository}
     values.update({f"{role}_port": port for role, port in service.ports.items()})
     values.update({"grpc_service": service.grpc_service, **extra})
     text = string.Template((tree / "templates" / name).read_text()).substitute(values)

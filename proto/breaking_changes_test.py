@@ -17,14 +17,14 @@ import pytest
 
 from libs.processes.processes import runfile
 
-BUF = runfile("../buf/buf")
+BUF = "../buf/buf"  # in the runfiles
 SOURCES = ["books/catalog/v1/catalog.proto", "books/recommendations/v1/recommendations.proto"]
 API = "books/recommendations/v1/recommendations.proto"
 
 
 def buf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "BUF_CACHE_DIR": str(cwd / ".cache")}
-    return subprocess.run([str(BUF), *args], cwd=cwd, capture_output=True, text=True, env=env, check=False)
+    return subprocess.run([str(runfile(BUF)), *args], cwd=cwd, capture_output=True, text=True, env=env, check=False)
 
 
 def image(root: Path, edit: Callable[[str], str] | None, name: str) -> Path:

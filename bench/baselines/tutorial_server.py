@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=10), interceptors=[ExceptionToStatusInterceptor()])
-    recommendations_pb2_grpc.add_RecommendationServiceServicer_to_server(RecommendationService(), server)
+    # The tutorial's server answers Recommend only (its API had no RecommendEach), as the baseline should.
+    servicer = RecommendationService()  # type: ignore[abstract]
+    recommendations_pb2_grpc.add_RecommendationServiceServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{args.port}")
     server.start()
     server.wait_for_termination()

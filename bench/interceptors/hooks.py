@@ -82,7 +82,9 @@ async def serve_one_call(variant: str, calls: int) -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        await channel.unary_unary(METHOD)(b"", timeout=3600)  # metadata: gRPC's user-agent, as from h2load
+        await channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)(
+            b"", timeout=3600
+        )  # metadata: gRPC's user-agent, as from h2load
     await server.stop(0)
 
 

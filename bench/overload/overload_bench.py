@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import re
 import shutil
 import socket
 import statistics
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import grpc
 
-from bench.common import METHOD, PIN_SERVER, REQUEST, grpc_frame, h2load_command, handled, run_h2load
+from bench.common import METHOD, PIN_SERVER, REQUEST, grpc_frame, h2load_command, handled, match, run_h2load
 from libs.processes.processes import free_port, runfile
 
 CLIENTS, STREAMS = 10, 200  # up to 2,000 calls outstanding: more than any bound, so shedding can show
@@ -102,7 +101,7 @@ class Server:
         def sample() -> None:
             while not self._sampling.wait(0.05):
                 status = Path(f"/proc/{self.process.pid}/status").read_text()
-                rss = int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1))
+                rss = int(match(r"^VmRSS:\s+(\d+) kB", status).group(1))
                 self.peak_rss_kib = max(self.peak_rss_kib, rss)
 
         threading.Thread(target=sample, daemon=True).start()
@@ -135,7 +134,7 @@ def probe(port: int, seconds: int, stop: threading.Event, seen: list[tuple[str, 
     PROBES_PER_SECOND, each with its code and latency, for up to `seconds`: the latency of answered calls
     as a caller sees it."""
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_retries", 0)]) as channel:
-        recommend = channel.unary_unary(METHOD)
+        recommend = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         payload = REQUEST.SerializeToString()
         for _ in range(PROBES_PER_SECOND * seconds):
             if stop.wait(1 / PROBES_PER_SECOND):
@@ -151,7 +150,7 @@ def probe(port: int, seconds: int, stop: threading.Event, seen: list[tuple[str, 
 
 def transport_started(metrics_port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    return float(re.search(r"^grpc_server_transport_started_total (\S+)$", text, re.M).group(1))
+    return float(match(r"^grpc_server_transport_started_total (\S+)$", text).group(1))
 
 
 def share_of(calls: list[tuple[str, float]], code: str) -> float:
@@ -190,7 +189,7 @@ def overload(variant: str, shedding: list[str], rate: float, seconds: int, body:
             prober.join(timeout=30)
             server.stop_sampling()
             outcome.client_ms = [int(line.split("\t")[2]) / 1000 for line in Path(log.name).read_text().splitlines()]
-        outcome.done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", result.stdout).group(1))
+        outcome.done = int(match(r"requests: \d+ total, \d+ started, (\d+) done", result.stdout).group(1))
         time.sleep(0.5)  # the access log is written in batches
         after = handled(server.metrics_port)
         outcome.codes = {code: count - warm.get(code, 0) for code, count in after.items() if count - warm.get(code, 0)}

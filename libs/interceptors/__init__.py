@@ -12,6 +12,7 @@ libs/runtime/server.py does this for our services, and libs/runtime/channel.py a
 from __future__ import annotations
 
 import logging
+from typing import Any, TypedDict, Unpack
 
 import grpc
 from opentelemetry import trace
@@ -76,9 +77,20 @@ def server_middleware(
     return stack
 
 
+class _MiddlewareOptions(TypedDict, total=False):
+    """The keyword arguments of `server_middleware`."""
+
+    logger: logging.Logger | None
+    policy: AccessPolicy | None
+    registry: CollectorRegistry
+    tracer_provider: trace.TracerProvider | None
+    access_log_interval: float
+    max_in_flight: int
+
+
 def server_interceptors(
-    service_name: str, *, asynchronous: bool = True, **options
-) -> list[grpc.ServerInterceptor | grpc.aio.ServerInterceptor]:
+    service_name: str, *, asynchronous: bool = True, **options: Unpack[_MiddlewareOptions]
+) -> list[grpc.ServerInterceptor[Any, Any] | grpc.aio.ServerInterceptor[Any, Any]]:
     """The whole stack as one interceptor for `grpc.aio.server` (or, asynchronous=False, `grpc.server`).
     `options` are those of `server_middleware`."""
     middleware = server_middleware(service_name, **options)
@@ -91,10 +103,12 @@ def client_interceptors(
     asynchronous: bool = True,
     registry: CollectorRegistry = REGISTRY,
     tracer_provider: trace.TracerProvider | None = None,
-) -> list:
+) -> list[Any]:
     """The client middleware for a grpc.aio channel (one interceptor per RPC kind: grpc.aio gives an
     interceptor only the first kind it implements), or, asynchronous=False, one interceptor for
     `grpc.intercept_channel`. Both cover unary, server-streaming, client-streaming and bidi calls."""
+    # list[Any]: grpc-stubs types grpc.aio's `interceptors=` as a placeholder no object matches
+    # (grpc.aio.ClientInterceptor), so a precise element type would make every caller cast.
     if asynchronous:
         return [kind(default_timeout, registry, tracer_provider) for kind in ASYNC_INTERCEPTORS]
     return [SyncClientInterceptor(default_timeout, registry, tracer_provider)]

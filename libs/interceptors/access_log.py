@@ -31,6 +31,8 @@ from libs.interceptors.core import Call, Middleware
 ACCESS_LOGGER = "access"
 FLUSH_INTERVAL = 0.05
 _instances: weakref.WeakSet[AccessLog] = weakref.WeakSet()
+# A queued line: ended (time.time()), method, code, duration (s), peer, peer address, request id, trace id.
+_Row = tuple[float, str, str, float, str, str, str, str]
 
 
 _MILLISECONDS = tuple(f'.{n:03d}+00:00"' for n in range(1000))  # the end of a timestamp, by millisecond
@@ -47,7 +49,7 @@ class AccessLog(Middleware):
         self._service_json = _json(service_name)
         self._middle: dict[str, str] = {}  # by method: the constant middle of its lines
         self._logger = logger or logging.getLogger(ACCESS_LOGGER)
-        self._pending: collections.deque[tuple] = collections.deque()
+        self._pending: collections.deque[_Row] = collections.deque()
         self._lock = threading.Lock()
         self._writer: threading.Thread | None = None
         self._interval = interval
@@ -90,7 +92,7 @@ class AccessLog(Middleware):
                 record = self._logger.makeRecord(self._logger.name, logging.INFO, "", 0, self._lines(rows), (), None)
                 self._logger.handle(record)
 
-    def _lines(self, rows: list[tuple]) -> str:
+    def _lines(self, rows: list[_Row]) -> str:
         """The batch's lines, assembled column by column: every per-row step is a C function."""
         ended, methods, codes, durations, peers, addresses, request_ids, trace_ids = zip(*rows, strict=True)
         seconds = list(map(int, ended))

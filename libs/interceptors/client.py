@@ -16,7 +16,8 @@ import collections
 import functools
 import logging
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar, cast
 
 import grpc
 from opentelemetry import trace
@@ -25,11 +26,56 @@ from prometheus_client import CollectorRegistry
 
 from libs.interceptors.core import split_method
 from libs.interceptors.deadlines import DeadlineExpired, clamp
-from libs.interceptors.metrics import RpcMetrics
+from libs.interceptors.metrics import RpcMetrics, Series
 from libs.interceptors.request_id import METADATA_KEY, current_request_id, new_request_id
 from libs.interceptors.tracing import PROPAGATOR, end_span, rpc_attributes
 
 logger = logging.getLogger("grpc.client")
+
+if TYPE_CHECKING:  # grpc-stubs makes these classes generic; grpc's own take no type arguments at run time
+    _AioUnaryUnary = grpc.aio.UnaryUnaryClientInterceptor[Any, Any]
+    _AioUnaryStream = grpc.aio.UnaryStreamClientInterceptor[Any, Any]
+    _AioStreamUnary = grpc.aio.StreamUnaryClientInterceptor[Any, Any]
+    _AioStreamStream = grpc.aio.StreamStreamClientInterceptor[Any, Any]
+    _SyncUnaryUnary = grpc.UnaryUnaryClientInterceptor[Any, Any]
+    _SyncUnaryStream = grpc.UnaryStreamClientInterceptor[Any, Any]
+    _SyncStreamUnary = grpc.StreamUnaryClientInterceptor[Any, Any]
+    _SyncStreamStream = grpc.StreamStreamClientInterceptor[Any, Any]
+else:
+    _AioUnaryUnary = grpc.aio.UnaryUnaryClientInterceptor
+    _AioUnaryStream = grpc.aio.UnaryStreamClientInterceptor
+    _AioStreamUnary = grpc.aio.StreamUnaryClientInterceptor
+    _AioStreamStream = grpc.aio.StreamStreamClientInterceptor
+    _SyncUnaryUnary = grpc.UnaryUnaryClientInterceptor
+    _SyncUnaryStream = grpc.UnaryStreamClientInterceptor
+    _SyncStreamUnary = grpc.StreamUnaryClientInterceptor
+    _SyncStreamStream = grpc.StreamStreamClientInterceptor
+
+_Metadata = list[tuple[str, str | bytes]]
+_AioCall = TypeVar("_AioCall", bound=grpc.aio.Call)
+_SyncOutcome = TypeVar("_SyncOutcome")
+
+
+class _State(TypedDict):
+    """What `finish` needs of a call that `prepare` started."""
+
+    series: Series
+    span: trace.Span
+    started: float
+    method: str
+    id: str
+
+
+class _CallFuture(Protocol):
+    """What a sync continuation returns, for every kind of call: a grpc.Call that is also a grpc.Future and
+    passes itself to its done callbacks (grpc-stubs has no add_done_callback on the streaming kinds' CallIterator,
+    and types the callback's argument as a plain Future)."""
+
+    def code(self) -> grpc.StatusCode: ...
+
+    def details(self) -> str | None: ...
+
+    def add_done_callback(self, fn: Callable[[_CallFuture], None]) -> None: ...
 
 
 class _SyncDetails(
@@ -54,7 +100,9 @@ class _Outgoing:
         self._metrics = RpcMetrics.of("client", registry)
         self._tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
-    def prepare(self, method: str, timeout: float | None, metadata: Any, kind: str) -> tuple[dict, float | None, list]:
+    def prepare(
+        self, method: str, timeout: float | None, metadata: Iterable[tuple[str, str | bytes]] | None, kind: str
+    ) -> tuple[_State, float | None, _Metadata]:
         service, name = split_method(method)
         timeout = clamp(timeout if timeout is not None else self._default_timeout)
         span = self._tracer.start_span(
@@ -62,16 +110,24 @@ class _Outgoing:
         )
         carrier: dict[str, str] = {}
         PROPAGATOR.inject(carrier, context=trace.set_span_in_context(span))
-        outgoing = [(k, v) for k, v in (metadata or ()) if k not in (METADATA_KEY, "traceparent", "tracestate")]
+        outgoing: _Metadata = [
+            (k, v) for k, v in (metadata or ()) if k not in (METADATA_KEY, "traceparent", "tracestate")
+        ]
         request_id = current_request_id() or new_request_id()
         outgoing.append((METADATA_KEY, request_id))
         outgoing.extend(carrier.items())
         series = self._metrics.series((service, name, kind))
         self._metrics.started(series)
-        state = {"series": series, "span": span, "started": time.perf_counter(), "method": method, "id": request_id}
+        state: _State = {
+            "series": series,
+            "span": span,
+            "started": time.perf_counter(),
+            "method": method,
+            "id": request_id,
+        }
         return state, timeout, outgoing
 
-    def finish(self, state: dict, code: grpc.StatusCode, details: str | None = None) -> None:
+    def finish(self, state: _State, code: grpc.StatusCode, details: str | None = None) -> None:
         self._metrics.finished(state["series"], code.name, time.perf_counter() - state["started"])
         end_span(state["span"], code.name, code.value[0], None)
         if code != grpc.StatusCode.OK:
@@ -84,6 +140,7 @@ def _expired(method: str) -> grpc.aio.AioRpcError:
         grpc.aio.Metadata(),
         grpc.aio.Metadata(),
         details=f"the caller's deadline expired before calling {method}",
+        debug_error_string=None,  # gRPC's default; grpc-stubs makes it a required argument
     )
 
 
@@ -94,38 +151,55 @@ class _AsyncOutgoing(_Outgoing):
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
-        self._recording: set[asyncio.Task] = set()
+        self._recording: set[asyncio.Task[None]] = set()
 
-    def _details(self, details: grpc.aio.ClientCallDetails, kind: str) -> tuple[grpc.aio.ClientCallDetails, dict]:
+    def _details(self, details: grpc.aio.ClientCallDetails, kind: str) -> tuple[grpc.aio.ClientCallDetails, _State]:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
         try:
             state, timeout, metadata = self.prepare(method, details.timeout, details.metadata, kind)
         except DeadlineExpired:
             raise _expired(method) from None
-        return details._replace(timeout=timeout, metadata=grpc.aio.Metadata(*metadata)), state
+        outgoing = grpc.aio.Metadata(*metadata)
+        # grpc.aio.ClientCallDetails is a namedtuple; grpc-stubs declares a plain class, without _replace.
+        return details._replace(timeout=timeout, metadata=outgoing), state  # type: ignore[attr-defined]
 
-    async def _streaming(self, continuation, client_call_details, request_or_iterator, kind: str):
+    async def _streaming(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[_AioCall]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_or_iterator: Any,
+        kind: str,
+    ) -> _AioCall:
         details, state = self._details(client_call_details, kind)
         call = await continuation(details, request_or_iterator)
         call.add_done_callback(functools.partial(self._done, state))
         return call
 
-    def _done(self, state: dict, call: grpc.aio.Call) -> None:
+    def _done(self, state: _State, call: grpc.aio.Call) -> None:
         # On the event loop, once the call has its status; code() and details() then return at once.
         task = asyncio.get_running_loop().create_task(self._record(state, call))
         self._recording.add(task)
         task.add_done_callback(self._recording.discard)
 
-    async def _record(self, state: dict, call: grpc.aio.Call) -> None:
+    async def _record(self, state: _State, call: grpc.aio.Call) -> None:
         self.finish(state, await call.code(), await call.details())
 
 
 # grpc.aio files an interceptor under the first kind it is an instance of (aio/_channel.py), so an object
 # that is both a UnaryUnary and a UnaryStream interceptor would never see a stream: one class per kind.
+#
+# The signatures are grpc.aio's: its continuation is a coroutine function that gives the call, and an
+# interceptor of a stream-unary call returns a StreamUnaryCall. grpc-stubs has the continuation return the
+# call itself and the stream-unary interceptor a UnaryStreamCall, hence the `ignore[override]`s below.
 
 
-class AsyncUnaryUnaryInterceptor(_AsyncOutgoing, grpc.aio.UnaryUnaryClientInterceptor):
-    async def intercept_unary_unary(self, continuation, client_call_details, request):
+class AsyncUnaryUnaryInterceptor(_AsyncOutgoing, _AioUnaryUnary):
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.UnaryUnaryCall[Any, Any]]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
         details, state = self._details(client_call_details, "unary")
         try:
             call = await continuation(details, request)
@@ -140,18 +214,33 @@ class AsyncUnaryUnaryInterceptor(_AsyncOutgoing, grpc.aio.UnaryUnaryClientInterc
         return response
 
 
-class AsyncUnaryStreamInterceptor(_AsyncOutgoing, grpc.aio.UnaryStreamClientInterceptor):
-    async def intercept_unary_stream(self, continuation, client_call_details, request):
+class AsyncUnaryStreamInterceptor(_AsyncOutgoing, _AioUnaryStream):
+    async def intercept_unary_stream(  # type: ignore[override]  # continuation: see above
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.UnaryStreamCall[Any, Any]]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> grpc.aio.UnaryStreamCall[Any, Any]:
         return await self._streaming(continuation, client_call_details, request, "server_stream")
 
 
-class AsyncStreamUnaryInterceptor(_AsyncOutgoing, grpc.aio.StreamUnaryClientInterceptor):
-    async def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+class AsyncStreamUnaryInterceptor(_AsyncOutgoing, _AioStreamUnary):
+    async def intercept_stream_unary(  # type: ignore[override]  # return type: see above
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.StreamUnaryCall[Any, Any]]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> grpc.aio.StreamUnaryCall[Any, Any]:
         return await self._streaming(continuation, client_call_details, request_iterator, "client_stream")
 
 
-class AsyncStreamStreamInterceptor(_AsyncOutgoing, grpc.aio.StreamStreamClientInterceptor):
-    async def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+class AsyncStreamStreamInterceptor(_AsyncOutgoing, _AioStreamStream):
+    async def intercept_stream_stream(  # type: ignore[override]  # continuation: see above
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[grpc.aio.StreamStreamCall[Any, Any]]],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> grpc.aio.StreamStreamCall[Any, Any]:
         return await self._streaming(continuation, client_call_details, request_iterator, "bidi_stream")
 
 
@@ -166,14 +255,20 @@ ASYNC_INTERCEPTORS = (
 
 class SyncClientInterceptor(
     _Outgoing,
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
+    _SyncUnaryUnary,
+    _SyncUnaryStream,
+    _SyncStreamUnary,
+    _SyncStreamStream,
 ):
     """For sync channels: `grpc.intercept_channel(channel, SyncClientInterceptor(...))`."""
 
-    def _observed(self, continuation, client_call_details, request_or_iterator, kind: str):
+    def _observed(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], _SyncOutcome],
+        client_call_details: grpc.ClientCallDetails,
+        request_or_iterator: Any,
+        kind: str,
+    ) -> _SyncOutcome:
         """Sends the call on; its outcome is recorded when gRPC reports it done (it may already be)."""
         try:
             state, timeout, metadata = self.prepare(
@@ -186,19 +281,40 @@ class SyncClientInterceptor(
             client_call_details.wait_for_ready, getattr(client_call_details, "compression", None),
         )  # fmt: skip
         outcome = continuation(details, request_or_iterator)
-        outcome.add_done_callback(lambda done: self.finish(state, done.code(), done.details()))
+        # Whatever the kind, the outcome is a grpc.Call and a grpc.Future (see _CallFuture).
+        cast(_CallFuture, outcome).add_done_callback(lambda done: self.finish(state, done.code(), done.details()))
         return outcome
 
-    def intercept_unary_unary(self, continuation, client_call_details, request):
+    def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], grpc.CallFuture[Any]],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> grpc.CallFuture[Any]:
         return self._observed(continuation, client_call_details, request, "unary")
 
-    def intercept_unary_stream(self, continuation, client_call_details, request):
+    def intercept_unary_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], grpc.CallIterator[Any]],
+        client_call_details: grpc.ClientCallDetails,
+        request: Any,
+    ) -> grpc.CallIterator[Any]:
         return self._observed(continuation, client_call_details, request, "server_stream")
 
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+    def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], grpc.CallFuture[Any]],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Iterator[Any],
+    ) -> grpc.CallFuture[Any]:
         return self._observed(continuation, client_call_details, request_iterator, "client_stream")
 
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+    def intercept_stream_stream(
+        self,
+        continuation: Callable[[grpc.ClientCallDetails, Any], grpc.CallIterator[Any]],
+        client_call_details: grpc.ClientCallDetails,
+        request_iterator: Iterator[Any],
+    ) -> grpc.CallIterator[Any]:
         return self._observed(continuation, client_call_details, request_iterator, "bidi_stream")
 
 
@@ -215,5 +331,5 @@ class _SyncExpired(grpc.RpcError):
     def details(self) -> str:
         return self._details
 
-    def trailing_metadata(self) -> tuple:
+    def trailing_metadata(self) -> tuple[()]:
         return ()

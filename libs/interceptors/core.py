@@ -27,12 +27,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
 from grpc_interceptor.exceptions import GrpcException, InvalidArgument
+
+if TYPE_CHECKING:  # grpc-stubs makes these classes generic; grpc's own take no type arguments at run time
+    _AioServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
+    _SyncServerInterceptor = grpc.ServerInterceptor[Any, Any]
+    _GenericRpcHandler = grpc.GenericRpcHandler[Any, Any]
+else:
+    _AioServerInterceptor = grpc.aio.ServerInterceptor
+    _SyncServerInterceptor = grpc.ServerInterceptor
+    _GenericRpcHandler = grpc.GenericRpcHandler
 
 UNKNOWN = "unknown"
 _HANDLER_CACHE_LIMIT = 4096  # wrapped handlers kept per adapter; a bound against per-call handlers
@@ -112,7 +121,7 @@ def split_method(method: str) -> tuple[str, str]:
 UNREGISTERED = Rpc(UNKNOWN, "unary")  # every call to a method no service registered
 
 
-def kind_of(handler: grpc.RpcMethodHandler) -> str:
+def kind_of(handler: grpc.RpcMethodHandler[Any, Any]) -> str:
     if handler.request_streaming:
         return "bidi_stream" if handler.response_streaming else "client_stream"
     return "server_stream" if handler.response_streaming else "unary"
@@ -140,7 +149,7 @@ class UndecodableRequest(InvalidArgument):
     """A request message that does not parse: INVALID_ARGUMENT, answered after authorisation."""
 
 
-def _message_name(deserialize: Callable) -> str:
+def _message_name(deserialize: Callable[[bytes], Any]) -> str:
     message_class = getattr(deserialize, "__self__", None)  # Message.FromString is a bound classmethod
     descriptor = getattr(message_class, "DESCRIPTOR", None)
     return getattr(descriptor, "full_name", "message")
@@ -153,12 +162,12 @@ def _decode(deserialize: Callable[[bytes], Any], raw: bytes) -> Any:
         raise UndecodableRequest(f"the request is not a valid {_message_name(deserialize)}") from None
 
 
-async def _decode_each_async(deserialize: Callable[[bytes], Any], requests: AsyncIterator[bytes]) -> AsyncIterator:
+async def _decode_each_async(deserialize: Callable[[bytes], Any], requests: AsyncIterator[bytes]) -> AsyncIterator[Any]:
     async for raw in requests:
         yield _decode(deserialize, raw)
 
 
-def _decode_each(deserialize: Callable[[bytes], Any], requests: Iterator[bytes]) -> Iterator:
+def _decode_each(deserialize: Callable[[bytes], Any], requests: Iterator[bytes]) -> Iterator[Any]:
     for raw in requests:
         yield _decode(deserialize, raw)
 
@@ -232,7 +241,7 @@ class Pipeline:
         self.begin(call)
         self.close(call)
 
-    def wrap_async(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap_async(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """`handler` of `method` for a grpc.aio server, with the pipeline around each call."""
         rpc, inner = Rpc(method, kind_of(handler)), _inner(handler)
         deserialize, streamed = handler.request_deserializer, handler.request_streaming
@@ -242,7 +251,9 @@ class Pipeline:
                 return request
             return _decode_each_async(deserialize, request) if streamed else _decode(deserialize, request)
 
-        async def abort_or_raise(call: Call, context: grpc.aio.ServicerContext, exc: BaseException) -> Any:
+        async def abort_or_raise(
+            call: Call, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
+        ) -> NoReturn:
             abort = self.failed(call, exc)
             self.close(call)
             if abort is None:
@@ -251,7 +262,7 @@ class Pipeline:
 
         if handler.response_streaming:
 
-            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator:
+            async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
                 call = Call(rpc, context, context.invocation_metadata())
                 try:
                     self.begin(call)
@@ -268,9 +279,11 @@ class Pipeline:
                     await abort_or_raise(call, context, exc)
                 self.succeeded(call)
 
+            return _rebuild(handler, rpc.kind, streaming)
+
         else:
 
-            async def behaviour(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
                 call = Call(rpc, context, context.invocation_metadata())
                 try:
                     self.begin(call)
@@ -285,9 +298,9 @@ class Pipeline:
                 self.succeeded(call)
                 return response
 
-        return _rebuild(handler, rpc.kind, behaviour)
+            return _rebuild(handler, rpc.kind, unary)
 
-    def wrap_sync(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap_sync(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         """`handler` of `method` for a sync grpc.server, with the pipeline around each call."""
         rpc, inner = Rpc(method, kind_of(handler)), _inner(handler)
         deserialize, streamed = handler.request_deserializer, handler.request_streaming
@@ -297,7 +310,7 @@ class Pipeline:
                 return request
             return _decode_each(deserialize, request) if streamed else _decode(deserialize, request)
 
-        def abort_or_raise(call: Call, context: grpc.ServicerContext, exc: BaseException) -> Any:
+        def abort_or_raise(call: Call, context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
             abort = self.failed(call, exc)
             self.close(call)
             if abort is None:
@@ -306,7 +319,7 @@ class Pipeline:
                 context.set_trailing_metadata(abort.trailers)
             context.abort(abort.code, abort.details)
 
-        def stream(call: Call, context: grpc.ServicerContext, responses: Iterator) -> Iterator:
+        def stream(call: Call, context: grpc.ServicerContext, responses: Iterator[Any]) -> Iterator[Any]:
             try:
                 yield from responses
             except GeneratorExit:  # gRPC stopped asking: the caller left or its deadline passed
@@ -337,21 +350,26 @@ class Pipeline:
         return _rebuild(handler, rpc.kind, behaviour)
 
 
-def _inner(handler: grpc.RpcMethodHandler) -> Callable:
-    return handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+def _inner(handler: grpc.RpcMethodHandler[Any, Any]) -> Callable[..., Any]:
+    # Exactly one of the four is set (the one of the handler's kind). Called with either form's context,
+    # and a grpc.aio handler returns a coroutine or an async iterator: what the stubs say does not apply.
+    behaviour = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    return cast("Callable[..., Any]", behaviour)
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, kind: str, behaviour: Callable) -> grpc.RpcMethodHandler:
+def _rebuild(
+    handler: grpc.RpcMethodHandler[Any, Any], kind: str, behaviour: Callable[..., Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
     # No request_deserializer: the behaviour gets the raw bytes and decodes them after the begin hooks.
     return _FACTORIES[kind](behaviour, request_deserializer=None, response_serializer=handler.response_serializer)
 
 
 class _HandlerCache:
-    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
+    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler[Any, Any]], grpc.RpcMethodHandler[Any, Any]]) -> None:
         self._wrap = wrap
-        self._wrapped: dict[tuple[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[tuple[str, grpc.RpcMethodHandler[Any, Any]], grpc.RpcMethodHandler[Any, Any]] = {}
 
-    def get(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def get(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         key = (method, handler)
         found = self._wrapped.get(key)
         if found is None:
@@ -361,14 +379,20 @@ class _HandlerCache:
         return found
 
 
-class AsyncServerInterceptor(grpc.aio.ServerInterceptor):
+class AsyncServerInterceptor(_AioServerInterceptor):
     """Runs a Pipeline around every call of a `grpc.aio` server, as a standard interceptor."""
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.pipeline = Pipeline(middleware)
         self._cache = _HandlerCache(self.pipeline.wrap_async)
 
-    async def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+    # grpc-stubs has no None here, but grpc.aio's continuation gives None for a method no service registered,
+    # and an interceptor returns None to let gRPC answer UNIMPLEMENTED (as the sync stubs say).
+    async def intercept_service(  # type: ignore[override]
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None:
             self.pipeline.unregistered(details.invocation_metadata)
@@ -376,14 +400,18 @@ class AsyncServerInterceptor(grpc.aio.ServerInterceptor):
         return self._cache.get(details.method, handler)
 
 
-class SyncServerInterceptor(grpc.ServerInterceptor):
+class SyncServerInterceptor(_SyncServerInterceptor):
     """Runs a Pipeline around every call of a sync `grpc.server`, as a standard interceptor."""
 
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.pipeline = Pipeline(middleware)
         self._cache = _HandlerCache(self.pipeline.wrap_sync)
 
-    def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None:
             self.pipeline.unregistered(details.invocation_metadata)
@@ -391,16 +419,16 @@ class SyncServerInterceptor(grpc.ServerInterceptor):
         return self._cache.get(details.method, handler)
 
 
-class _WrappedGenericHandler(grpc.GenericRpcHandler):
-    def __init__(self, inner: grpc.GenericRpcHandler, cache: _HandlerCache) -> None:
+class _WrappedGenericHandler(_GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler[Any, Any], cache: _HandlerCache) -> None:
         self._inner, self._cache = inner, cache
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = self._inner.service(details)
         return None if handler is None else self._cache.get(details.method, handler)
 
 
-class _Unregistered(grpc.GenericRpcHandler):
+class _Unregistered(_GenericRpcHandler):
     """Last in line: sees only calls no service took, counts them, and lets gRPC say UNIMPLEMENTED."""
 
     def __init__(self, pipeline: Pipeline) -> None:
@@ -423,10 +451,12 @@ class InstrumentedServer:
         self._pipeline = pipeline
         self._cache = _HandlerCache(pipeline.wrap_async if asynchronous else pipeline.wrap_sync)
 
-    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
         self._server.add_generic_rpc_handlers(tuple(_WrappedGenericHandler(h, self._cache) for h in handlers))
 
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
         wrapped = {name: self._cache.get(f"/{service}/{name}", h) for name, h in handlers.items()}
         self._server.add_registered_method_handlers(service, wrapped)
 

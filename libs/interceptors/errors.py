@@ -7,12 +7,13 @@ bad field at once; ExceptionToStatusInterceptor sends it as the status message p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]  # .pyi, no py.typed
 from grpc_interceptor.exceptions import InvalidArgument
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
@@ -69,7 +70,9 @@ class BadRequest(InvalidArgument):
 
 def status_proto(error: grpc.RpcError) -> status_pb2.Status | None:
     """The google.rpc.Status in a failed call's trailers, if the server sent one."""
-    trailers = error.trailing_metadata() or ()
+    # grpc-stubs types the trailers as objects with .key and .value; gRPC gives (key, value) pairs (a tuple of
+    # tuples for a sync call, grpc.aio.Metadata for an aio one), with bytes values for "-bin" keys.
+    trailers = cast("Iterable[tuple[str, str | bytes]]", error.trailing_metadata() or ())
     for key, value in trailers:
         if key == STATUS_DETAILS_KEY:
             return status_pb2.Status.FromString(value)

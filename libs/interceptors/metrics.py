@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import prometheus_client
 from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from libs.interceptors.core import Call, Middleware, Rpc
@@ -92,7 +92,7 @@ class RpcMetrics(Collector):
         with self._lock:
             return sum(series.started for series in self._series.values())
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[Metric]:
         side = self.side
         started = CounterMetricFamily(f"grpc_{side}_started", f"RPCs started on the {side}.", labels=_LABELS)
         handled = CounterMetricFamily(

@@ -37,7 +37,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago on `host` (the caller binds it right away)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]  # an AF_INET address: (host, port)
+        return port
 
 
 def _die_with_parent() -> None:
@@ -54,13 +55,17 @@ def print_prefixed(name: str) -> Callable[[str], None]:
     return sink
 
 
+Argument = str | Path | int | float
+"""A command-line argument of a child process: passed through str() (paths and numbers need no conversion)."""
+
+
 class ChildProcess:
     """A child process whose output lines are kept (last 1000) and passed to `on_line`."""
 
     def __init__(
         self,
         name: str,
-        argv: Sequence[str],
+        argv: Sequence[Argument],
         env: dict[str, str] | None = None,
         on_line: Callable[[str], None] | None = None,
         discard_output: bool = False,
@@ -123,6 +128,7 @@ class ChildProcess:
         raise TimeoutError(f"{self.name} did not listen on {host}:{port} within {timeout:.0f}s")
 
     def signal(self, signum: int) -> None:
+        assert self._process
         if self.poll() is None:
             self._process.send_signal(signum)
 

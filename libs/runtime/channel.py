@@ -108,7 +108,7 @@ def create_channel(
     unacknowledged that long drops the connection, so a replica behind a silently cut link stops
     receiving calls after about 3 s instead of 10 s (measured in tests/system). Peers that are merely
     busy still acknowledge at the TCP level."""
-    options = [
+    options: list[tuple[str, int | str]] = [
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
         ("grpc.keepalive_timeout_ms", int(keepalive_timeout * 1000)),
@@ -150,7 +150,7 @@ class BalancedChannel:
         self.serving = serving
         self.fallback = fallback
 
-    def _multicallable(self, kind: str, method: str, args: dict) -> Callable:
+    def _multicallable(self, kind: str, method: str, args: dict[str, Any]) -> Callable[..., Any]:
         serving, fallback = getattr(self.serving, kind)(method, **args), getattr(self.fallback, kind)(method, **args)
         state = self.serving.get_state
 
@@ -161,16 +161,16 @@ class BalancedChannel:
 
         return call
 
-    def unary_unary(self, method: str, **args: Any) -> Callable:
+    def unary_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryUnaryCall[Any, Any]]:
         return self._multicallable("unary_unary", method, args)
 
-    def unary_stream(self, method: str, **args: Any) -> Callable:
+    def unary_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryStreamCall[Any, Any]]:
         return self._multicallable("unary_stream", method, args)
 
-    def stream_unary(self, method: str, **args: Any) -> Callable:
+    def stream_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamUnaryCall[Any, Any]]:
         return self._multicallable("stream_unary", method, args)
 
-    def stream_stream(self, method: str, **args: Any) -> Callable:
+    def stream_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamStreamCall[Any, Any]]:
         return self._multicallable("stream_stream", method, args)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
@@ -198,16 +198,19 @@ class ReloadingChannel:
     call resolves the current channel. Without TLS it is a plain channel.
     """
 
-    def __init__(self, target: str, *, tls: TlsFiles | None, check_every: float = 30.0, drain: float = 30.0, **options):
-        self._make = lambda: create_channel(target, tls=tls, **options)
+    def __init__(
+        self, target: str, *, tls: TlsFiles | None, check_every: float = 30.0, drain: float = 30.0, **options: Any
+    ) -> None:
+        """`options` are those of `create_channel`."""
+        self._make: Callable[[], BalancedChannel] = lambda: create_channel(target, tls=tls, **options)
         self._tls = tls
         self._check_every = check_every
         self._drain = drain
         self._channel = self._make()
         self._generation = 0
         self._fingerprint = tls.fingerprint() if tls else None
-        self._watcher: asyncio.Task | None = None
-        self._closing: set[asyncio.Task] = set()
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
 
     @property
     def generation(self) -> int:
@@ -241,11 +244,11 @@ class ReloadingChannel:
         task.add_done_callback(self._closing.discard)
         return True
 
-    async def _close_later(self, channel: grpc.aio.Channel) -> None:
+    async def _close_later(self, channel: BalancedChannel) -> None:
         await asyncio.sleep(self._drain)
         await channel.close()
 
-    def _multicallable(self, kind: str, method: str, args: dict) -> Callable:
+    def _multicallable(self, kind: str, method: str, args: dict[str, Any]) -> Callable[..., Any]:
         made: dict[str, Any] = {"generation": -1, "callable": None}
 
         def call(request: Any = None, **kwargs: Any) -> Any:
@@ -259,16 +262,16 @@ class ReloadingChannel:
 
         return call
 
-    def unary_unary(self, method: str, **args: Any) -> Callable:
+    def unary_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryUnaryCall[Any, Any]]:
         return self._multicallable("unary_unary", method, args)
 
-    def unary_stream(self, method: str, **args: Any) -> Callable:
+    def unary_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryStreamCall[Any, Any]]:
         return self._multicallable("unary_stream", method, args)
 
-    def stream_unary(self, method: str, **args: Any) -> Callable:
+    def stream_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamUnaryCall[Any, Any]]:
         return self._multicallable("stream_unary", method, args)
 
-    def stream_stream(self, method: str, **args: Any) -> Callable:
+    def stream_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamStreamCall[Any, Any]]:
         return self._multicallable("stream_stream", method, args)
 
     async def channel_ready(self) -> None:

@@ -15,7 +15,8 @@ import re
 import signal
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -31,10 +32,14 @@ class Echo:
 
     def __init__(self, *flags: str) -> None:
         self.port, self.metrics_port = free_port(), free_port()
-        argv = [runfile("libs/runtime/echo_server"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port)]
+        argv: list[str | Path] = [runfile("libs/runtime/echo_server"), "--insecure", "--host", "127.0.0.1"]
+        argv += ["--port", str(self.port)]
         argv += ["--metrics-port", str(self.metrics_port), "--log-format", "json", "--drain-seconds", "0", *flags]
         self.process = ChildProcess("echo", argv, on_line=lambda line: None).start()
+        # The service port listens from the moment it is bound; /metrics opens a little later, just before
+        # the server starts serving.
         self.process.wait_for_port(self.port)
+        self.process.wait_for_port(self.metrics_port)
 
     @property
     def target(self) -> str:
@@ -67,16 +72,30 @@ class Echo:
                     codes[entry["code"]] += 1
         return codes
 
-    def wait_for_access_lines(self, count: int, timeout: float = 10) -> collections.Counter[str]:
+    def wait_for_access_lines(self, count: int, timeout: float = 30) -> collections.Counter[str]:
         """The access codes once `count` lines arrived (they are written in batches, up to 50 ms late)."""
         give_up = time.monotonic() + timeout
         while sum(self.access_codes().values()) < count and time.monotonic() < give_up:
             time.sleep(0.02)
         return self.access_codes()
 
+    async def until_started(self, count: int, timeout: float = 30) -> None:
+        """Until `count` calls reached a handler (they are in flight, unless they ended already); the event
+        loop runs meanwhile, for the calls being made."""
+        give_up = time.monotonic() + timeout
+        while (started := self.started()) < count:
+            assert time.monotonic() < give_up, f"only {started} of {count} calls started"
+            await asyncio.sleep(0.02)
+
+    def stopped(self) -> int:
+        """The exit code of the process, once it has exited by itself and all its output is read."""
+        code = self.process.wait(timeout=30)
+        self.process.stop()  # nothing left to stop: waits for the output to be read to the end
+        return code
+
 
 @pytest.fixture
-def echo_factory() -> Iterator:
+def echo_factory() -> Iterator[Callable[..., Echo]]:
     started: list[Echo] = []
 
     def make(*flags: str) -> Echo:
@@ -89,23 +108,34 @@ def echo_factory() -> Iterator:
 
 
 async def concurrent_calls(target: str, requests: list[bytes], timeout: float) -> list[tuple[str, dict]]:
-    """Every request at once on one plain channel (no retries): each call's code and trailers."""
+    """Every request at once on one plain channel (no retries), once it is connected (so the calls' deadlines
+    are spent on the calls alone): each call's code and trailers."""
     async with grpc.aio.insecure_channel(target, options=[("grpc.enable_retries", 0)]) as channel:
-        echo = channel.unary_unary(ECHO)
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        echo = channel.unary_unary(ECHO, request_serializer=None, response_deserializer=None)
 
         async def one(request: bytes) -> tuple[str, dict]:
             try:
                 await echo(request, timeout=timeout)
                 return "OK", {}
             except grpc.aio.AioRpcError as error:
-                return error.code().name, dict(error.trailing_metadata() or ())
+                # grpc-stubs types the trailers as the sync API's _Metadatum objects; aio gives (key, value) pairs.
+                return error.code().name, dict(error.trailing_metadata() or ())  # type: ignore[arg-type]
 
         return await asyncio.gather(*(one(request) for request in requests))
 
 
 def test_calls_over_the_concurrency_cap_are_shed_counted_and_logged(echo_factory) -> None:
     echo = echo_factory("--max-concurrent-rpcs", "4")
-    outcomes = asyncio.run(concurrent_calls(echo.target, [b"sleep:0.5"] * 12, timeout=10))
+
+    async def scenario() -> list[tuple[str, dict]]:
+        # Four calls take every slot, and hold them while eight more arrive (on a connected channel, they
+        # take milliseconds; the slots are held for seconds).
+        held = asyncio.ensure_future(concurrent_calls(echo.target, [b"sleep:3"] * 4, timeout=30))
+        await echo.until_started(4)
+        return [*await concurrent_calls(echo.target, [b"sleep:3"] * 8, timeout=30), *await held]
+
+    outcomes = asyncio.run(scenario())
     codes = collections.Counter(code for code, _ in outcomes)
     assert codes == {"OK": 4, "RESOURCE_EXHAUSTED": 8}
     shed_trailers = [trailers for code, trailers in outcomes if code == "RESOURCE_EXHAUSTED"]
@@ -116,7 +146,8 @@ def test_calls_over_the_concurrency_cap_are_shed_counted_and_logged(echo_factory
 
 def test_calls_whose_deadline_passes_are_counted_and_logged_as_such(echo_factory) -> None:
     echo = echo_factory()
-    outcomes = asyncio.run(concurrent_calls(echo.target, [b"sleep:2"] * 40, timeout=0.3))
+    # Every call reaches the handler well within its deadline, and the handler outlasts it by far.
+    outcomes = asyncio.run(concurrent_calls(echo.target, [b"sleep:60"] * 40, timeout=2))
     assert collections.Counter(code for code, _ in outcomes) == {"DEADLINE_EXCEEDED": 40}
     logged = echo.wait_for_access_lines(40)
     assert logged == echo.handled()
@@ -129,22 +160,26 @@ def test_calls_cut_off_by_shutdown_are_counted_and_logged_before_exit(echo_facto
     echo = echo_factory("--shutdown-grace", "0.3")
 
     async def scenario() -> list[tuple[str, dict]]:
-        calls = asyncio.ensure_future(concurrent_calls(echo.target, [b"sleep:0.1"] * 5 + [b"sleep:30"] * 200, 20))
-        while echo.started() < 205:  # every call reached a handler: the long ones are in flight
-            await asyncio.sleep(0.05)
+        # 200 calls: as many as one connection may have open (--max-streams-per-connection), so all start.
+        calls = asyncio.ensure_future(concurrent_calls(echo.target, [b"sleep:0.1"] * 5 + [b"sleep:60"] * 195, 50))
+        await echo.until_started(200)  # every call reached a handler: the long ones are in flight
+        give_up = time.monotonic() + 30
+        while echo.handled().get("OK", 0) < 5:  # the short ones are answered
+            assert time.monotonic() < give_up, echo.handled()
+            await asyncio.sleep(0.02)
         echo.process.signal(signal.SIGTERM)
         return await calls
 
     outcomes = asyncio.run(scenario())
-    assert echo.process.wait(timeout=10) == 0
+    assert echo.stopped() == 0
     seen = collections.Counter(code for code, _ in outcomes)
     assert seen["OK"] == 5
     cut = sum(seen.values()) - 5
-    assert cut == 200
-    logged = echo.wait_for_access_lines(205)
+    assert cut == 195
+    logged = echo.wait_for_access_lines(200)
     print(f"clients saw {dict(seen)}; the server logged {dict(logged)}")
     assert logged["OK"] == 5
-    assert sum(logged.values()) == 205  # the 200 cut off are in the log too, whatever the code
+    assert sum(logged.values()) == 200  # the 195 cut off are in the log too, whatever the code
 
 
 def test_calls_gRPC_refuses_before_any_handler_are_counted_and_logged(echo_factory) -> None:
@@ -154,19 +189,23 @@ def test_calls_gRPC_refuses_before_any_handler_are_counted_and_logged(echo_facto
     echo = echo_factory("--max-pending-calls", "2")
 
     async def scenario() -> list[tuple[str, dict]]:
-        blocker = asyncio.ensure_future(concurrent_calls(echo.target, [b"block:1"], timeout=10))
-        await asyncio.sleep(0.3)  # the process is blocked now
-        piled_up = await concurrent_calls(echo.target, [b"x"] * 30, timeout=10)
+        blocker = asyncio.ensure_future(concurrent_calls(echo.target, [b"block:3"], timeout=30))
+        # The handler has begun, and with it the block (/metrics is served by a thread of its own). The calls
+        # below take milliseconds to arrive; the block lasts seconds.
+        await echo.until_started(1)
+        piled_up = await concurrent_calls(echo.target, [b"x"] * 30, timeout=30)
         return [*await blocker, *piled_up]
 
     outcomes = asyncio.run(scenario())
     # gRPC refuses with RST_STREAM(CANCEL): the callers see CANCELLED, with no detail, and do not retry.
     refused = sum(1 for code, _ in outcomes if code == "CANCELLED")
     assert refused > 0, outcomes
-    transport_started = float(re.search(r"^grpc_server_transport_started_total (\S+)$", echo.metrics(), re.M)[1])
+    found = re.search(r"^grpc_server_transport_started_total (\S+)$", echo.metrics(), re.M)
+    assert found, echo.metrics()
+    transport_started = float(found[1])
     assert transport_started == len(outcomes) == echo.started() + refused
     assert sum(echo.handled().values()) == echo.started()
     echo.process.signal(signal.SIGTERM)  # the drain's end logs what was dropped since the last report
-    assert echo.process.wait(timeout=10) == 0
+    assert echo.stopped() == 0
     logged = "\n".join(echo.process.lines)
     assert re.search(rf"\d+ more calls reached gRPC but no handler .*; {refused} in all", logged), logged[-2000:]

@@ -13,8 +13,8 @@ tools use it to call any service of the repository, including one generated a mi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import grpc
 from google.protobuf import descriptor, descriptor_pool, json_format, message_factory
@@ -46,22 +46,24 @@ class ReflectionClient:
         found = self.method(service, method)
         request_class = message_factory.GetMessageClass(found.input_type)
         response_class = message_factory.GetMessageClass(found.output_type)
-        kind = {
+        # The four kinds of multicallable differ in type; each is called the same way (request first).
+        kinds: dict[tuple[bool, bool], Callable[..., Callable[..., Any]]] = {
             (False, False): self._channel.unary_unary,
             (False, True): self._channel.unary_stream,
             (True, False): self._channel.stream_unary,
             (True, True): self._channel.stream_stream,
-        }[(found.client_streaming, found.server_streaming)]
-        stub = kind(
+        }
+        stub = kinds[(found.client_streaming, found.server_streaming)](
             f"/{service}/{method}",
             request_serializer=request_class.SerializeToString,
             response_deserializer=response_class.FromString,
         )
+        # As documented: a list of requests for a client-streaming method, else one.
         if found.client_streaming:
-            requests = [json_format.ParseDict(fields, request_class()) for fields in request]
+            requests = [json_format.ParseDict(fields, request_class()) for fields in cast(Sequence[Json], request)]
             outcome = stub(iter(requests), timeout=timeout, **kwargs)
         else:
-            outcome = stub(json_format.ParseDict(request, request_class()), timeout=timeout, **kwargs)
+            outcome = stub(json_format.ParseDict(cast(Json, request), request_class()), timeout=timeout, **kwargs)
         if found.server_streaming:
             return [json_format.MessageToDict(response) for response in outcome]
         return json_format.MessageToDict(outcome)

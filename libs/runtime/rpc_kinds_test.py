@@ -170,13 +170,37 @@ async def invoke(channel: Any, kind: str, requests: list[bytes], **kwargs: Any) 
 
 def invoke_sync(channel: grpc.Channel, kind: str, requests: list[bytes]) -> list[bytes]:
     method = f"/{SERVICE}/{METHODS[kind]}"
+    # Bytes in, bytes out: no serializers (None by default; grpc-stubs makes them required).
     if kind == "unary":
-        return [channel.unary_unary(method)(requests[0])]
+        return [channel.unary_unary(method, request_serializer=None, response_deserializer=None)(requests[0])]
     if kind == "server_stream":
-        return list(channel.unary_stream(method)(requests[0]))
+        return list(channel.unary_stream(method, request_serializer=None, response_deserializer=None)(requests[0]))
     if kind == "client_stream":
-        return [channel.stream_unary(method)(iter(requests))]
-    return list(channel.stream_stream(method)(iter(requests)))
+        return [channel.stream_unary(method, request_serializer=None, response_deserializer=None)(iter(requests))]
+    return list(channel.stream_stream(method, request_serializer=None, response_deserializer=None)(iter(requests)))
+
+
+def client_calls_unrecorded() -> float:
+    """Client calls of SERVICE started but not yet in the client metrics (and their span not ended)."""
+    started = handled = 0.0
+    for metric in REGISTRY.collect():
+        for sample in metric.samples:
+            if sample.labels.get("grpc_service") == SERVICE:
+                if sample.name == "grpc_client_started_total":
+                    started += sample.value
+                elif sample.name == "grpc_client_handled_total":
+                    handled += sample.value
+    return started - handled
+
+
+def settle(timeout: float = 10) -> None:
+    """Waits until every client call is recorded: a streaming call's outcome is recorded when gRPC reports
+    it done (a done callback, on the event loop; for sync calls on gRPC's thread), just after the caller
+    saw it end."""
+    give_up = time.monotonic() + timeout
+    while client_calls_unrecorded() and time.monotonic() < give_up:
+        time.sleep(0.01)
+    assert not client_calls_unrecorded(), "a client call was never recorded"
 
 
 def call(bed: Bed, channel_kind: str, kind: str, requests: list[bytes], identity: str = "client", **kw) -> list[bytes]:
@@ -187,7 +211,10 @@ def call(bed: Bed, channel_kind: str, kind: str, requests: list[bytes], identity
         finally:
             await channel.close()
 
-    return bed.run(go())
+    try:
+        return bed.run(go())
+    finally:
+        settle()
 
 
 def failure(bed: Bed, channel_kind: str, kind: str, requests: list[bytes], identity: str = "client") -> grpc.RpcError:
@@ -230,6 +257,7 @@ def test_request_id_and_trace_context_reach_the_handler(bed: Bed, kind: str) -> 
 
     SPANS.clear()
     seen = bed.run(go())
+    settle()  # the client span ends as the call is recorded
     assert seen["request_id"] == "0123456789abcdef0123456789abcdef"
     client_spans = [
         s for s in SPANS.get_finished_spans() if s.kind == SpanKind.CLIENT and s.name.endswith(METHODS[kind])
@@ -238,19 +266,25 @@ def test_request_id_and_trace_context_reach_the_handler(bed: Bed, kind: str) -> 
         s for s in SPANS.get_finished_spans() if s.kind == SpanKind.SERVER and s.name.endswith(METHODS[kind])
     ]
     assert seen["trace_id"] == format(client_spans[-1].context.trace_id, "032x")
-    assert server_spans[-1].parent.span_id == client_spans[-1].context.span_id
+    parent = server_spans[-1].parent
+    assert parent is not None
+    assert parent.span_id == client_spans[-1].context.span_id
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_callers_deadline_reaches_the_handler(bed: Bed, kind: str) -> None:
     async def go() -> dict:
-        with deadline_scope(2.0):  # as if handling a request with 2 s left
-            channel = bed.channel("ReloadingChannel")
-            async with channel:
+        channel = bed.channel("ReloadingChannel")
+        async with channel:
+            await asyncio.wait_for(channel.channel_ready(), 10)  # the 2 s below are then the call's alone
+            with deadline_scope(2.0):  # as if handling a request with 2 s left
                 (answer,) = [r for r in await invoke(channel, kind, [b"whoami"]) if r != b"end"]
         return json.loads(answer)
 
-    assert 0 < bed.run(go())["remaining"] <= 2.0
+    remaining = bed.run(go())["remaining"]
+    settle()
+    # The caller's 2 s (not the channel's default 5 s); gRPC's clocks and grpc-timeout's units add a few ms.
+    assert 0 < remaining <= 2.5
 
 
 @pytest.mark.parametrize("channel_kind", CHANNELS)
@@ -296,9 +330,7 @@ def test_a_stream_the_caller_cancels_is_counted_as_cancelled(bed: Bed, kind: str
 
     before = handled("client", kind, "CANCELLED")
     bed.run(go())
-    give_up = time.monotonic() + 5  # the outcome is recorded by a done callback, on the loop, soon after
-    while handled("client", kind, "CANCELLED") == before and time.monotonic() < give_up:
-        time.sleep(0.01)
+    settle()
     assert handled("client", kind, "CANCELLED") == before + 1
 
 
@@ -309,5 +341,6 @@ def test_sync_clients_get_the_same_middleware(bed: Bed, kind: str) -> None:
     with bed.sync_channel() as channel:
         assert invoke_sync(channel, kind, [b"x"]) == EXPECTED[kind]
         (answer,) = [r for r in invoke_sync(channel, kind, [b"whoami"]) if r != b"end"]
+    settle()
     assert json.loads(answer)["request_id"] == "fedcba9876543210fedcba9876543210"
     assert handled("client", kind, "OK") == before + 2

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -82,7 +83,8 @@ PROBE_STREAMS_PER_CONNECTION = 16
 """The plaintext health port serves probes, a few calls at a time: one connection may not hold more."""
 
 
-class BoundedHealthServicer(health.aio.HealthServicer):
+# grpc-stubs' grpc_health stub has no `aio` (the servicer grpc.aio servers need): the base class is untyped.
+class BoundedHealthServicer(health.aio.HealthServicer):  # type: ignore[name-defined,misc]
     """grpc.health.v1 with at most `max_watches` Watch streams open at once: each holds a task and a
     queue until its caller leaves, and the probe port is open to anyone who reaches it (measured before
     the cap: 3,357 Watch streams on one connection, +75 MB)."""
@@ -93,7 +95,11 @@ class BoundedHealthServicer(health.aio.HealthServicer):
         self._watches = 0
         self._logger = logger
 
-    async def Watch(self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext) -> None:
+    async def Watch(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.aio.ServicerContext[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse],
+    ) -> None:
         if self._watches >= self._max_watches:
             self._logger.warning("refused a health Watch from %s: %d open", context.peer(), self._watches)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self._max_watches} Watch streams")
@@ -130,7 +136,7 @@ class GrpcServer:
         self._stopping = False
         self._channelz_id = 0  # the service port's server in gRPC's channelz (libs/runtime/transport.py)
         self._dropped: DroppedCallsLog | None = None
-        self._dropped_watch: asyncio.Task | None = None
+        self._dropped_watch: asyncio.Task[None] | None = None
         self._middleware = middleware
         self.service_name = service_name or "grpc-server"
 
@@ -166,17 +172,22 @@ class GrpcServer:
             TransportCalls.of().add(self._channelz_id)
             self._dropped = DroppedCallsLog(self._channelz_id, RpcMetrics.of("server"), self.logger)
         # The middleware wraps each handler as it registers: cheaper than gRPC's interceptor path.
-        target = InstrumentedServer(server, Pipeline(middleware)) if middleware else server
+        instrumented = InstrumentedServer(server, Pipeline(middleware)) if middleware else None
+        # An InstrumentedServer stands in for the server it wraps: it takes the registrations (what the
+        # generated add_*_to_server functions call) and passes everything else through.
+        target = cast(grpc.aio.Server, instrumented) if instrumented is not None else server
         for service in self.services:
             service.register(target)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, target)
         names = [s.name for s in self.services] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         # Not reflection.enable_server_reflection: it picks the sync servicer for anything but a bare aio server.
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME]), target
+            # grpc-stubs' reflection stub lacks `aio` (its `aio` is grpc.aio, imported and not re-exported).
+            reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME]),  # type: ignore[attr-defined]
+            target,
         )
-        if isinstance(target, InstrumentedServer):
-            target.finish()
+        if instrumented is not None:
+            instrumented.finish()
         self.port = self._bind(server, config.address, secure=True)
         self._servers.append(server)
 
@@ -195,7 +206,7 @@ class GrpcServer:
         for each in self._servers:
             await each.start()
         if self._dropped is not None:
-            self._dropped_watch = asyncio.get_running_loop().create_task(self._log_dropped())
+            self._dropped_watch = asyncio.get_running_loop().create_task(self._log_dropped(self._dropped))
         for name in [OVERALL, *(s.name for s in self.services)]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         self.logger.info(
@@ -209,10 +220,10 @@ class GrpcServer:
         if config.metrics_port:
             self.logger.info("Prometheus metrics on http://%s:%d/metrics", config.host, config.metrics_port)
 
-    async def _log_dropped(self) -> None:
+    async def _log_dropped(self, dropped: DroppedCallsLog) -> None:
         while True:
             await asyncio.sleep(DROPPED_LOG_INTERVAL)
-            self._dropped.check()
+            dropped.check()
 
     async def shutdown(self) -> None:
         """NOT_SERVING, drain, then stop with grace; in-flight calls finish, new ones are refused.
@@ -229,6 +240,7 @@ class GrpcServer:
         )
         await asyncio.sleep(self.config.drain_seconds)
         if self._dropped is not None:
+            assert self._dropped_watch is not None  # made by start() along with _dropped
             self._dropped_watch.cancel()
             self._dropped.check()
             TransportCalls.of().total()  # the last count gRPC will give before it forgets the server

@@ -86,7 +86,12 @@ def server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
             logger.info("reloaded TLS certificate %s", files.cert)
             return configuration(*new)
 
-    return grpc.dynamic_ssl_server_credentials(configuration(cert, key, ca), fetch, require_client_authentication=True)
+    # grpc-stubs types the fetcher as never returning None; gRPC documents None as "keep the current one".
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(cert, key, ca),
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=True,
+    )
 
 
 def channel_credentials(files: TlsFiles) -> grpc.ChannelCredentials:

@@ -25,7 +25,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 
-from grpc._cython import cygrpc
+from grpc._cython import cygrpc  # type: ignore[attr-defined]  # private to grpcio: grpc-stubs has no types for it
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
@@ -96,7 +96,7 @@ class TransportCalls(Collector):
         with self._lock:
             return self._retired + sum(self._last.values())
 
-    def collect(self) -> Iterator:
+    def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(
             "grpc_server_transport_started",
             "Calls gRPC's transport started on the service port, including those no handler saw.",

@@ -13,8 +13,10 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import grpc
 import jinja2
@@ -60,7 +62,7 @@ HTTP_DURATION = prometheus_client.Histogram(
 
 @dataclass(frozen=True)
 class Category:
-    enum: int
+    enum: catalog_pb2.BookCategory.ValueType
     slug: str  # in URLs: /category/science-fiction
     title: str  # in text: "Science fiction"
 
@@ -68,7 +70,7 @@ class Category:
 _TITLES = {"SELF_HELP": "Self-help"}  # where the enum name's plain spelling is not how people write it
 CATEGORIES = [
     Category(
-        value.number,
+        cast(catalog_pb2.BookCategory.ValueType, value.number),  # the descriptor's numbers are the enum's values
         value.name.lower().replace("_", "-"),
         _TITLES.get(value.name, value.name.replace("_", " ").capitalize()),
     )
@@ -83,7 +85,7 @@ class Section:
     """One category's recommendations on a page, or why there are none."""
 
     category: Category
-    books: list = field(default_factory=list)
+    books: list[recommendations_pb2.BookRecommendation] = field(default_factory=list)
     notice: str | None = None
     problems: list[str] = field(default_factory=list)
     status: int = 200
@@ -188,7 +190,11 @@ _WHOLE_NUMBER = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: int() also ta
 
 
 def parse_int(
-    value: str | None, name: str, default: int | None, violations: list[FieldViolation], bits: tuple = INT64
+    value: str | None,
+    name: str,
+    default: int | None,
+    violations: list[FieldViolation],
+    bits: tuple[int, int] = INT64,
 ) -> int | None:
     """A whole number that fits the API field (`bits`: INT32 or INT64); the backend judges the rest."""
     if value is None or value == "":
@@ -208,7 +214,7 @@ def shopper(request: Request) -> tuple[int, bool]:
         user = parse_int(given, "user", DEFAULT_USER, violations)
         if violations:
             raise BadParameters(violations)
-        return user, True
+        return cast(int, user), True  # None only along with a violation (raised above), not with a default
     cookie = parse_int(request.cookies.get(USER_COOKIE), USER_COOKIE, DEFAULT_USER, [])
     return (cookie if cookie is not None else DEFAULT_USER), False
 
@@ -217,14 +223,14 @@ def shopper(request: Request) -> tuple[int, bool]:
 class Backend:
     """What the handlers depend on, kept on `app.state.backend` by `create_app`."""
 
-    recommendations: recommendations_pb2_grpc.RecommendationServiceStub
+    recommendations: recommendations_pb2_grpc.RecommendationServiceAsyncStub
     timeout: float  # each request's budget in seconds for its calls to Recommendations
     health: health_pb2_grpc.HealthStub | None  # the backend's health service, for /readyz
     templates: Jinja2Templates
 
 
 def backend_of(request: Request) -> Backend:
-    return request.app.state.backend
+    return cast(Backend, request.app.state.backend)  # set by create_app; Starlette's state is untyped
 
 
 def failed(section: Section, error: grpc.aio.AioRpcError) -> Section:
@@ -261,7 +267,9 @@ async def every_section(backend: Backend, user: int, max_results: int) -> list[S
     return [Section(c, shelves.get(c.enum, []), None if shelves.get(c.enum) else empty_notice(c)) for c in CATEGORIES]
 
 
-def render(request: Request, name: str, context: dict, status: int, set_user: int | None = None) -> Response:
+def render(
+    request: Request, name: str, context: Mapping[str, object], status: int, set_user: int | None = None
+) -> Response:
     templates = backend_of(request).templates
     response = templates.TemplateResponse(request, name, {"categories": CATEGORIES, **context}, status_code=status)
     if set_user is not None:
@@ -322,6 +330,8 @@ async def api_recommendations(request: Request) -> Response:
     user = parse_int(params.get("user_id"), "user_id", DEFAULT_USER, violations)
     if violations:
         return api_error(400, "invalid request", violations)
+    # Each is None only along with a violation, answered above.
+    category, user, max_results = cast(Category, category), cast(int, user), cast(int, max_results)
     request_message = recommendations_pb2.RecommendRequest(
         user_id=user, category=category.enum, max_results=max_results
     )
@@ -330,7 +340,9 @@ async def api_recommendations(request: Request) -> Response:
             response = await backend.recommendations.Recommend(request_message)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.INVALID_ARGUMENT:
-            return api_error(400, "invalid request", field_violations(error) or [FieldViolation("", error.details())])
+            # The error of a call always has its details (a str); only a hand-made AioRpcError may lack them.
+            details = cast(str, error.details())
+            return api_error(400, "invalid request", field_violations(error) or [FieldViolation("", details)])
         if error.code() == grpc.StatusCode.NOT_FOUND:
             return api_error(404, error.details() or "not found")
         logger.warning("Recommend failed: %s: %s", error.code().name, error.details())
@@ -382,7 +394,7 @@ ROUTES = [
 
 
 def create_app(
-    recommendations: recommendations_pb2_grpc.RecommendationServiceStub,
+    recommendations: recommendations_pb2_grpc.RecommendationServiceAsyncStub,
     timeout: float,
     health: health_pb2_grpc.HealthStub | None = None,
 ) -> Starlette:
@@ -407,8 +419,10 @@ def empty_notice(category: Category) -> str:
     return f"We have no {category.title.lower()} books to recommend yet."
 
 
-def api_error(status: int, message: str, violations: list[FieldViolation] = (), code: str | None = None) -> Response:
-    body: dict = {"error": message}
+def api_error(
+    status: int, message: str, violations: Sequence[FieldViolation] = (), code: str | None = None
+) -> Response:
+    body: dict[str, object] = {"error": message}
     if violations:
         body["fields"] = [{"field": v.field, "description": v.description} for v in violations]
     if code:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any, cast
 
 import grpc
 import prometheus_client
@@ -11,7 +12,7 @@ from grpc_health.v1 import health_pb2
 from starlette.testclient import TestClient
 
 from books.catalog.v1 import catalog_pb2
-from books.recommendations.v1 import recommendations_pb2
+from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.interceptors.deadlines import time_remaining
 from libs.interceptors.errors import BadRequest, FieldViolation
 from services.marketplace.app import (
@@ -36,15 +37,22 @@ class FakeRecommendations:
     """Stands in for RecommendationServiceStub: records requests, answers or fails as told."""
 
     def __init__(self, books=(), error: grpc.aio.AioRpcError | None = None, empty=()) -> None:
-        self.books, self.error, self.empty, self.calls = list(books), error, set(empty), []
+        self.books, self.error, self.empty = list(books), error, set(empty)
+        # (request, seconds left of its deadline): a RecommendRequest or a RecommendEachRequest, which
+        # each test reads as the one it expects.
+        self.calls: list[tuple[Any, float | None]] = []
 
-    async def Recommend(self, request, timeout=None):
+    async def Recommend(
+        self, request: recommendations_pb2.RecommendRequest, timeout: float | None = None
+    ) -> recommendations_pb2.RecommendResponse:
         self.calls.append((request, time_remaining()))
         if self.error:
             raise self.error
         return recommendations_pb2.RecommendResponse(recommendations=self.books[: request.max_results])
 
-    async def RecommendEach(self, request, timeout=None):
+    async def RecommendEach(
+        self, request: recommendations_pb2.RecommendEachRequest, timeout: float | None = None
+    ) -> recommendations_pb2.RecommendEachResponse:
         self.calls.append((request, time_remaining()))
         if self.error:
             raise self.error
@@ -70,7 +78,9 @@ class FakeHealth:
 
 
 def rpc_error(code: grpc.StatusCode, details: str = "", trailers: tuple = ()) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details=details)
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details=details, debug_error_string=None
+    )
 
 
 def bad_request(*violations: FieldViolation) -> grpc.aio.AioRpcError:
@@ -79,8 +89,13 @@ def bad_request(*violations: FieldViolation) -> grpc.aio.AioRpcError:
     return rpc_error(grpc.StatusCode.INVALID_ARGUMENT, error.details, trailers)
 
 
+def as_stub(fake: FakeRecommendations) -> recommendations_pb2_grpc.RecommendationServiceAsyncStub:
+    """The fake as the stub type create_app takes: it has the two methods the app calls."""
+    return cast("recommendations_pb2_grpc.RecommendationServiceAsyncStub", fake)  # a stub type: no runtime class
+
+
 def client(stub: FakeRecommendations, health: FakeHealth | None = None) -> TestClient:
-    return TestClient(create_app(stub, timeout=0.25, health=health), raise_server_exceptions=True)
+    return TestClient(create_app(as_stub(stub), timeout=0.25, health=health), raise_server_exceptions=True)
 
 
 def section(body: str, slug: str) -> str:
@@ -110,6 +125,7 @@ def test_home_asks_every_category_in_one_call_within_the_page_budget() -> None:
     [(request, remaining)] = stub.calls
     assert list(request.categories) == [c.enum for c in CATEGORIES]
     assert (request.user_id, request.max_results) == (1, HOME_MAX_RESULTS)
+    assert remaining is not None  # the page set a deadline
     assert 0 < remaining <= 0.25
 
 
@@ -282,7 +298,7 @@ def test_every_response_carries_the_security_headers(path: str) -> None:
 
 
 def test_over_https_the_cookie_is_secure_and_hsts_is_sent() -> None:
-    app = create_app(FakeRecommendations(BOOKS), timeout=0.25)
+    app = create_app(as_stub(FakeRecommendations(BOOKS)), timeout=0.25)
     response = TestClient(app, base_url="https://books.example.com").get("/?user=7")
     assert "Secure" in response.headers["set-cookie"]
     assert response.headers["strict-transport-security"] == "max-age=31536000"
@@ -292,7 +308,7 @@ def test_over_https_the_cookie_is_secure_and_hsts_is_sent() -> None:
 
 def test_no_redirect_built_from_the_host_header() -> None:
     """/static used to redirect to http://<whatever Host said>/static/."""
-    web = TestClient(create_app(FakeRecommendations(BOOKS), timeout=0.25), follow_redirects=False)
+    web = TestClient(create_app(as_stub(FakeRecommendations(BOOKS)), timeout=0.25), follow_redirects=False)
     response = web.get("/static", headers={"Host": "evil.example"})
     assert response.status_code == 404
     assert "location" not in response.headers

@@ -10,7 +10,9 @@ import os
 import signal
 import socket
 from collections.abc import Iterator
+from typing import cast
 
+import grpc
 import uvicorn
 from grpc_health.v1 import health_pb2_grpc
 
@@ -131,7 +133,8 @@ async def serve(args: argparse.Namespace, tls: TlsFiles | None, sock: socket.soc
     )
     async with channel:
         app = create_app(
-            recommendations_pb2_grpc.RecommendationServiceStub(channel),
+            # A ReloadingChannel has the grpc.aio.Channel methods a stub calls, without being one (by type).
+            recommendations_pb2_grpc.RecommendationServiceStub(cast(grpc.aio.Channel, channel)),
             args.recommendations_timeout,
             health_pb2_grpc.HealthStub(channel),
         )

@@ -76,9 +76,13 @@ class Catalog:
 
     def count(self, category: str | None = None) -> int:
         with self._lock:
+            # sqlite3 rows are untyped; count(*) gives exactly one integer column.
+            row: tuple[int]
             if category is None:
-                return self._db.execute("SELECT count(*) FROM books").fetchone()[0]
-            return self._db.execute("SELECT count(*) FROM books WHERE category = ?", (category,)).fetchone()[0]
+                row = self._db.execute("SELECT count(*) FROM books").fetchone()
+                return row[0]
+            row = self._db.execute("SELECT count(*) FROM books WHERE category = ?", (category,)).fetchone()
+            return row[0]
 
 
 def _row(book: Book) -> tuple[int, str, str, str, int]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import Executor
+from typing import Any
 
 import grpc
 from grpc_interceptor.exceptions import NotFound
@@ -29,7 +30,7 @@ def category_names() -> list[str]:
     return [value.name for value in catalog_pb2.BookCategory.DESCRIPTOR.values if value.number != 0]
 
 
-def _category_name(value: int, field: str, violations: list[FieldViolation]) -> str:
+def _category_name(value: catalog_pb2.BookCategory.ValueType, field: str, violations: list[FieldViolation]) -> str:
     if value == catalog_pb2.BOOK_CATEGORY_UNSPECIFIED:
         violations.append(FieldViolation(field, "is required"))
     elif value not in catalog_pb2.BookCategory.values():
@@ -39,12 +40,18 @@ def _category_name(value: int, field: str, violations: list[FieldViolation]) -> 
     return ""
 
 
-def _common(request, violations: list[FieldViolation]) -> None:
+def _common(
+    request: recommendations_pb2.RecommendRequest | recommendations_pb2.RecommendEachRequest,
+    violations: list[FieldViolation],
+) -> None:
     if request.user_id < 1:
         violations.append(FieldViolation("user_id", f"must be a positive id, got {request.user_id}"))
 
 
-def _max_results(request, violations: list[FieldViolation]) -> None:
+def _max_results(
+    request: recommendations_pb2.RecommendRequest | recommendations_pb2.RecommendEachRequest,
+    violations: list[FieldViolation],
+) -> None:
     if not 1 <= request.max_results <= MAX_RESULTS_CAP:
         violations.append(
             FieldViolation("max_results", f"must be between 1 and {MAX_RESULTS_CAP}, got {request.max_results}")
@@ -101,7 +108,7 @@ class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServi
         return self._catalog.sample(category, limit)
 
     async def Recommend(
-        self, request: recommendations_pb2.RecommendRequest, context: grpc.aio.ServicerContext
+        self, request: recommendations_pb2.RecommendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> recommendations_pb2.RecommendResponse:
         category = validate(request)
         books = await self._sample(category, request.max_results)
@@ -110,7 +117,7 @@ class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServi
         return recommendations_pb2.RecommendResponse(recommendations=_messages(books, request.category))
 
     async def RecommendEach(
-        self, request: recommendations_pb2.RecommendEachRequest, context: grpc.aio.ServicerContext
+        self, request: recommendations_pb2.RecommendEachRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> recommendations_pb2.RecommendEachResponse:
         names = validate_each(request)
         if self._catalog.blocking:  # overlap the blocking queries on the executor
@@ -125,7 +132,9 @@ class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServi
         )
 
 
-def _messages(books: list[Book], category: int) -> list[recommendations_pb2.BookRecommendation]:
+def _messages(
+    books: list[Book], category: catalog_pb2.BookCategory.ValueType
+) -> list[recommendations_pb2.BookRecommendation]:
     return [
         recommendations_pb2.BookRecommendation(
             id=book.id, title=book.title, author=book.author, year=book.year, category=category

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, cast
 
+import grpc
 import pytest
 from grpc_interceptor.exceptions import NotFound
 
@@ -21,10 +23,13 @@ MYSTERIES = [Book(i, "MYSTERY", f"Mystery {i}", f"Author {i}", 1900 + i) for i i
 
 EXECUTOR = ThreadPoolExecutor(4)
 
+# The handlers never look at their context; there is no call here to give them one.
+NO_CONTEXT = cast(grpc.aio.ServicerContext[Any, Any], None)
+
 
 def recommend(catalog: Catalog, **fields) -> recommendations_pb2.RecommendResponse:
     request = recommendations_pb2.RecommendRequest(**{"user_id": 1, "category": catalog_pb2.MYSTERY, **fields})
-    return asyncio.run(RecommendationServicer(catalog, EXECUTOR).Recommend(request, None))
+    return asyncio.run(RecommendationServicer(catalog, EXECUTOR).Recommend(request, NO_CONTEXT))
 
 
 @pytest.fixture
@@ -94,33 +99,41 @@ def test_every_bad_field_is_reported_at_once(catalog: Catalog) -> None:
 
 
 class SlowCatalog(Catalog):
-    """A catalog whose query blocks its thread for 200 ms, like a slow disk or a heavy query."""
+    """A catalog whose query blocks its thread, like a slow disk or a heavy query: until `parties` queries
+    are blocked at once. So they all return only if they overlap; a query that waits `timeout` seconds
+    for the others raises threading.BrokenBarrierError (and so does every query waiting with it)."""
 
     blocking = True
 
-    def sample(self, category: str, limit: int):
-        time.sleep(0.2)
+    def __init__(self, books: list[Book], parties: int, timeout: float = 10.0) -> None:
+        super().__init__(books, category_names())
+        self._all_at_once = threading.Barrier(parties)
+        self._timeout = timeout
+
+    def sample(self, category: str, limit: int) -> list[Book]:
+        self._all_at_once.wait(self._timeout)
         return super().sample(category, limit)
 
 
 def test_blocking_catalog_work_does_not_block_the_event_loop() -> None:
-    servicer = RecommendationServicer(SlowCatalog(MYSTERIES, category_names()), ThreadPoolExecutor(5))
+    servicer = RecommendationServicer(SlowCatalog(MYSTERIES, parties=5), ThreadPoolExecutor(5))
     request = recommendations_pb2.RecommendRequest(user_id=1, category=catalog_pb2.MYSTERY, max_results=2)
 
-    async def five_at_once() -> float:
-        started = time.monotonic()
-        responses = await asyncio.gather(*(servicer.Recommend(request, None) for _ in range(5)))
-        assert all(len(r.recommendations) == 2 for r in responses)
-        return time.monotonic() - started
+    async def five_at_once() -> list[recommendations_pb2.RecommendResponse]:
+        return await asyncio.gather(*(servicer.Recommend(request, NO_CONTEXT) for _ in range(5)))
 
-    elapsed = asyncio.run(five_at_once())
-    # Serialised on the loop this would take 5 x 200 ms = 1 s; overlapped it takes about 200 ms.
-    assert elapsed < 0.6, f"5 concurrent 200 ms calls took {elapsed:.2f}s: they did not overlap"
+    # Serialised on the loop, the first query would hold the loop (so the other four could not start)
+    # until its barrier broke; overlapped on the executor, the five release each other at once.
+    try:
+        responses = asyncio.run(five_at_once())
+    except threading.BrokenBarrierError:
+        pytest.fail("5 concurrent blocking queries did not overlap: the event loop was blocked")
+    assert all(len(r.recommendations) == 2 for r in responses)
 
 
 def recommend_each(catalog: Catalog, **fields) -> recommendations_pb2.RecommendEachResponse:
     request = recommendations_pb2.RecommendEachRequest(**{"user_id": 1, "max_results": 2, **fields})
-    return asyncio.run(RecommendationServicer(catalog, EXECUTOR).RecommendEach(request, None))
+    return asyncio.run(RecommendationServicer(catalog, EXECUTOR).RecommendEach(request, NO_CONTEXT))
 
 
 def test_recommend_each_answers_every_category_in_order(catalog: Catalog) -> None:

@@ -24,8 +24,9 @@ from libs.processes.processes import ChildProcess, free_port, runfile
 from libs.runtime.tls import TlsFiles, channel_credentials
 from tools.certs.certs import mint_all, service_flags
 
-RECOMMENDATIONS = runfile("services/recommendations/recommendations")
-MARKETPLACE = runfile("services/marketplace/marketplace")
+# The binaries, as paths in the runfiles (looked up when a test starts them).
+RECOMMENDATIONS = "services/recommendations/recommendations"
+MARKETPLACE = "services/marketplace/marketplace"
 NOTICE = "Recommendations are unavailable right now"
 
 # A catalog of our own: known titles, and FANTASY left empty for the NOT_FOUND path.
@@ -64,7 +65,7 @@ def start_recommendations(catalog: Path, port: int, certs: Path) -> ChildProcess
     child = ChildProcess(
         "recommendations",
         [
-            RECOMMENDATIONS,
+            runfile(RECOMMENDATIONS),
             "--host",
             "127.0.0.1",
             "--port",
@@ -94,7 +95,7 @@ def bookstore(tmp_path: Path, certs: Path) -> Iterator[Bookstore]:
     marketplace = ChildProcess(
         "marketplace",
         [
-            MARKETPLACE,
+            runfile(MARKETPLACE),
             "--host",
             "127.0.0.1",
             "--port",
@@ -274,7 +275,7 @@ def test_marketplace_workers_share_the_port_and_stop_cleanly(certs: Path, tmp_pa
     marketplace = ChildProcess(
         "marketplace",
         [
-            MARKETPLACE, "--host", "127.0.0.1", "--port", web_port, "--workers", "2",
+            runfile(MARKETPLACE), "--host", "127.0.0.1", "--port", web_port, "--workers", "2",
             "--recommendations-addr", f"127.0.0.1:{rec_port}", *service_flags(certs, "marketplace"),
         ],
     ).start()  # fmt: skip
@@ -299,19 +300,21 @@ def run_binary(binary: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_recommendations_rejects_a_malformed_catalog(tmp_path: Path) -> None:
     catalog = tmp_path / "broken.csv"
     catalog.write_text("id,category,title,author,year\n1,POETRY,Leaves of Grass,Walt Whitman,1855\n")
-    result = run_binary(RECOMMENDATIONS, "--port", str(free_port()), "--catalog", str(catalog), "--insecure")
+    result = run_binary(runfile(RECOMMENDATIONS), "--port", str(free_port()), "--catalog", str(catalog), "--insecure")
     assert result.returncode == 2
     assert "cannot load catalog: book 1 has unknown category 'POETRY'" in result.stderr
 
 
 def test_marketplace_rejects_a_bad_timeout() -> None:
-    result = run_binary(MARKETPLACE, "--port", str(free_port()), "--recommendations-timeout", "0", "--insecure")
+    result = run_binary(
+        runfile(MARKETPLACE), "--port", str(free_port()), "--recommendations-timeout", "0", "--insecure"
+    )
     assert result.returncode == 2
     assert "--recommendations-timeout must be positive" in result.stderr
 
 
 def test_servers_refuse_to_start_without_tls_or_insecure() -> None:
-    for binary in (RECOMMENDATIONS, MARKETPLACE):
+    for binary in (runfile(RECOMMENDATIONS), runfile(MARKETPLACE)):
         result = run_binary(binary, "--port", str(free_port()))
         assert result.returncode == 2
         assert "mTLS needs --tls-cert, --tls-key, --tls-ca (or --insecure for plaintext local work)" in result.stderr
@@ -319,8 +322,8 @@ def test_servers_refuse_to_start_without_tls_or_insecure() -> None:
 
 def test_invalid_configuration_is_reported_all_at_once_before_binding(tmp_path: Path) -> None:
     result = run_binary(
-        RECOMMENDATIONS, "--port", "70000", "--blocking-workers", "0", "--tls-cert", str(tmp_path / "nope.pem"),
-        "--tls-key", "k", "--tls-ca", "c",
+        runfile(RECOMMENDATIONS), "--port", "70000", "--blocking-workers", "0",
+        "--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", "k", "--tls-ca", "c",
     )  # fmt: skip
     assert result.returncode == 2
     assert "--port must be between 0 and 65535, got 70000" in result.stderr
@@ -330,7 +333,7 @@ def test_invalid_configuration_is_reported_all_at_once_before_binding(tmp_path: 
 
 def test_invalid_environment_value_is_a_clear_error() -> None:
     result = subprocess.run(
-        [RECOMMENDATIONS, "--insecure"], env={**os.environ, "RECOMMENDATIONS_PORT": "fifty"},
+        [runfile(RECOMMENDATIONS), "--insecure"], env={**os.environ, "RECOMMENDATIONS_PORT": "fifty"},
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2

@@ -26,7 +26,7 @@ import json
 import lzma
 import sys
 import tarfile
-from importlib._bootstrap_external import _code_to_hash_pyc  # the writer py_compile itself uses
+from importlib._bootstrap_external import _code_to_hash_pyc  # type: ignore[attr-defined]  # py_compile's writer
 from pathlib import Path, PurePosixPath
 
 from tools.oci.oci import Entry, Tree, write_layer

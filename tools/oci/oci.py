@@ -14,7 +14,7 @@ import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import IO, Any, BinaryIO, cast
 
 EPOCH = "1970-01-01T00:00:00Z"  # `created` of configs and history entries: fixed for reproducibility
 
@@ -85,13 +85,13 @@ def normalize(path: str) -> str:
 class _Hashing(io.RawIOBase):
     """A write-only stream that counts and hashes what passes through to `sink`."""
 
-    def __init__(self, sink: BinaryIO) -> None:
+    def __init__(self, sink: IO[bytes]) -> None:
         self.sink, self.sha256, self.size = sink, hashlib.sha256(), 0
 
     def writable(self) -> bool:
         return True
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         self.sha256.update(data)
         self.size += len(data)
         self.sink.write(data)
@@ -103,8 +103,8 @@ def write_layer(tree: Tree, path: Path) -> dict:
     with path.open("wb") as raw:
         compressed = _Hashing(raw)
         with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0, compresslevel=9) as zipped:
-            uncompressed = _Hashing(zipped)
-            tree.write_tar(uncompressed)
+            uncompressed = _Hashing(cast(IO[bytes], zipped))
+            tree.write_tar(cast(BinaryIO, uncompressed))  # a raw stream: what tarfile writes to
     return {
         "digest": "sha256:" + compressed.sha256.hexdigest(),
         "size": compressed.size,

@@ -49,10 +49,15 @@ def rebuild_layer(args: list[str], paths: dict[str, str], out: Path) -> dict:
 def differing_members(first: Path, second: Path, limit: int = 10) -> list[str]:
     """The entries whose header or content differ between two layer tarballs (for the failure message)."""
 
+    def read(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+        extracted = tar.extractfile(member)
+        assert extracted is not None, member.name  # a regular file always has content
+        return extracted.read()
+
     def entries(path: Path) -> dict[str, tuple]:
         with tarfile.open(path) as tar:
             return {
-                member.name: (member.get_info(), hashlib.sha256(tar.extractfile(member).read()).hexdigest())
+                member.name: (member.get_info(), hashlib.sha256(read(tar, member)).hexdigest())
                 if member.isfile()
                 else (member.get_info(), "")
                 for member in tar.getmembers()

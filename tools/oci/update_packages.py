@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 LOG = logging.getLogger("update_packages")
@@ -84,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

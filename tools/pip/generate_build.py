@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import cast
 
 from pip._vendor.packaging.markers import default_environment
 from pip._vendor.packaging.requirements import Requirement
@@ -51,7 +53,9 @@ def read_metadata(dist_info: Path) -> tuple[str, list[Requirement]]:
 
 def record_files(site: Path, dist_info: Path) -> tuple[list[str], list[str], list[str]]:
     """A distribution's files and scripts relative to the repository root, and the ones Bazel cannot name."""
-    kept, scripts, skipped = [], [], []
+    kept: list[str] = []
+    scripts: list[str] = []
+    skipped: list[str] = []
     for line in (dist_info / "RECORD").read_text(encoding="utf-8").splitlines():
         path = line.rsplit(",", 2)[0].strip('"')
         if path.startswith("../../bin/"):
@@ -68,8 +72,8 @@ def record_files(site: Path, dist_info: Path) -> tuple[list[str], list[str], lis
 def main(site_arg: str, lock_arg: str, repo: str) -> int:
     site = Path(site_arg)
     locked = locked_names(Path(lock_arg))
-    env = default_environment()
-    env["extra"] = ""
+    # Every value of packaging's Environment is a str; markers also ask for "extra".
+    env = {**cast(Mapping[str, str], default_environment()), "extra": ""}
 
     files: dict[str, list[str]] = {}
     scripts: dict[str, list[str]] = {}

@@ -27,7 +27,7 @@ def test_grpc_code_is_generated() -> None:
 
 def test_type_stubs_sit_beside_the_modules() -> None:
     for module, declared in ((shelf_event_pb2, "class ShelfEvent("), (catalog_pb2, "class BookCategory(")):
-        stub = Path(module.__file__).with_suffix(".pyi")
+        stub = Path(str(module.__file__)).with_suffix(".pyi")
         assert declared in stub.read_text(), stub
 
 

@@ -42,7 +42,9 @@ def problems(protobuf_gencode: str, protobuf_runtime: str, grpc_gencode: str, gr
 
 def generated_protobuf_version() -> str:
     header = Path(catalog_pb2.__file__).read_text()
-    return re.search(r"^# Protobuf Python Version: (\S+)$", header, re.M).group(1)
+    found = re.search(r"^# Protobuf Python Version: (\S+)$", header, re.M)
+    assert found, "the generated module does not say which protobuf release generated it"
+    return found.group(1)
 
 
 def test_generated_code_runs_on_the_runtimes_of_the_lock() -> None:
