@@ -15,9 +15,9 @@ from tools.certs.certs import mint_ca
 from tools.oci.oci import Tree, read_layout, write_layer
 from tools.oci.scan import scan_layer, scan_layout
 
-IMAGES = {name: runfile(service.image) for name, service in REGISTRY.items()}
+IMAGES = {name: service.image for name, service in REGISTRY.items()}  # runfiles paths of the OCI layouts
 ANY_IMAGE = next(iter(IMAGES.values()))  # for what the base layer holds: every image has the same one
-LOCK = runfile("tools/oci/debian_packages.lock")
+LOCK = "tools/oci/debian_packages.lock"
 NONROOT = 65532
 
 
@@ -38,7 +38,7 @@ def layer_files(layout: Path, number: int) -> dict[str, tarfile.TarInfo]:
 
 @pytest.mark.parametrize("service", sorted(IMAGES))
 def test_config_runs_the_service_as_the_non_root_user(service: str) -> None:
-    _, config = manifest_and_config(IMAGES[service])
+    _, config = manifest_and_config(runfile(IMAGES[service]))
     settings = config["config"]
     assert settings["User"] == f"{NONROOT}:{NONROOT}"
     package = REGISTRY[service].package
@@ -55,7 +55,7 @@ def test_config_runs_the_service_as_the_non_root_user(service: str) -> None:
 @pytest.mark.parametrize("service", sorted(IMAGES))
 def test_exposes_the_ports_of_the_list_and_turns_probes_and_metrics_on(service: str) -> None:
     entry = REGISTRY[service]
-    settings = manifest_and_config(IMAGES[service])[1]["config"]
+    settings = manifest_and_config(runfile(IMAGES[service]))[1]["config"]
     assert settings["ExposedPorts"] == {f"{port}/tcp": {} for port in entry.ports.values()}
     if entry.kind == "grpc":
         assert f"{entry.env_prefix}_HEALTH_PORT={entry.ports['health']}" in settings["Env"]
@@ -64,25 +64,25 @@ def test_exposes_the_ports_of_the_list_and_turns_probes_and_metrics_on(service: 
 
 @pytest.mark.parametrize("service", sorted(IMAGES))
 def test_three_layers_each_with_a_dated_history_entry(service: str) -> None:
-    manifest, config = manifest_and_config(IMAGES[service])
+    manifest, config = manifest_and_config(runfile(IMAGES[service]))
     assert len(manifest["layers"]) == len(config["rootfs"]["diff_ids"]) == len(config["history"]) == 3
     assert all(entry["created"] and entry["created_by"] for entry in config["history"])
     assert [layer["mediaType"] for layer in manifest["layers"]] == ["application/vnd.oci.image.layer.v1.tar+gzip"] * 3
 
 
 def test_every_image_shares_one_base_layer() -> None:
-    assert len({read_layout(layout).manifest["layers"][0]["digest"] for layout in IMAGES.values()}) == 1
+    assert len({read_layout(runfile(layout)).manifest["layers"][0]["digest"] for layout in IMAGES.values()}) == 1
 
 
 def test_base_layer_has_the_user_the_ca_bundle_and_the_pinned_packages() -> None:
-    files = layer_files(ANY_IMAGE, 0)
+    files = layer_files(runfile(ANY_IMAGE), 0)
     home = files["home/nonroot"]
     assert (home.uid, home.gid, home.mode) == (NONROOT, NONROOT, 0o700)
     assert files["tmp"].mode == 0o1777
     assert files["usr/lib/ssl/cert.pem"].linkname == "/etc/ssl/certs/ca-certificates.crt"
     assert files["etc/ssl/certs/ca-certificates.crt"].size > 100_000
     assert all(member.mtime == 0 for member in files.values())
-    pinned = {line.split()[0] for line in LOCK.read_text().splitlines() if line and not line.startswith("#")}
+    pinned = {line.split()[0] for line in runfile(LOCK).read_text().splitlines() if line and not line.startswith("#")}
     assert {name.removeprefix("var/lib/dpkg/status.d/") for name in files if "status.d/" in name} == pinned
     docs = [name for name, member in files.items() if member.isfile() and name.startswith("usr/share/doc/")]
     assert docs
@@ -91,14 +91,14 @@ def test_base_layer_has_the_user_the_ca_bundle_and_the_pinned_packages() -> None
 
 
 def test_passwd_names_the_non_root_user() -> None:
-    with tarfile.open(fileobj=io.BytesIO(layer_bytes(ANY_IMAGE, 0))) as tar:
+    with tarfile.open(fileobj=io.BytesIO(layer_bytes(runfile(ANY_IMAGE), 0))) as tar:
         passwd = tar.extractfile("etc/passwd").read().decode()  # type: ignore[union-attr]
     assert f"nonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin" in passwd.splitlines()
 
 
 @pytest.mark.parametrize("service", sorted(IMAGES))
 def test_wheel_ca_bundles_are_links_to_the_system_one(service: str) -> None:
-    files = layer_files(IMAGES[service], 1)
+    files = layer_files(runfile(IMAGES[service]), 1)
     for bundle in (
         "app/pypi/site-packages/certifi/cacert.pem",
         "app/pypi/site-packages/grpc/_cython/_credentials/roots.pem",
@@ -109,7 +109,7 @@ def test_wheel_ca_bundles_are_links_to_the_system_one(service: str) -> None:
 
 @pytest.mark.parametrize("service", sorted(IMAGES))
 def test_no_layer_holds_a_private_key_or_a_certificate_but_the_system_bundle(service: str) -> None:
-    assert scan_layout(IMAGES[service]) == []
+    assert scan_layout(runfile(IMAGES[service])) == []
 
 
 def test_the_scanner_finds_keys_and_certificates(tmp_path: Path) -> None:
