@@ -3,14 +3,16 @@ loopback ports (a gRPC service: SERVING, its API by reflection, its allow rules 
 as the non-root uid on a read-only root file system and exits cleanly on SIGTERM; and the bookstore's two
 images together serve the page.
 
-Needs root and podman with runc (`.ci/run` and `bazelw` install them on Debian). podman runs with the
-flags this machine kind needs (tools/oci/podman.py); ports are published on 127.0.0.1 only.
+Needs podman with runc (`.ci/run` and `bazelw` install them on Debian), as root or rootless (subordinate
+ids in /etc/subuid and /etc/subgid, newuidmap: the test is skipped naming what is missing). podman runs
+with the flags this machine kind needs (tools/oci/podman.py); ports are published on 127.0.0.1 only.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -18,6 +20,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -40,20 +43,68 @@ INTRUDER = "intruder"  # a certificate from our CA whose name no `allow` lists
 def images() -> dict[str, str]:
     if shutil.which("podman") is None or shutil.which("runc") is None:
         pytest.fail("podman and runc are needed (Debian: apt-get install podman runc; ./bazelw does this)")
-    if os.geteuid() != 0:
-        pytest.fail("the container tests run podman as root")
+    missing = rootless_problem()
+    if missing:
+        pytest.skip(missing)
     return {name: load(runfile(f"{s.image}.tar"), runfile(s.image)) for name, s in REGISTRY.items()}
 
 
 @pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Minted at test time and mounted read-only: no key is ever in an image."""
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Minted at test time, never in an image: each container mounts a directory of its own pair and the
+    CA, its key readable only by the container's user (as a Secret would be); the test keeps the callers'."""
     out = tmp_path_factory.mktemp("certs")
     write_leaf(out, INTRUDER, mint_leaf(mint_all(out), INTRUDER))
-    out.chmod(0o755)
-    for key in out.glob("*.key"):
-        os.chown(key, NONROOT, NONROOT)  # readable by the container's user only, as a Secret would be
-    return out
+    mounts = out / "mounts"
+    for service in REGISTRY:
+        mount = mounts / service
+        mount.mkdir(parents=True)
+        for name in (f"{service}.pem", f"{service}.key", "ca.pem"):
+            shutil.copy(out / name, mount / name)
+        mount.chmod(0o755)
+        owned_by_container_user(mount / f"{service}.key")
+    yield out
+    if os.geteuid() != 0:  # the keys belong to the container's user now: remove them in its namespace
+        podman("unshare", "rm", "-rf", str(mounts), check=False)
+
+
+def rootless_problem() -> str | None:
+    """Why podman cannot run containers for this (non-root) user, or None."""
+    if os.geteuid() == 0:
+        return None
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    ranges = Path("/etc/subuid").read_text() if Path("/etc/subuid").exists() else ""
+    if not any(line.split(":")[0] in (user, str(os.geteuid())) for line in ranges.splitlines()):
+        ids = "--add-subuids 100000-165535 --add-subgids 100000-165535"
+        return f"rootless podman needs subordinate ids for {user}: `usermod {ids} {user}` (as root)"
+    if shutil.which("newuidmap") is None:
+        return "rootless podman needs newuidmap and newgidmap (Debian: apt-get install uidmap)"
+    return None
+
+
+def owned_by_container_user(path: Path) -> None:
+    """chown to the image's user: directly as root; rootless, inside podman's user namespace (where
+    uid 65532 is the subordinate id the container's 65532 maps to)."""
+    if os.geteuid() == 0:
+        os.chown(path, NONROOT, NONROOT)
+    else:
+        podman("unshare", "chown", f"{NONROOT}:{NONROOT}", str(path))
+
+
+def uid_and_gid_in_container(pid: int) -> tuple[list[int], list[int]]:
+    """The process's real, effective, saved and fs uids and gids as the container sees them: the host's
+    numbers mapped back through its user namespace (identity for rootful podman)."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+
+    def inside(ids: list[int], map_file: str) -> list[int]:
+        rows = [list(map(int, line.split())) for line in Path(f"/proc/{pid}/{map_file}").read_text().splitlines()]
+        return [
+            next(i - outside + start for start, outside, count in rows if outside <= i < outside + count) for i in ids
+        ]
+
+    uids = [int(n) for n in next(line for line in status if line.startswith("Uid:")).split()[1:]]
+    gids = [int(n) for n in next(line for line in status if line.startswith("Gid:")).split()[1:]]
+    return inside(uids, "uid_map"), inside(gids, "gid_map")
 
 
 @pytest.fixture
@@ -63,6 +114,10 @@ def cleanup() -> Iterator[list[list[str]]]:
     yield undo
     for command in reversed(undo):
         podman(*command, check=False)
+
+
+def mount(certs: Path, service: Service) -> str:
+    return f"--volume={certs / 'mounts' / service.name}:/certs:ro"
 
 
 def tls_env(service: Service) -> list[str]:
@@ -101,7 +156,9 @@ def check_grpc_image(service: Service, certs: Path, published: dict[int, int]) -
             with channel:
                 assert service.grpc_service in client.services()
                 # An empty request: the handler may refuse it, but only the allowlist may say PERMISSION_DENIED.
-                empty = [{}] if client.method(service.grpc_service, method).client_streaming else {}
+                empty: dict[str, Any] | list[dict[str, Any]] = {}
+                if client.method(service.grpc_service, method).client_streaming:
+                    empty = [{}]
                 try:
                     client.call(service.grpc_service, method, empty)
                     code = grpc.StatusCode.OK
@@ -126,7 +183,7 @@ def test_image_runs_as_nonroot_serves_on_published_loopback_ports_and_stops_clea
         *RUN,
         f"--name={container}",
         *(f"--publish=127.0.0.1:{host}:{inside}" for inside, host in published.items()),
-        f"--volume={certs}:/certs:ro",
+        mount(certs, service),
         *tls_env(service),
         images[name],
     )
@@ -136,12 +193,9 @@ def test_image_runs_as_nonroot_serves_on_published_loopback_ports_and_stops_clea
         wait_for_http(f"http://127.0.0.1:{published[service.port]}/healthz")
     print(f"{name}: podman run -> answering: {time.monotonic() - started:.2f} s")
 
-    pid = podman("inspect", "--format", "{{.State.Pid}}", container)
-    status = Path(f"/proc/{pid}/status").read_text()
-    uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
-    gid_line = next(line for line in status.splitlines() if line.startswith("Gid:"))
-    assert uid_line.split()[1:] == [str(NONROOT)] * 4, uid_line
-    assert gid_line.split()[1:] == [str(NONROOT)] * 4, gid_line
+    uids, gids = uid_and_gid_in_container(int(podman("inspect", "--format", "{{.State.Pid}}", container)))
+    assert uids == [NONROOT] * 4
+    assert gids == [NONROOT] * 4
 
     podman("stop", "--time=30", container)  # SIGTERM: drain, then exit
     assert podman("inspect", "--format", "{{.State.ExitCode}}", container) == "0"
@@ -152,7 +206,6 @@ def test_both_images_serve_the_bookstore_page(images: dict[str, str], certs: Pat
     suffix = uuid.uuid4().hex[:8]
     recommendations, marketplace = f"obfy-recommendations-{suffix}", f"obfy-marketplace-{suffix}"
     cleanup += [["rm", "--force", recommendations], ["rm", "--force", marketplace]]
-    mount = f"--volume={certs}:/certs:ro"
     # One network namespace for both, as in a pod (podman's pods start an infra container that
     # rejects the ulimits this machine needs): the marketplace reaches localhost:50051.
     podman(
@@ -160,7 +213,7 @@ def test_both_images_serve_the_bookstore_page(images: dict[str, str], certs: Pat
         f"--name={recommendations}",
         f"--publish=127.0.0.1:{http_port}:8080",
         f"--publish=127.0.0.1:{health_port}:50052",
-        mount,
+        mount(certs, REGISTRY["recommendations"]),
         *tls_env(REGISTRY["recommendations"]),
         images["recommendations"],
     )
@@ -168,7 +221,7 @@ def test_both_images_serve_the_bookstore_page(images: dict[str, str], certs: Pat
         *RUN,
         f"--name={marketplace}",
         f"--network=container:{recommendations}",
-        mount,
+        mount(certs, REGISTRY["marketplace"]),
         *tls_env(REGISTRY["marketplace"]),
         "--env=RECOMMENDATIONS_ADDR=localhost:50051",
         images["marketplace"],
@@ -195,7 +248,14 @@ def test_umoci_unpacks_the_layout_into_a_runtime_bundle(service: str, tmp_path: 
     shutil.copytree(runfile(REGISTRY[service].image), layout)  # umoci takes a lock file inside the layout
     reference = read_layout(layout).index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
     result = subprocess.run(
-        ["umoci", "unpack", "--image", f"{layout}:{reference}", str(tmp_path / "bundle")],
+        [
+            "umoci",
+            "unpack",
+            *(["--rootless"] if os.geteuid() else []),
+            "--image",
+            f"{layout}:{reference}",
+            str(tmp_path / "bundle"),
+        ],
         capture_output=True,
         text=True,
         check=False,
