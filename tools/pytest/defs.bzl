@@ -13,6 +13,6 @@ def py_pytest_test(name, srcs, deps = [], args = [], **kwargs):
         srcs = srcs + ["//tools/pytest:pytest_main.py"],
         main = "//tools/pytest:pytest_main.py",
         args = ["$(rootpath %s)" % src for src in srcs] + args,
-        deps = deps + [requirement("pytest")],
+        deps = deps + [requirement("coverage"), requirement("pytest")],
         **kwargs
     )
