@@ -100,9 +100,12 @@ def create_channel(
     keepalive_time: float = 30.0,
     keepalive_timeout: float = 3.0,
     max_message_bytes: int = 4 * 1024 * 1024,
+    own_connections: bool = False,
 ) -> BalancedChannel:
     """A channel to `target`. With `tls`, the server must present a certificate from `tls.ca` naming
-    `tls_server_name` (defaults to the host in the target).
+    `tls_server_name` (defaults to the host in the target). `own_connections`: connections of its own
+    rather than those gRPC shares between a process's channels to the same addresses (a client opening
+    several channels to a --processes N server then reaches several of its processes).
 
     `keepalive_timeout` is also the connection's TCP_USER_TIMEOUT on Linux (gRPC sets it): data left
     unacknowledged that long drops the connection, so a replica behind a silently cut link stops
@@ -122,6 +125,8 @@ def create_channel(
     ]
     if tls is not None and tls_server_name:
         options.append(("grpc.ssl_target_name_override", tls_server_name))
+    if own_connections:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     uri = normalize_target(target)
     credentials = channel_credentials(tls) if tls is not None else None
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from libs.runtime.logs import FORMATS
+from libs.runtime.supervisor import parse_processes
 from libs.runtime.tls import TlsConfigError, TlsFiles
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -147,6 +148,7 @@ class ServerConfig:
     blocking_workers: int = 4
     metrics_port: int = 0
     access_log_interval: float = 0.05
+    processes: int = 1
     allow: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
@@ -270,6 +272,14 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port:
     add_flag(
         parser,
         prefix,
+        "--processes",
+        "1",
+        "processes serving the same ports (SO_REUSEPORT), one core each; 'auto' = the CPUs this process "
+        "may use, cgroup quota included",
+    )
+    add_flag(
+        parser,
+        prefix,
         "--access-log-interval",
         defaults.access_log_interval,
         "seconds between writes of the batched access log (longer: less CPU, later lines)",
@@ -317,6 +327,11 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         problems.append("--port, --health-port and --metrics-port must differ")
     tls = tls_files(args, problems)
     allow = parse_allow(args.allow, problems)
+    processes = 1
+    try:
+        processes = parse_processes(str(args.processes))
+    except ValueError as error:
+        problems.append(str(error))
     if problems:
         raise ConfigError("; ".join(problems))
     return ServerConfig(
@@ -340,5 +355,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         blocking_workers=args.blocking_workers,
         metrics_port=args.metrics_port,
         access_log_interval=args.access_log_interval,
+        processes=processes,
         allow=allow,
     )

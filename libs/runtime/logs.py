@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import os
+import select
 import sys
 
 from libs.interceptors.access_log import ACCESS_LOGGER
@@ -58,9 +60,44 @@ class TextFormatter(logging.Formatter):
         return super().format(record)
 
 
+class WholeLinesHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record with as few write(2) calls as possible, each of whole lines and at most
+    PIPE_BUF bytes: processes sharing one stderr pipe (--processes N, a container's log) then never mix
+    their lines, which a pipe guarantees only for writes of up to PIPE_BUF bytes. A batch of access-log
+    lines is one record of many lines."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+            self.flush()  # whatever was written to the stream another way goes first
+            try:
+                fd = self.stream.fileno()
+            except (AttributeError, OSError):  # not a file (a test's captured stream): written as it is
+                self.stream.write(data.decode())
+                return
+            for chunk in _chunks_of_lines(data, select.PIPE_BUF):
+                while chunk:
+                    chunk = chunk[os.write(fd, chunk) :]
+        except Exception:
+            self.handleError(record)
+
+
+def _chunks_of_lines(data: bytes, limit: int) -> list[bytes]:
+    """`data` cut after newlines into pieces of at most `limit` bytes (a longer line is a piece alone)."""
+    chunks, start = [], 0
+    while start < len(data):
+        end = start + limit
+        if end < len(data):
+            cut = data.rfind(b"\n", start, end)
+            end = cut + 1 if cut >= start else data.find(b"\n", end) + 1 or len(data)
+        chunks.append(data[start:end])
+        start = end
+    return chunks
+
+
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
     """Replaces the root logger's handlers with one writing `log_format` lines to stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = WholeLinesHandler(sys.stderr)
     handler.addFilter(_ContextFilter())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())

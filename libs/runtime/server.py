@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import cast
 
 import grpc
@@ -27,6 +28,7 @@ from libs.interceptors.access_log import flush_all
 from libs.interceptors.core import InstrumentedServer, Middleware, Pipeline
 from libs.interceptors.metrics import RpcMetrics, start_metrics_server
 from libs.runtime.config import ServerConfig
+from libs.runtime.supervisor import Supervisor, reserve_port
 from libs.runtime.tls import server_credentials
 from libs.runtime.transport import LOG_INTERVAL as DROPPED_LOG_INTERVAL
 from libs.runtime.transport import DroppedCallsLog, TransportCalls, channelz_server_ids
@@ -75,7 +77,9 @@ def server_options(config: ServerConfig, max_streams_per_connection: int | None 
         # bench/RESULTS.md). No handler sees these calls; transport.py counts and logs them.
         ("grpc.server.max_pending_requests", config.max_pending_calls),
         ("grpc.server.max_pending_requests_hard_limit", 2 * config.max_pending_calls),
-        ("grpc.so_reuseport", 0),
+        # Several processes share the port only when asked to (libs/runtime/supervisor.py); otherwise a
+        # second server started on a taken port fails instead of silently taking half the connections.
+        ("grpc.so_reuseport", 1 if config.processes > 1 else 0),
     ]
 
 
@@ -260,3 +264,49 @@ class GrpcServer:
         await self.start()
         await stop.wait()
         await self.shutdown()
+
+
+def serve(name: str, config: ServerConfig, build: Callable[[ServerConfig], GrpcServer], logger: logging.Logger) -> int:
+    """Serves what `build(config)` makes until SIGTERM/SIGINT and returns the exit code: in this process,
+    or in `config.processes` forked children sharing the ports (libs/runtime/supervisor.py), the
+    supervisor serving their summed /metrics. `name`: the service's, for the supervisor's files."""
+    if config.processes == 1:
+        return _serve_here(config, build, logger)
+    reserved: list[socket.socket] = []
+    for port in [config.port, config.health_port] if config.health_port else [config.port]:
+        try:
+            reserved.append(reserve_port(config.host, port))
+        except OSError as error:
+            logger.error("cannot listen on %s:%d: %s", config.host, port, error)
+            for sock in reserved:
+                sock.close()
+            return 1
+    # The children bind the reserved ports themselves (0 became a real one); /metrics is the supervisor's.
+    children = replace(config, port=reserved[0].getsockname()[1], metrics_port=0)
+    supervisor = Supervisor(
+        config.processes,
+        lambda index: _serve_here(children, build, logger),
+        logger,
+        name=name,
+        stop_timeout=config.drain_seconds + config.shutdown_grace + 5,
+        metrics_port=config.metrics_port,
+        metrics_host=config.host.strip("[]") or "0.0.0.0",
+        inherited=reserved,
+    )
+    try:
+        return supervisor.run()
+    except OSError as error:
+        logger.error("cannot serve /metrics on port %d: %s", config.metrics_port, error)
+        return 1
+    finally:
+        for sock in reserved:
+            sock.close()
+
+
+def _serve_here(config: ServerConfig, build: Callable[[ServerConfig], GrpcServer], logger: logging.Logger) -> int:
+    try:
+        asyncio.run(build(config).run())
+    except StartError as error:
+        logger.error("%s", error)
+        return 1
+    return 0

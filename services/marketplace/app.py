@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -37,6 +37,7 @@ from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_gr
 from libs.interceptors.deadlines import deadline_scope
 from libs.interceptors.errors import FieldViolation, field_violations
 from libs.interceptors.request_id import HTTP_HEADER, use_request_id
+from libs.runtime.metrics_sum import read_sums
 
 HERE = Path(__file__).parent
 HOME_MAX_RESULTS = 3
@@ -371,7 +372,17 @@ async def readyz(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    return Response(prometheus_client.generate_latest(), media_type=prometheus_client.CONTENT_TYPE_LATEST)
+    """This process's figures, or with --workers N the sum over every worker (libs/runtime/metrics_sum.py)."""
+    sums: Path | None = request.app.state.metrics_sums
+    if sums is None:
+        body = prometheus_client.generate_latest()
+    else:
+        try:
+            body = await read_sums(sums)
+        except (TimeoutError, OSError) as error:
+            logger.error("no metrics from the supervisor at %s: %s", sums, error)
+            return PlainTextResponse("metrics unavailable\n", status_code=503)
+    return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
@@ -397,9 +408,11 @@ def create_app(
     recommendations: recommendations_pb2_grpc.RecommendationServiceAsyncStub,
     timeout: float,
     health: health_pb2_grpc.HealthStub | None = None,
+    metrics_sums: Path | None = None,
 ) -> Starlette:
     """The ASGI app; `timeout` is each request's budget in seconds for its calls to Recommendations;
-    `health` (the backend's health service) feeds /readyz."""
+    `health` (the backend's health service) feeds /readyz; `metrics_sums`, with several workers, is
+    where /metrics gets the sum over all of them."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
@@ -412,6 +425,7 @@ def create_app(
     # chooses (a redirect to any host); such a path is simply not found.
     app.router.redirect_slashes = False
     app.state.backend = Backend(recommendations, timeout, health, Jinja2Templates(env=environment))
+    app.state.metrics_sums = metrics_sums
     return app
 
 

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import cast
 
 import grpc
@@ -22,6 +22,7 @@ from libs.interceptors.tracing import configure_tracing
 from libs.runtime.channel import ReloadingChannel, normalize_target
 from libs.runtime.config import add_callee_flags, add_flag, add_log_flags, add_tls_flags, tls_files
 from libs.runtime.logs import configure_logging
+from libs.runtime.supervisor import Supervisor, parse_processes
 from libs.runtime.tls import TlsFiles
 from services.marketplace.app import create_app
 from services.registry import REGISTRY
@@ -36,7 +37,13 @@ def parser() -> argparse.ArgumentParser:
     result = argparse.ArgumentParser(description=__doc__)
     add_flag(result, ENV_PREFIX, "--host", "0.0.0.0", "address to listen on")
     add_flag(result, ENV_PREFIX, "--port", SERVICE.port, "HTTP port", type=int)
-    add_flag(result, ENV_PREFIX, "--workers", 1, "processes serving HTTP, each with its own event loop", type=int)
+    add_flag(
+        result,
+        ENV_PREFIX,
+        "--workers",
+        "1",
+        "processes serving HTTP, each with its own event loop; 'auto' = the CPUs this process may use",
+    )
     add_flag(result, ENV_PREFIX, "--access-log", True, "log each HTTP request", action=argparse.BooleanOptionalAction)
     limits = HttpLimits()
     add_flag(
@@ -88,8 +95,10 @@ def validate(args: argparse.Namespace) -> list[str]:
     problems = []
     if not 0 <= args.port <= 65535:
         problems.append(f"--port must be between 0 and 65535, got {args.port}")
-    if not 1 <= args.workers <= 64:
-        problems.append(f"--workers must be between 1 and 64, got {args.workers}")
+    try:
+        args.workers = parse_processes(str(args.workers))
+    except ValueError as error:
+        problems.append(str(error).replace("--processes", "--workers"))
     if args.recommendations_timeout <= 0:
         problems.append(f"--recommendations-timeout must be positive, got {args.recommendations_timeout}")
     if not 1024 <= args.max_header_bytes <= 1024 * 1024:
@@ -121,9 +130,12 @@ class Server(uvicorn.Server):
                 signal.signal(signum, handler)
 
 
-async def serve(args: argparse.Namespace, tls: TlsFiles | None, sock: socket.socket | None = None) -> None:
+async def serve(
+    args: argparse.Namespace, tls: TlsFiles | None, sock: socket.socket | None = None, metrics_sums: Path | None = None
+) -> None:
     """Serves HTTP (on `sock` if given) until SIGTERM/SIGINT (uvicorn handles both), then closes the
-    gRPC channel. Each worker process has its own event loop and channel."""
+    gRPC channel. Each worker process has its own event loop and channel; `metrics_sums`: where a
+    worker finds the sum over all of them for /metrics."""
     configure_tracing(SERVICE.name)
     channel = ReloadingChannel(
         args.recommendations_addr,
@@ -137,6 +149,7 @@ async def serve(args: argparse.Namespace, tls: TlsFiles | None, sock: socket.soc
             recommendations_pb2_grpc.RecommendationServiceStub(cast(grpc.aio.Channel, channel)),
             args.recommendations_timeout,
             health_pb2_grpc.HealthStub(channel),
+            metrics_sums,
         )
         limits = HttpLimits(args.max_header_bytes, args.max_headers, args.header_timeout)
         config = uvicorn.Config(
@@ -166,35 +179,24 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 def run_workers(args: argparse.Namespace, tls: TlsFiles | None) -> int:
-    """Forks `args.workers` processes sharing one listening socket; SIGTERM/SIGINT go to all of them.
+    """`args.workers` processes accepting from one listening socket, under libs/runtime's supervisor:
+    a dead worker is restarted, SIGTERM/SIGINT drain every one, /metrics is the sum over all.
 
-    The parent binds before forking and never touches gRPC: a gRPC channel must not cross a fork.
+    The supervisor binds before forking and never touches gRPC: a gRPC channel must not cross a fork.
     """
     sock = listen(args.host, args.port)
     logger.info("listening on %s:%d with %d workers", args.host, sock.getsockname()[1], args.workers)
-    children = []
-    for _ in range(args.workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                asyncio.run(serve(args, tls, sock))
-            except BaseException:
-                logger.exception("worker failed")
-                code = 1
-            finally:
-                os._exit(code)
-        children.append(pid)
 
-    def forward(signum: int, frame: object) -> None:
-        for child in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
+    def worker(index: int) -> int:
+        asyncio.run(serve(args, tls, sock, supervisor.sums))
+        return 0
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, forward)
-    codes = [os.waitstatus_to_exitcode(os.waitpid(child, 0)[1]) for child in children]
-    return max(abs(code) for code in codes)
+    # uvicorn's graceful shutdown waits for open connections; past this a worker is killed.
+    supervisor = Supervisor(args.workers, worker, logger, name=SERVICE.name, stop_timeout=30.0)
+    try:
+        return supervisor.run()
+    finally:
+        sock.close()
 
 
 def main(argv: list[str] | None = None) -> int:

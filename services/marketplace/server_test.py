@@ -201,3 +201,25 @@ def test_every_refusal_is_logged(marketplace: Marketplace, crowded: Marketplace)
     for status in ("431", "408"):
         marketplace.wait_for_log(rf"WARNING http.limits: refused a request from 127\.0\.0\.1:\d+: {status} ")
     crowded.wait_for_log(re.escape("Exceeded concurrency limit."))
+
+
+def served_pages(text: str, route: str) -> float:
+    return sum(
+        float(found)
+        for found in re.findall(rf'^http_requests_total{{[^}}]*route="{re.escape(route)}"[^}}]*}} (\S+)$', text, re.M)
+    )
+
+
+def test_workers_answer_metrics_with_the_sum_over_every_worker() -> None:
+    with contextlib.ExitStack() as stack:
+        marketplace = stack.enter_context(contextlib.contextmanager(start_marketplace)("--workers=2"))
+        pages = 40
+        for _ in range(pages):  # a new connection each: the kernel hands them to either worker
+            with urllib.request.urlopen(f"http://127.0.0.1:{marketplace.port}/healthz", timeout=SOCKET_TIMEOUT):
+                pass
+        # Asked several times, /metrics is answered by either worker, and every time with the sum.
+        for _ in range(6):
+            with urllib.request.urlopen(f"http://127.0.0.1:{marketplace.port}/metrics", timeout=SOCKET_TIMEOUT) as r:
+                text = r.read().decode()
+            assert served_pages(text, "/healthz") == pages
+            assert re.search(r"^supervised_processes 2\.0$", text, re.M)

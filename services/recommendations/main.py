@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 from collections.abc import Sequence
@@ -21,7 +20,7 @@ from libs.runtime.config import (
     user_path,
 )
 from libs.runtime.logs import configure_logging
-from libs.runtime.server import GrpcServer, StartError
+from libs.runtime.server import GrpcServer, serve
 from services.recommendations.catalog import DEFAULT_CATALOG, Catalog, CatalogError
 from services.recommendations.servicer import SERVICE_NAME, RecommendationServicer, category_names
 from services.registry import REGISTRY
@@ -74,12 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("cannot load catalog: %s", error)
         return 2
     logger.info("loaded %d books from %s (pid %d)", catalog.count(), args.catalog, os.getpid())
-    try:
-        asyncio.run(build_server(config, catalog).run())
-    except StartError as error:
-        logger.error("%s", error)
-        return 1
-    return 0
+    # Loaded before any fork: with --processes N the children share the catalog's pages.
+    return serve(SERVICE.name, config, lambda each: build_server(each, catalog), logger)
 
 
 if __name__ == "__main__":

@@ -1,22 +1,25 @@
 """A tiny service on the shared runtime, for tests that need a real server process.
 
 `test.v1.Echo/Echo` answers `echo:<request>`; a request `sleep:<seconds>` first sleeps that long,
-to hold a call in flight, and `block:<seconds>` blocks the whole process that long (a CPU-bound handler:
-calls arriving meanwhile wait in gRPC's backlog). Takes every flag of libs/runtime/config.py (prefix ECHO).
+to hold a call in flight, `block:<seconds>` blocks the whole process that long (a CPU-bound handler:
+calls arriving meanwhile wait in gRPC's backlog), and `pid` answers `pid:<the serving process's id>`.
+Takes every flag of libs/runtime/config.py (prefix ECHO).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 import time
 
 import grpc
 
-from libs.runtime.config import ConfigError, add_server_flags, server_config
+from libs.runtime.config import ConfigError, ServerConfig, add_server_flags, server_config
 from libs.runtime.logs import configure_logging
-from libs.runtime.server import GrpcServer
+from libs.runtime.server import GrpcServer, serve
 
 SERVICE = "test.v1.Echo"
 
@@ -26,6 +29,8 @@ async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         await asyncio.sleep(float(request.removeprefix(b"sleep:")))
     if request.startswith(b"block:"):
         time.sleep(float(request.removeprefix(b"block:")))
+    if request == b"pid":
+        return f"pid:{os.getpid()}".encode()
     return b"echo:" + request
 
 
@@ -43,10 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         parser.error(str(error))
     configure_logging(args.log_format)
+    return serve("echo", config, build, logging.getLogger("echo"))
+
+
+def build(config: ServerConfig) -> GrpcServer:
     server = GrpcServer(config, {"Echo": ["*"]}, service_name="echo")
     server.add_service(SERVICE, register)
-    asyncio.run(server.run())
-    return 0
+    return server
 
 
 if __name__ == "__main__":

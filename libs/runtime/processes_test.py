@@ -1,0 +1,220 @@
+"""--processes N: one service in N forked processes sharing its ports, as it behaves with one."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.runtime.channel import BalancedChannel, create_channel
+from libs.runtime.supervisor import RestartPolicy, Supervisor, available_cpus, parse_processes
+
+ECHO = "/test.v1.Echo/Echo"
+PROCESSES = 2
+
+
+def scrape(metrics_port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
+        text: str = response.read().decode()
+    return text
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` that have `labels` (in any order), 0 without any."""
+    total = 0.0
+    for sample_labels, number in re.findall(rf"^{name}(?:{{(.*)}})? (\S+)$", text, re.M):
+        if all(f'{key}="{wanted}"' in sample_labels for key, wanted in labels.items()):
+            total += float(number)
+    return total
+
+
+def handled_echo_calls(metrics_port: int) -> float:
+    return value(scrape(metrics_port), "grpc_server_handled_total", grpc_method="Echo", grpc_code="OK")
+
+
+class Server:
+    def __init__(
+        self, process: ChildProcess, events: list[str], port: int, health_port: int, metrics_port: int
+    ) -> None:
+        self.process, self.events = process, events
+        self.port, self.health_port, self.metrics_port = port, health_port, metrics_port
+
+    def pid_of_one_connection(self) -> int:
+        """The process serving a new connection (SO_REUSEPORT: the kernel picks one per connection)."""
+        with grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            answer: bytes = ch.unary_unary(ECHO, request_serializer=None, response_deserializer=None)(
+                b"pid", timeout=10
+            )
+        return int(answer.removeprefix(b"pid:"))
+
+    def serving_pids(self, expected: int, timeout: float = 30.0) -> set[int]:
+        """The pids answering, from new connections, until `expected` distinct ones have (or `timeout`)."""
+        seen: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < expected:
+            assert time.monotonic() < deadline, f"only {sorted(seen)} answered within {timeout:.0f}s"
+            seen.add(self.pid_of_one_connection())
+        return seen
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    port, health_port, metrics_port = free_port(), free_port(), free_port()
+    events: list[str] = []  # every line but the access log's (the process keeps only its last 1,000 lines)
+    process = ChildProcess(
+        "echo",
+        [
+            runfile("libs/runtime/echo_server"),
+            "--insecure",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            f"--health-port={health_port}",
+            f"--metrics-port={metrics_port}",
+            f"--processes={PROCESSES}",
+            "--drain-seconds=1",
+            "--access-log-interval=0.01",
+        ],
+        on_line=lambda line: events.append(line) if '"method":' not in line else None,
+    ).start()
+    try:
+        process.wait_for_port(metrics_port)
+        process.wait_for_port(port)
+        yield Server(process, events, port, health_port, metrics_port)
+    finally:
+        process.stop(timeout=30)
+
+
+def test_every_process_serves_the_port_and_the_health_port(server: Server) -> None:
+    pids = server.serving_pids(PROCESSES)
+    assert server.process.pid not in pids  # the supervisor itself serves nothing
+    with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+    text = scrape(server.metrics_port)
+    assert value(text, "supervised_processes") == PROCESSES
+
+
+def test_metrics_are_the_sum_over_processes_and_access_lines_stay_whole(server: Server) -> None:
+    calls = 60
+    pids = []
+    for _ in range(calls):  # each on a new connection: both processes answer some
+        pids.append(server.pid_of_one_connection())
+    assert len(set(pids)) == PROCESSES
+    # Every call counted once, whichever process served it (the access log says it was flushed).
+    deadline = time.monotonic() + 30
+    while handled_echo_calls(server.metrics_port) < calls:
+        assert time.monotonic() < deadline, "the calls never all showed in /metrics"
+        time.sleep(0.05)
+    assert handled_echo_calls(server.metrics_port) == calls
+    text = scrape(server.metrics_port)
+    one_process_memory = value(text, "process_resident_memory_bytes") / PROCESSES
+    assert one_process_memory > 10e6  # summed: each child reports its own, tens of MB
+    assert value(text, "python_info") == 1  # an information metric is not multiplied
+    # Both processes write to one pipe; their lines never mix (libs/runtime/logs.py).
+    deadline = time.monotonic() + 10
+    while sum('"method":"/test.v1.Echo/Echo"' in line for line in list(server.process.lines)) < calls:
+        assert time.monotonic() < deadline, "access lines missing"
+        time.sleep(0.05)
+    access = [json.loads(line) for line in list(server.process.lines) if '"method":"/test.v1.Echo/Echo"' in line]
+    assert len(access) == calls
+    assert {entry["code"] for entry in access} == {"OK"}
+
+
+async def kill_one_during_load(
+    port: int, metrics_port: int, calls: int, seconds: float, channels: int = 6
+) -> tuple[int, float, list[str]]:
+    """`calls` Echo calls over `channels` connections, two at a time on each, within `seconds`; a
+    third of the way through, SIGKILL to a process serving one of them. Returns that
+    process's pid, the calls /metrics counted just before, and the calls that failed."""
+    failures: list[str] = []
+    serving: list[int] = []
+    done = 0
+    deadline = time.monotonic() + seconds
+    halfway = asyncio.Event()
+
+    async def caller(channel: BalancedChannel) -> None:
+        nonlocal done
+        echo = channel.unary_unary(ECHO, request_serializer=None, response_deserializer=None)
+        serving.append(int((await echo(b"pid", timeout=10)).removeprefix(b"pid:")))
+        while done < calls and time.monotonic() < deadline:
+            done += 1
+            try:
+                await echo(b"x", timeout=10)
+            except grpc.RpcError as error:
+                failures.append(f"{error.code().name}: {error.details()}")
+            if done >= calls // 3:
+                halfway.set()
+
+    async def killer() -> tuple[int, float]:
+        await halfway.wait()
+        counted = await asyncio.to_thread(handled_echo_calls, metrics_port)
+        os.kill(serving[0], signal.SIGKILL)
+        return serving[0], counted
+
+    # Our clients' channels (retries, reconnection), each with a connection of its own.
+    opened = [create_channel(f"127.0.0.1:{port}", tls=None, own_connections=True) for _ in range(channels)]
+    try:
+        kill = asyncio.ensure_future(killer())
+        await asyncio.gather(*(caller(channel) for channel in opened))
+        victim, counted = await kill
+    finally:
+        await asyncio.gather(*(channel.close(None) for channel in opened))
+    assert done >= calls, f"only {done} of {calls} calls within {seconds:.0f}s"
+    return victim, counted, failures
+
+
+def test_a_process_killed_under_load_fails_no_call_and_is_replaced(server: Server) -> None:
+    victim, counted, failures = asyncio.run(kill_one_during_load(server.port, server.metrics_port, 1500, 60))
+    assert failures == []
+    assert counted >= 500
+    replaced = server.serving_pids(PROCESSES)
+    assert victim not in replaced
+    # The dead process's calls still count: the sum never goes back, so rate() sees no reset.
+    assert handled_echo_calls(server.metrics_port) >= counted
+    assert value(scrape(server.metrics_port), "supervised_process_deaths_total") == 1
+    assert any(f"pid {victim}) was killed by SIGKILL; restarting it" in line for line in server.events)
+
+
+def test_sigterm_drains_every_process_and_exits_zero(server: Server) -> None:
+    pids = server.serving_pids(PROCESSES)
+    server.process.signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    draining = [line for line in server.events if "health NOT_SERVING; draining" in line]
+    assert len(draining) == PROCESSES
+
+
+def test_gives_up_with_a_non_zero_exit_when_children_keep_dying() -> None:
+    import logging
+
+    policy = RestartPolicy(first_delay=0.01, max_delay=0.02, max_failures=3, window=60)
+    supervisor = Supervisor(2, lambda index: 3, logging.getLogger("test"), name="dying", stop_timeout=5, policy=policy)
+    started = time.monotonic()
+    assert supervisor.run() == 1
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1", 1), ("4", 4), ("auto", min(available_cpus(), 64)), (" AUTO ", min(available_cpus(), 64))],
+)
+def test_process_counts(text: str, expected: int) -> None:
+    assert parse_processes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "65", "-1", "two", ""])
+def test_bad_process_counts_are_refused_by_name(text: str) -> None:
+    with pytest.raises(ValueError, match="--processes"):
+        parse_processes(text)
