@@ -14,6 +14,7 @@ import argparse
 import copy
 import functools
 import importlib
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import yaml
 
 from k8s.render import compose, digests, render
 from libs.processes.processes import runfile
-from libs.runtime.config import flag_environment
+from libs.runtime.config import env_name, flag_environment
 from services.marketplace import app as marketplace_app
 from services.registry import REGISTRY, Service
 from tools.certs.certs import service_dns_names
@@ -75,8 +76,16 @@ def environment(overlay: str, service: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for source in spec.get("envFrom", []):
         env.update(one(overlay, "ConfigMap", source["configMapRef"]["name"])["data"])
-    env.update({item["name"]: item["value"] for item in spec.get("env", [])})
+    env.update({item["name"]: item.get("value") or downward(spec, item["valueFrom"]) for item in spec.get("env", [])})
     return env
+
+
+def downward(spec: dict, source: dict) -> str:
+    """What Kubernetes' downward API puts in a variable: a CPU figure of the container, rounded up."""
+    field = source["resourceFieldRef"]
+    kind, resource = field["resource"].split(".")
+    assert resource == "cpu", f"only CPU figures are expected in the environment, not {resource}"
+    return str(math.ceil(cpus(spec["resources"][kind]["cpu"]) / cpus(field.get("divisor", "1"))))
 
 
 def effective_flags(overlay: str, service: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
@@ -211,6 +220,37 @@ def test_prod_runs_three_or_more_replicas_scaled_on_cpu_with_a_budget(service: s
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"
     budget = one("prod", "PodDisruptionBudget", service)["spec"]
     assert budget["selector"]["matchLabels"].items() <= pod_labels("prod", service).items()
+
+
+def cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
+
+
+MEMORY_PER_PROCESS_MI = 128  # a serving process's resident memory is 40-80 MB (bench/RESULTS.md)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", SERVICES)
+def test_one_serving_process_per_cpu_of_the_limit_with_memory_for_each(overlay: str, service: str) -> None:
+    entry = REGISTRY[service]
+    flag = "--processes" if entry.kind == "grpc" else "--workers"
+    settings = container(overlay, service)
+    (variable,) = [each for each in settings.get("env", []) if each["name"] == env_name(entry.env_prefix, flag)]
+    assert variable["valueFrom"]["resourceFieldRef"] == {"resource": "limits.cpu", "divisor": "1"}
+    requests, limits = settings["resources"]["requests"], settings["resources"]["limits"]
+    processes = math.ceil(cpus(limits["cpu"]))  # what the downward API gives for divisor 1
+    assert mebibytes(limits["memory"]) >= processes * MEMORY_PER_PROCESS_MI
+    if overlay == "prod":
+        # Whole CPUs, requested as much as allowed: a core for each process, never throttled.
+        assert processes >= 2
+        assert cpus(requests["cpu"]) == cpus(limits["cpu"]) == processes
+        target = one("prod", "HorizontalPodAutoscaler", service)["spec"]["metrics"][0]["resource"]["target"]
+        assert target["type"] == "Utilization" and 50 <= target["averageUtilization"] <= 80
 
 
 def test_prod_denies_by_default_and_routes_the_ingress_only_to_public_services() -> None:
