@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import time
 import urllib.request
@@ -19,6 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from libs.processes.processes import ChildProcess, free_port, runfile
 from libs.runtime.channel import BalancedChannel, create_channel
 from libs.runtime.supervisor import RestartPolicy, Supervisor, available_cpus, parse_processes
+from tools.certs.certs import mint_all
 
 ECHO = "/test.v1.Echo/Echo"
 PROCESSES = 2
@@ -194,6 +196,52 @@ def test_sigterm_drains_every_process_and_exits_zero(server: Server) -> None:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
     draining = [line for line in server.events if "health NOT_SERVING; draining" in line]
     assert len(draining) == PROCESSES
+
+
+def pid_over_a_new_connection(port: int, credentials: grpc.ChannelCredentials) -> int:
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    with grpc.secure_channel(f"localhost:{port}", credentials, options=options) as channel:
+        answer: bytes = channel.unary_unary(ECHO, request_serializer=None, response_deserializer=None)(
+            b"pid", timeout=10
+        )
+    return int(answer.removeprefix(b"pid:"))
+
+
+def client_credentials(certs: Path, ca: Path | None = None) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        (ca or certs / "ca.pem").read_bytes(),
+        (certs / "marketplace.key").read_bytes(),
+        (certs / "marketplace.pem").read_bytes(),
+    )
+
+
+def test_every_process_picks_up_rotated_certificates(tmp_path: Path) -> None:
+    certs, rotated = tmp_path / "certs", tmp_path / "rotated"
+    mint_all(certs, services=("recommendations", "marketplace"))
+    mint_all(rotated, services=("recommendations", "marketplace"))  # a whole new CA
+    port = free_port()
+    tls = [
+        f"--tls-{kind}={certs / name}"
+        for kind, name in (("cert", "recommendations.pem"), ("key", "recommendations.key"), ("ca", "ca.pem"))
+    ]
+    with ChildProcess(
+        "echo",
+        [runfile("libs/runtime/echo_server"), "--host=127.0.0.1", f"--port={port}", f"--processes={PROCESSES}", *tls],
+    ) as process:
+        process.wait_for_port(port)
+        before = {pid_over_a_new_connection(port, client_credentials(certs)) for _ in range(40)}
+        assert len(before) == PROCESSES
+        for name in ("recommendations.pem", "recommendations.key", "ca.pem"):
+            shutil.copyfile(rotated / name, certs / f".{name}")
+            os.replace(certs / f".{name}", certs / name)
+        # Every process now wants the new CA on new connections: a client of it reaches both, the old one neither.
+        after = {pid_over_a_new_connection(port, client_credentials(rotated)) for _ in range(40)}
+        assert after == before
+        stale = client_credentials(certs, ca=rotated / "ca.pem")  # certs/marketplace.* are of the old CA
+        for _ in range(20):  # new connections, to either process
+            with pytest.raises(grpc.RpcError) as refused:
+                pid_over_a_new_connection(port, stale)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_gives_up_with_a_non_zero_exit_when_children_keep_dying() -> None:
