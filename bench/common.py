@@ -49,6 +49,26 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return int(fields[11]) / ticks, int(fields[12]) / ticks
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds so far of a process and its descendants (a supervisor's children)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+        parents.setdefault(parent, []).append(int(stat.parent.name))
+    total, pending = 0.0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            total += sum(cpu_seconds(current))
+        except OSError:
+            continue
+        pending.extend(parents.get(current, []))
+    return total
+
+
 def grpc_frame(message: bytes) -> bytes:
     """A gRPC length-prefixed message: no compression flag, 4-byte big-endian length."""
     return b"\x00" + len(message).to_bytes(4, "big") + message
@@ -58,12 +78,27 @@ def _milliseconds(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def h2load_command(port: int, body: Path, clients: int, streams: int, *, requests: int = 0, seconds: int = 0) -> list:
-    """Unary gRPC load on `METHOD`: `requests` calls, or as many as fit in `seconds`."""
+def h2load_command(
+    port: int,
+    body: Path,
+    clients: int,
+    streams: int,
+    *,
+    requests: int = 0,
+    seconds: int = 0,
+    pinned: bool = True,
+    rate_per_client: float = 0,
+    log_file: Path | None = None,
+) -> list:
+    """Unary gRPC load on `METHOD`: `requests` calls, or as many as fit in `seconds`; `pinned`: on the
+    load generator's core; `rate_per_client`: calls per second each client sends (open loop);
+    `log_file`: every call's start, status and duration (h2load's --log-file)."""
     amount = ["-D", str(seconds)] if seconds else ["-n", str(requests)]
+    rate = [f"--rps={rate_per_client:.1f}"] if rate_per_client else []
+    log = [f"--log-file={log_file}"] if log_file else []
     return [
-        *PIN_LOAD, "h2load", *amount, "-c", str(clients), "-m", str(streams), "-t", "1",
-        "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body),
+        *(PIN_LOAD if pinned else []), "h2load", *amount, *rate, *log, "-c", str(clients), "-m", str(streams),
+        "-t", "1", "-H", "content-type: application/grpc", "-H", "te: trailers", "-d", str(body),
         f"http://127.0.0.1:{port}{METHOD}",
     ]  # fmt: skip
 
@@ -84,8 +119,8 @@ def parse_h2load(output: str) -> RpcResult:
     return RpcResult(rate, _milliseconds(*mean.groups()), succeeded)
 
 
-def run_h2load(port: int, body: Path, requests: int, clients: int, streams: int) -> RpcResult:
-    command = h2load_command(port, body, clients, streams, requests=requests)
+def run_h2load(port: int, body: Path, requests: int, clients: int, streams: int, pinned: bool = True) -> RpcResult:
+    command = h2load_command(port, body, clients, streams, requests=requests, pinned=pinned)
     return parse_h2load(subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout)
 
 

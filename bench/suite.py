@@ -2,16 +2,15 @@
 
     ./bazelw run //bench -- [--requests 20000] [--duration 10] [--rounds 3]
 
-Recommend over loopback with h2load (server and load generator pinned to one core each) against: a
-bare grpc.aio server answering a prebuilt response (bench/baselines/bare_aio.py), the tutorial's
-server (bench/baselines/tutorial_server.py: sync, 10 threads, an exception-mapping interceptor), and
-our Recommendations service with its full middleware stack (plaintext: h2load cannot do mTLS).
-h2load counts gRPC errors as successes, so statuses are checked with a real client before and after,
-and our server's metrics must count every request as OK. Then marketplace page views per second
-with wrk against the tutorial's Flask app, Recommendations' start→SERVING time, and the images:
-size per layer, and podman run → SERVING (bench/images.py). Needs `apt-get install nghttp2-client
-wrk` (and podman for the container start-up). Targets: ours ≥ 0.9× bare, ≥ 1.8× tutorial;
-marketplace ≥ 3×.
+Recommend over loopback with h2load (bench/recommend.py): on one core, the bare grpc.aio ceilings
+(prebuilt response; parsed request and serialised response), the tutorial's server and ours with its
+full middleware stack (plaintext: h2load cannot do mTLS); on the whole machine, the tutorial's server
+and ours with 1 and `--processes auto` processes; calls per CPU-second for each, and latency
+percentiles at 50 % and 90 % of our peaks. Then marketplace page views per second with wrk against the
+tutorial's Flask app, Recommendations' start→SERVING time, and the images: size per layer, and podman
+run → SERVING (bench/images.py). Needs `apt-get install nghttp2-client wrk` (and podman for the
+container start-up). Targets: ours ≥ 0.9× the serialising ceiling on one core, ≥ 1.8× the tutorial
+and ≥ 1.5× one process with every core, p99 ≤ 2× p50 at 50 % of peak; marketplace ≥ 3×.
 """
 
 from __future__ import annotations
@@ -24,21 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import (
-    PIN_SERVER,
-    REQUEST,
-    check_statuses,
-    grpc_frame,
-    handled_ok,
-    run_h2load,
-    run_wrk,
-    start_quiet,
-)
+from bench.common import REQUEST, grpc_frame, run_wrk, start_quiet
 from bench.images import image_rows
+from bench.recommend import LATENCY_SECONDS, RECOMMENDATIONS, recommend_rows
 from libs.processes.processes import ChildProcess, free_port, runfile
 from libs.runtime.readiness import wait_until_serving
-
-RECOMMENDATIONS = "services/recommendations/recommendations"
 
 
 def start_to_serving(samples: int) -> float:
@@ -68,48 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"missing {', '.join(missing)}: apt-get install nghttp2-client wrk", file=sys.stderr)
         return 2
 
-    rows: list[tuple[str, str, str, str]] = []
     with tempfile.TemporaryDirectory() as temporary:
         body = Path(temporary) / "request.bin"
         body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
-        ports = {name: free_port() for name in ("bare", "tutorial", "ours")}
-        metrics_port = free_port()
-        commands = {
-            "bare": [*PIN_SERVER, runfile("bench/baselines/bare_aio"), "--port", ports["bare"]],
-            "tutorial": [*PIN_SERVER, runfile("bench/baselines/tutorial_server"), "--port", ports["tutorial"]],
-            "ours": [
-                *PIN_SERVER, runfile(RECOMMENDATIONS), "--insecure", "--host", "127.0.0.1", "--port", ports["ours"],
-                "--metrics-port", metrics_port, "--drain-seconds", "0",
-            ],
-        }  # fmt: skip
-        servers = {name: start_quiet(name, command, ports[name]) for name, command in commands.items()}
-        rates: dict[str, list] = {name: [] for name in servers}
-        try:
-            warm_up = min(args.requests, 5000)
-            for name in servers:
-                check_statuses(ports[name])
-                run_h2load(ports[name], body, warm_up, 8, 16)
-            for _ in range(args.rounds):
-                for name in servers:
-                    rates[name].append(run_h2load(ports[name], body, args.requests, 8, 16))
-            for name in servers:
-                check_statuses(ports[name])
-            assert handled_ok(metrics_port) == 100 + warm_up + args.rounds * args.requests, "non-OK statuses"
-        finally:
-            for server in servers.values():
-                server.stop()
-
-    median = {n: sorted(r, key=lambda x: x.requests_per_second)[len(r) // 2] for n, r in rates.items()}
-    bare, tutorial = median["bare"].requests_per_second, median["tutorial"].requests_per_second
-    labels = {
-        "bare": "Recommend: bare grpc.aio, prebuilt response",
-        "tutorial": "Recommend: tutorial server (sync, 10 threads)",
-        "ours": "Recommend: ours, full middleware stack",
-    }
-    for name, result in median.items():
-        rate = result.requests_per_second
-        note = f"{rate / bare:.2f}x bare, {rate / tutorial:.2f}x tutorial"
-        rows.append((labels[name], f"{rate:,.0f} req/s", f"{result.mean_latency_ms:.2f} ms", note))
+        rows, latency_rows = recommend_rows(args.requests, args.rounds, body)
 
     rec_port, base_port, web_port = free_port(), free_port(), free_port()
     backend_addr = f"127.0.0.1:{rec_port}"
@@ -146,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"Marketplace: {label}", f"{rate:,.0f} pages/s", f"{latency:.2f} ms", note))
 
     rows.append(("Recommendations: start → SERVING", f"{start_to_serving(5):.2f} s", "", "median of 5"))
+    rows += latency_rows
 
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    load = f"h2load -n{args.requests} -c8 -m16 -t1, wrk -t2 -c16 -d{args.duration}s"
+    load = (
+        f"h2load -n{args.requests} -c8 -m16 -t1 (latency: --rps, {LATENCY_SECONDS} s), wrk -t2 -c16 -d{args.duration}s"
+    )
     print(f"//bench, {when}: {load}, median of {args.rounds} rounds")
     width = max(len(row[0]) for row in rows)
     for label, value, latency_text, note in rows:
