@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.util
 import io
 import json
 import lzma
+import marshal
+import subprocess
 import sys
 import tarfile
-from importlib._bootstrap_external import _code_to_hash_pyc  # type: ignore[attr-defined]  # py_compile's writer
 from pathlib import Path, PurePosixPath
 
 from tools.oci.oci import Entry, Tree, write_layer
@@ -124,21 +124,41 @@ def add_system_files(tree: Tree, uid: int, user: str) -> None:
     tree.directory("tmp", mode=0o1777)
 
 
+# Compiles (path, source) pairs read from stdin into hash-based .pyc bytes (None: not Python 3).
+_COMPILER = """
+import importlib.util, marshal, sys
+from importlib._bootstrap_external import _code_to_hash_pyc  # the writer py_compile itself uses
+compiled = []
+for path, source in marshal.load(sys.stdin.buffer):
+    try:
+        code = compile(source, "/" + path, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):  # e.g. lib2to3's Python 2 fixtures; Python would not import them either
+        compiled.append((path, None))
+        continue
+    compiled.append((path, bytes(_code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False))))
+marshal.dump(compiled, sys.stdout.buffer)
+"""
+
+
 def compile_python(tree: Tree, under: str) -> int:
-    """Adds __pycache__/*.cpython-311.pyc beside every .py file under `under`; returns the count."""
+    """Adds __pycache__/*.cpython-311.pyc beside every .py file under `under`; returns the count.
+
+    In a fresh interpreter with nothing imported but what the compiler needs (-I -S): marshal writes an
+    object once and refers back to it only when something else holds it too, so the bytes of a .pyc
+    depend on which strings the compiling process has already interned. Compiled in the process that
+    builds the layer, they differed between the build and the same build elsewhere (a test that
+    imports other modules); a process that imports the same few modules makes the same bytes."""
+    paths = sorted(p for p, e in tree.entries.items() if p.endswith(".py") and p.startswith(under) and e.kind == "file")
+    sources = [(path, tree.entries[path].content()) for path in paths]
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", _COMPILER], input=marshal.dumps(sources), capture_output=True, check=True
+    )
     count = 0
-    for path in sorted(
-        p for p, e in tree.entries.items() if p.endswith(".py") and p.startswith(under) and e.kind == "file"
-    ):
-        source = tree.entries[path].content()
-        try:
-            code = compile(source, "/" + path, "exec", dont_inherit=True)
-        except (SyntaxError, ValueError):
-            continue  # e.g. lib2to3's Python 2 fixtures; Python would not import them either
+    for path, pyc in marshal.loads(result.stdout):
+        if pyc is None:
+            continue
         pure = PurePosixPath(path)
-        cached = pure.parent / "__pycache__" / f"{pure.stem}.{sys.implementation.cache_tag}.pyc"
-        pyc = _code_to_hash_pyc(code, importlib.util.source_hash(source), checked=False)
-        tree.file(str(cached), bytes(pyc))
+        tree.file(str(pure.parent / "__pycache__" / f"{pure.stem}.{sys.implementation.cache_tag}.pyc"), pyc)
         count += 1
     return count
 
