@@ -68,6 +68,9 @@ def variants() -> dict[str, Variant]:
     return {
         "prebuilt": Variant("bare grpc.aio, prebuilt response", baseline("bare_aio"), True),
         "ceiling": Variant("bare grpc.aio, parses and serialises", baseline("bare_aio", "--serialise"), True),
+        "ceiling-uvloop": Variant(
+            "bare grpc.aio on uvloop, parses and serialises", baseline("bare_aio", "--serialise", "--uvloop"), True
+        ),
         "tutorial": Variant("tutorial server (sync, 10 threads)", baseline("tutorial_server"), True),
         "ours": Variant("ours, full middleware stack", ours(), True, ours=True),
         "tutorial-all": Variant("tutorial server, whole machine", baseline("tutorial_server"), False),
@@ -170,8 +173,10 @@ def throughput_rows(measured: dict[str, Variant], refused: dict[str, dict[str, f
     compared = {
         "prebuilt": "",
         "ceiling": f"{rate['ceiling'] / rate['prebuilt']:.2f}x prebuilt",
+        "ceiling-uvloop": f"{rate['ceiling-uvloop'] / rate['ceiling']:.2f}x ceiling",
         "tutorial": f"{rate['tutorial'] / rate['ceiling']:.2f}x ceiling",
         "ours": f"{rate['ours'] / rate['ceiling']:.2f}x ceiling (target 0.9), "
+        f"{rate['ours'] / rate['ceiling-uvloop']:.2f}x ceiling on uvloop, "
         f"{rate['ours'] / rate['tutorial']:.2f}x tutorial",
         "tutorial-all": "",
         "ours-all-1": f"{rate['ours-all-1'] / rate['tutorial-all']:.2f}x tutorial",

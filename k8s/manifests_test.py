@@ -250,7 +250,8 @@ def test_one_serving_process_per_cpu_of_the_limit_with_memory_for_each(overlay: 
         assert processes >= 2
         assert cpus(requests["cpu"]) == cpus(limits["cpu"]) == processes
         target = one("prod", "HorizontalPodAutoscaler", service)["spec"]["metrics"][0]["resource"]["target"]
-        assert target["type"] == "Utilization" and 50 <= target["averageUtilization"] <= 80
+        assert target["type"] == "Utilization"
+        assert 50 <= target["averageUtilization"] <= 80
 
 
 def test_prod_denies_by_default_and_routes_the_ingress_only_to_public_services() -> None:

@@ -3,7 +3,7 @@
 No interceptors, no validation, no catalog. By default every call gets the same prebuilt,
 pre-serialised response (the transport's ceiling); with `--serialise` each call parses the request
 and serialises a response message built for it, as any real service must (the ceiling our service is
-held to).
+held to). `--uvloop` runs it on uvloop, as our servers run (libs/runtime/event_loop.py).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import asyncio
 import sys
 
 import grpc
+import uvloop
 
 from books.recommendations.v1 import recommendations_pb2
 
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--serialise", action="store_true", help="parse each request, serialise each response")
+    parser.add_argument("--uvloop", action="store_true", help="on uvloop instead of asyncio's own event loop")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.port, args.serialise))
+    (uvloop.run if args.uvloop else asyncio.run)(serve(args.port, args.serialise))
     return 0
 
 

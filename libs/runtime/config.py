@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from libs.runtime.event_loop import DEFAULT as DEFAULT_EVENT_LOOP
+from libs.runtime.event_loop import EVENT_LOOPS
 from libs.runtime.logs import FORMATS
 from libs.runtime.supervisor import parse_processes
 from libs.runtime.tls import TlsConfigError, TlsFiles
@@ -149,6 +151,7 @@ class ServerConfig:
     metrics_port: int = 0
     access_log_interval: float = 0.05
     processes: int = 1
+    event_loop: str = DEFAULT_EVENT_LOOP
     allow: dict[str, frozenset[str]] = field(default_factory=dict)
 
     @property
@@ -280,6 +283,14 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port:
     add_flag(
         parser,
         prefix,
+        "--event-loop",
+        defaults.event_loop,
+        "the event loop the server runs on",
+        choices=EVENT_LOOPS,
+    )
+    add_flag(
+        parser,
+        prefix,
         "--access-log-interval",
         defaults.access_log_interval,
         "seconds between writes of the batched access log (longer: less CPU, later lines)",
@@ -322,6 +333,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     check("shutdown_grace", lambda v: v >= 0, "must be 0 or more")
     check("blocking_workers", lambda v: 1 <= v <= 256, "must be between 1 and 256")
     check("access_log_interval", lambda v: 0 < v <= 60, "must be more than 0 and at most 60 seconds")
+    check("event_loop", lambda v: v in EVENT_LOOPS, f"must be one of {', '.join(EVENT_LOOPS)}")
     extra_ports = [port for port in (args.health_port, args.metrics_port) if port]
     if len(set(extra_ports)) != len(extra_ports) or args.port in extra_ports:
         problems.append("--port, --health-port and --metrics-port must differ")
@@ -356,5 +368,6 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         metrics_port=args.metrics_port,
         access_log_interval=args.access_log_interval,
         processes=processes,
+        event_loop=args.event_loop,
         allow=allow,
     )

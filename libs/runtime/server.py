@@ -27,6 +27,7 @@ from libs.interceptors import AccessPolicy, server_middleware
 from libs.interceptors.access_log import flush_all
 from libs.interceptors.core import InstrumentedServer, Middleware, Pipeline
 from libs.interceptors.metrics import RpcMetrics, start_metrics_server
+from libs.runtime import event_loop
 from libs.runtime.config import ServerConfig
 from libs.runtime.supervisor import Supervisor, reserve_port
 from libs.runtime.tls import server_credentials
@@ -305,7 +306,7 @@ def serve(name: str, config: ServerConfig, build: Callable[[ServerConfig], GrpcS
 
 def _serve_here(config: ServerConfig, build: Callable[[ServerConfig], GrpcServer], logger: logging.Logger) -> int:
     try:
-        asyncio.run(build(config).run())
+        event_loop.run(build(config).run(), config.event_loop)
     except StartError as error:
         logger.error("%s", error)
         return 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import signal
@@ -19,8 +18,11 @@ from grpc_health.v1 import health_pb2_grpc
 from books.recommendations.v1 import recommendations_pb2_grpc
 from libs.http.protocol import HttpLimits, limited_protocol
 from libs.interceptors.tracing import configure_tracing
+from libs.runtime import event_loop
 from libs.runtime.channel import ReloadingChannel, normalize_target
 from libs.runtime.config import add_callee_flags, add_flag, add_log_flags, add_tls_flags, tls_files
+from libs.runtime.event_loop import DEFAULT as DEFAULT_EVENT_LOOP
+from libs.runtime.event_loop import EVENT_LOOPS
 from libs.runtime.logs import configure_logging
 from libs.runtime.supervisor import Supervisor, parse_processes
 from libs.runtime.tls import TlsFiles
@@ -44,6 +46,7 @@ def parser() -> argparse.ArgumentParser:
         "1",
         "processes serving HTTP, each with its own event loop; 'auto' = the CPUs this process may use",
     )
+    add_flag(result, ENV_PREFIX, "--event-loop", DEFAULT_EVENT_LOOP, "the event loop", choices=EVENT_LOOPS)
     add_flag(result, ENV_PREFIX, "--access-log", True, "log each HTTP request", action=argparse.BooleanOptionalAction)
     limits = HttpLimits()
     add_flag(
@@ -95,6 +98,8 @@ def validate(args: argparse.Namespace) -> list[str]:
     problems = []
     if not 0 <= args.port <= 65535:
         problems.append(f"--port must be between 0 and 65535, got {args.port}")
+    if args.event_loop not in EVENT_LOOPS:
+        problems.append(f"--event-loop must be one of {', '.join(EVENT_LOOPS)}, got {args.event_loop}")
     try:
         args.workers = parse_processes(str(args.workers))
     except ValueError as error:
@@ -188,7 +193,7 @@ def run_workers(args: argparse.Namespace, tls: TlsFiles | None) -> int:
     logger.info("listening on %s:%d with %d workers", args.host, sock.getsockname()[1], args.workers)
 
     def worker(index: int) -> int:
-        asyncio.run(serve(args, tls, sock, supervisor.sums))
+        event_loop.run(serve(args, tls, sock, supervisor.sums), args.event_loop)
         return 0
 
     # uvicorn's graceful shutdown waits for open connections; past this a worker is killed.
@@ -214,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         argument_parser.error("; ".join(problems))  # exits 2 before binding anything
     if args.workers > 1:
         return run_workers(args, tls)
-    asyncio.run(serve(args, tls))
+    event_loop.run(serve(args, tls), args.event_loop)
     return 0
 
 
