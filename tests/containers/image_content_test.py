@@ -5,13 +5,14 @@ from __future__ import annotations
 import gzip
 import io
 import tarfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
 from libs.processes.processes import runfile
 from services.registry import REGISTRY
 from tools.certs.certs import mint_ca
+from tools.oci.layer import elf_section_names
 from tools.oci.oci import Tree, read_layout, write_layer
 from tools.oci.scan import scan_layer, scan_layout
 
@@ -132,3 +133,15 @@ def test_the_scanner_finds_keys_and_certificates(tmp_path: Path) -> None:
         "app/certs/ca.pem: certificate outside the system CA bundle",
         "home/nonroot/.ssh/id_ed25519: private key or key store",
     ]
+
+
+@pytest.mark.parametrize("service", sorted(IMAGES))
+def test_shared_objects_ship_without_debugging_information(service: str) -> None:
+    with tarfile.open(fileobj=io.BytesIO(layer_bytes(runfile(IMAGES[service]), 1))) as tar:
+        shared = [
+            member for member in tar.getmembers() if member.isfile() and ".so" in PurePosixPath(member.name).suffixes
+        ]
+        sections = {member.name: elf_section_names(tar.extractfile(member).read()) for member in shared}  # type: ignore[union-attr]
+    assert any("uvloop" in name for name in sections)  # the one whose wheel ships them
+    assert [name for name, names in sections.items() if ".debug_info" in names] == []
+    assert all(".text" in names for names in sections.values())  # still whole shared objects
