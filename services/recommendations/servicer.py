@@ -21,22 +21,25 @@ from services.recommendations.catalog import Book, Catalog
 
 SERVICE_NAME = recommendations_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
 
+# By number, once: BookCategory.values() builds a new list on every call.
+_CATEGORY_NAMES = {value.number: value.name for value in catalog_pb2.BookCategory.DESCRIPTOR.values if value.number}
+
 MAX_RESULTS_CAP = 20
 """Largest max_results a request may ask for (documented in recommendations.proto)."""
 
 
 def category_names() -> list[str]:
     """The categories a book may have: every enum value but UNSPECIFIED."""
-    return [value.name for value in catalog_pb2.BookCategory.DESCRIPTOR.values if value.number != 0]
+    return list(_CATEGORY_NAMES.values())
 
 
 def _category_name(value: catalog_pb2.BookCategory.ValueType, field: str, violations: list[FieldViolation]) -> str:
+    if name := _CATEGORY_NAMES.get(value):
+        return name
     if value == catalog_pb2.BOOK_CATEGORY_UNSPECIFIED:
         violations.append(FieldViolation(field, "is required"))
-    elif value not in catalog_pb2.BookCategory.values():
-        violations.append(FieldViolation(field, f"{value} is not a known BookCategory"))
     else:
-        return catalog_pb2.BookCategory.Name(value)
+        violations.append(FieldViolation(field, f"{value} is not a known BookCategory"))
     return ""
 
 
