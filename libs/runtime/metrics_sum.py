@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -37,7 +38,15 @@ REFRESH_INTERVAL = 1.0  # seconds between the supervisor's own reads: what a kil
 _MONOTONIC = {"counter", "histogram", "summary", "gaugehistogram"}
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, tuple[tuple[str, str], ...]]  # sample name, labels
+Labels = tuple[tuple[str, str], ...]
+Key = tuple[str, Labels]  # sample name, labels
+
+
+def socket_directory(prefix: str) -> tempfile.TemporaryDirectory[str]:
+    """A new private directory for Unix sockets: in the temporary directory unless that path is too
+    long for a socket's (108 bytes on Linux, as under Bazel's test sandboxes), then in /tmp."""
+    base = tempfile.gettempdir()
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=base if len(base) <= 64 else "/tmp")
 
 
 def serve_child_metrics(path: Path, registry: CollectorRegistry = REGISTRY) -> None:
@@ -100,20 +109,25 @@ class _Families:
 
     def add(self, families: Iterable[Metric], only_monotonic: bool = False) -> None:
         for family in families:
-            if only_monotonic and family.type not in _MONOTONIC:
+            if not only_monotonic or family.type in _MONOTONIC:
+                samples = ((s.name, tuple(s.labels.items()), s.value) for s in family.samples)
+                self._add(family.name, (family.type, family.documentation, family.unit), samples)
+
+    def absorb(self, other: _Families) -> None:
+        for name, values in other.values.items():
+            self._add(name, other.kinds[name], ((sample, labels, value) for (sample, labels), value in values.items()))
+
+    def _add(self, family: str, kind: tuple[str, str, str], samples: Iterable[tuple[str, Labels, float]]) -> None:
+        self.kinds.setdefault(family, kind)
+        values = self.values.setdefault(family, {})
+        for sample, labels, value in samples:
+            key = (sample, labels)  # a child names a series the same way each time
+            if key not in values:
+                values[key] = value
                 continue
-            self.kinds.setdefault(family.name, (family.type, family.documentation, family.unit))
-            values = self.values.setdefault(family.name, {})
-            for sample in family.samples:
-                key = (sample.name, tuple(sample.labels.items()))  # a child names a series the same way each time
-                if key not in values:
-                    values[key] = sample.value
-                    continue
-                rule = _combine(family.name, sample.name, family.type)
-                old = values[key]
-                values[key] = (
-                    old + sample.value if rule == "sum" else (min if rule == "min" else max)(old, sample.value)
-                )
+            rule = _combine(family, sample, kind[0])
+            old = values[key]
+            values[key] = old + value if rule == "sum" else (min if rule == "min" else max)(old, value)
 
     def metrics(self) -> Iterator[Metric]:
         for name, (kind, documentation, unit) in self.kinds.items():
@@ -132,7 +146,6 @@ class ChildrenMetrics(Collector):
         self._lock = threading.Lock()
         self._last: dict[int, list[Metric]] = {}  # pid → what it said at the last scrape
         self._retired = _Families()  # counters and histograms of children that have ended
-        self._children: set[int] = set()
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
         self._processes = Gauge("supervised_processes", "Processes serving this service now.", registry=self.registry)
@@ -195,16 +208,9 @@ class ChildrenMetrics(Collector):
         with self._lock:
             self._refresh()
             total = _Families()
-            for families in [*self._last.values()]:
+            for families in self._last.values():
                 total.add(families)
-            for name, values in self._retired.values.items():
-                total.kinds.setdefault(name, self._retired.kinds[name])
-                merged = total.values.setdefault(name, {})
-                for key, value in values.items():
-                    if key[0].endswith("_created"):
-                        merged.setdefault(key, value)
-                    else:
-                        merged[key] = merged.get(key, 0.0) + value
+            total.absorb(self._retired)
         yield from total.metrics()
 
     def serve(self, port: int, host: str) -> socket.socket:

@@ -14,11 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import prometheus_client
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from libs.processes.processes import ChildProcess, free_port, runfile
 from libs.runtime.channel import BalancedChannel, create_channel
+from libs.runtime.metrics_sum import ChildrenMetrics, serve_child_metrics, socket_directory
 from libs.runtime.supervisor import RestartPolicy, Supervisor, available_cpus, parse_processes
 from tools.certs.certs import mint_all
 
@@ -266,3 +269,32 @@ def test_process_counts(text: str, expected: int) -> None:
 def test_bad_process_counts_are_refused_by_name(text: str) -> None:
     with pytest.raises(ValueError, match="--processes"):
         parse_processes(text)
+
+
+def test_sums_keep_dead_childrens_counters_and_drop_their_gauges() -> None:
+    with socket_directory("sums-test-") as directory:
+        check_sums(Path(directory))
+
+
+def check_sums(directory: Path) -> None:
+    children = {101: CollectorRegistry(), 102: CollectorRegistry()}
+    for pid, registry in children.items():
+        Counter("calls", "Calls.", ["code"], registry=registry).labels("OK").inc(pid - 100)  # 1 and 2
+        Gauge("in_flight", "In flight.", registry=registry).set(10)
+        Gauge("build_info", "Build.", ["version"], registry=registry).labels("1.0").set(1)
+        Gauge("process_start_time_seconds", "Start.", registry=registry).set(1000 + pid)
+        serve_child_metrics(directory / f"{pid}.sock", registry)
+    sums = ChildrenMetrics(directory)
+
+    def sample(name: str) -> float:
+        text = prometheus_client.generate_latest(sums.registry).decode()
+        return value(text, name)
+
+    assert sample("calls_total") == 3
+    assert sample("in_flight") == 20
+    assert sample("build_info") == 1  # an information metric is not multiplied
+    assert sample("process_start_time_seconds") == 1101  # the earliest start
+    (directory / "102.sock").unlink()  # as the supervisor does when it reaps a child
+    sums.retire(102)
+    assert sample("calls_total") == 3  # what the dead child counted stays in the sum
+    assert sample("in_flight") == 10  # its gauges do not

@@ -18,13 +18,12 @@ import math
 import os
 import signal
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from libs.runtime.metrics_sum import REFRESH_INTERVAL, ChildrenMetrics, serve_child_metrics
+from libs.runtime.metrics_sum import REFRESH_INTERVAL, ChildrenMetrics, serve_child_metrics, socket_directory
 
 MAX_PROCESSES = 64
 _SIGNALS: set[int] = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
@@ -134,7 +133,7 @@ class Supervisor:
         # Blocked before any thread starts, so that only sigtimedwait below receives them.
         self._mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         try:
-            with tempfile.TemporaryDirectory(prefix=f"{self._name}-metrics-") as directory:
+            with socket_directory(f"{self._name}-metrics-") as directory:
                 self._metrics = ChildrenMetrics(Path(directory))
                 self._metrics.serve_sums()
                 if self._metrics_port:  # before the children: a taken port fails here, once
