@@ -53,12 +53,18 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
 KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+# The RED signals of the HTTP server. Labels stay bounded: `route` is the route's template, `method` one of
+# KNOWN_METHODS or "other", `status` one of the few codes the app answers, `status_class` 2xx..5xx (for
+# error ratios without regular expressions).
 HTTP_REQUESTS = prometheus_client.Counter(
-    "http_requests", "HTTP requests answered by the app, by method, route and status.", ["method", "route", "status"]
+    "http_requests",
+    "HTTP requests answered by the app, by method, route and status.",
+    ["method", "route", "status", "status_class"],
 )
 HTTP_DURATION = prometheus_client.Histogram(
-    "http_request_duration_seconds", "Time to answer an HTTP request, by route.", ["route"]
+    "http_request_duration_seconds", "Time to answer an HTTP request, by method and route.", ["method", "route"]
 )
+HTTP_IN_FLIGHT = prometheus_client.Gauge("http_requests_in_flight", "HTTP requests being answered now.")
 
 
 @dataclass(frozen=True)
@@ -132,9 +138,10 @@ class SecurityHeaders:
 
 
 class RequestMetrics:
-    """`http_requests_total{method, route, status}` and `http_request_duration_seconds{route}`: every
-    answer the app gives, refusals (4xx) and failures (5xx) included. `route` is the route's template
-    (/category/{name}), so the labels stay few whatever paths clients ask for."""
+    """`http_requests_total{method, route, status, status_class}`, `http_request_duration_seconds{method,
+    route}` and `http_requests_in_flight`: every answer the app gives, refusals (4xx) and failures (5xx)
+    included. `route` is the route's template (/category/{name}), so the labels stay few whatever paths
+    clients ask for."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -145,6 +152,7 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         status = 500  # if the app raises before answering, uvicorn answers 500
+        HTTP_IN_FLIGHT.inc()
 
         async def send_and_see(message: Message) -> None:
             nonlocal status
@@ -158,8 +166,9 @@ class RequestMetrics:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-            HTTP_REQUESTS.labels(method, template, str(status)).inc()
-            HTTP_DURATION.labels(template).observe(time.perf_counter() - started)
+            HTTP_IN_FLIGHT.dec()
+            HTTP_REQUESTS.labels(method, template, str(status), f"{status // 100}xx").inc()
+            HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)
 
 
 class RequestIdMiddleware:

@@ -330,7 +330,7 @@ def test_every_answer_is_counted_by_route_and_status() -> None:
     web = client(FakeRecommendations(BOOKS))
 
     def count(route: str, status: str) -> float:
-        labels = {"method": "GET", "route": route, "status": status}
+        labels = {"method": "GET", "route": route, "status": status, "status_class": f"{status[0]}xx"}
         return prometheus_client.REGISTRY.get_sample_value("http_requests_total", labels) or 0.0
 
     before = count("/category/{name}", "200"), count("/", "400"), count("unmatched", "404")
@@ -342,3 +342,22 @@ def test_every_answer_is_counted_by_route_and_status() -> None:
         before[1] + 1,
         before[2] + 1,
     )
+
+
+def test_requests_in_flight_and_their_duration_by_method_and_route() -> None:
+    seen_in_flight: list[float] = []
+
+    class Watching(FakeRecommendations):
+        async def Recommend(self, request: Any, timeout: float | None = None) -> Any:
+            seen_in_flight.append(prometheus_client.REGISTRY.get_sample_value("http_requests_in_flight") or 0.0)
+            return await super().Recommend(request, timeout)
+
+    def durations() -> float:
+        labels = {"method": "GET", "route": "/category/{name}"}
+        return prometheus_client.REGISTRY.get_sample_value("http_request_duration_seconds_count", labels) or 0.0
+
+    before = durations()
+    assert client(Watching(BOOKS)).get("/category/mystery").status_code == 200
+    assert seen_in_flight == [1.0]  # the page being answered
+    assert prometheus_client.REGISTRY.get_sample_value("http_requests_in_flight") == 0.0
+    assert durations() == before + 1
