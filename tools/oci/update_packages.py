@@ -18,8 +18,8 @@ from pathlib import Path
 
 LOG = logging.getLogger("update_packages")
 HEADER = """\
-# Pinned Debian packages of the images' base layer; generated, do not edit.
-# Re-pin with: ./bazelw run //tools/oci:update_packages (after `apt-get update`).
+# Pinned Debian packages of {input}; generated, do not edit.
+# Re-pin with: ./bazelw run //tools/oci:update_packages{flags} (after `apt-get update`).
 # name version architecture size sha256
 """
 
@@ -62,10 +62,13 @@ def dependency_names(depends: str) -> list[list[str]]:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    here = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")) / "tools" / "oci"
-    parser.add_argument("--input", type=Path, default=here / "debian_packages.in")
-    parser.add_argument("--lock", type=Path, default=here / "debian_packages.lock")
+    workspace = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."))
+    parser.add_argument("--input", default="tools/oci/debian_packages.in", help="relative to the workspace")
+    parser.add_argument("--lock", default="tools/oci/debian_packages.lock", help="relative to the workspace")
     args = parser.parse_args()
+    flags = "" if args.input == parser.get_default("input") else f" -- --input {args.input} --lock {args.lock}"
+    header = HEADER.format(input=args.input, flags=flags)
+    args.input, args.lock = workspace / args.input, workspace / args.lock
 
     names = package_names(args.input)
     rows, left_out = [], set()
@@ -76,7 +79,7 @@ def main() -> None:
             for alternatives in dependency_names(fields.get(field, "")):
                 if not any(alt in names for alt in alternatives):
                     left_out.add(f"{' | '.join(alternatives)} (needed by {name})")
-    args.lock.write_text(HEADER + "\n".join(sorted(rows)) + "\n")
+    args.lock.write_text(header + "\n".join(sorted(rows)) + "\n")
     LOG.info("Pinned %d packages into %s", len(rows), args.lock)
     for line in sorted(left_out):
         LOG.info("left out on purpose? %s", line)
