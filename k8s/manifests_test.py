@@ -15,6 +15,7 @@ import copy
 import functools
 import importlib
 import math
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,8 +127,8 @@ def test_overlay_renders_every_service_with_its_image_pinned_by_the_built_digest
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_object_validates_strictly_against_the_pinned_kubernetes(overlay: str) -> None:
     for document in objects(overlay):
-        if document["apiVersion"].startswith("cert-manager.io/"):
-            continue  # a CRD: no schema in kubernetes-validate; test_certificates_* checks it
+        if document["apiVersion"].startswith(("cert-manager.io/", "monitoring.coreos.com/")):
+            continue  # CRDs: no schema in kubernetes-validate; test_certificates_* and test_monitoring_* check them
         kubernetes_validate.validate(document, KUBERNETES, strict=True)
 
 
@@ -146,6 +147,7 @@ def test_the_kustomize_tree_can_be_kept_for_kubectl_apply_k(tmp_path: Path) -> N
     assert generated == [
         "base/services.yaml",
         "components/cert-manager/services.yaml",
+        "components/monitoring/services.yaml",
         "components/mtls/services.yaml",
         "components/plaintext/services.yaml",
         "overlays/prod/services.yaml",
@@ -252,6 +254,29 @@ def test_one_serving_process_per_cpu_of_the_limit_with_memory_for_each(overlay: 
         target = one("prod", "HorizontalPodAutoscaler", service)["spec"]["metrics"][0]["resource"]["target"]
         assert target["type"] == "Utilization"
         assert 50 <= target["averageUtilization"] <= 80
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_monitoring_scrapes_every_service_on_the_port_serving_its_metrics(service: str) -> None:
+    monitor = one("prod", "PodMonitor", service)["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= pod_labels("prod", service).items()
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    ports = {port["name"]: port["containerPort"] for port in container("prod", service)["ports"]}
+    entry = REGISTRY[service]
+    assert ports[endpoint["port"]] == (entry.ports["metrics"] if entry.kind == "grpc" else entry.port)
+    assert endpoint["path"] == "/metrics"
+    assert not find("dev", "PodMonitor")  # dev clusters have no prometheus-operator
+
+
+def test_monitoring_rule_is_the_tested_rules_file_and_passes_promtool(tmp_path: Path) -> None:
+    rendered = one("prod", "PrometheusRule", "online-books")["spec"]
+    assert rendered == {"groups": yaml.safe_load(runfile("monitoring/rules.yaml").read_text())["groups"]}
+    extracted = tmp_path / "rules.yaml"
+    extracted.write_text(yaml.safe_dump(rendered))
+    checked = subprocess.run(
+        [str(runfile("tools/monitoring/promtool")), "check", "rules", str(extracted)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_prod_denies_by_default_and_routes_the_ingress_only_to_public_services() -> None:
