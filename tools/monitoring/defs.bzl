@@ -1,10 +1,15 @@
-"""`deb_binary`: one executable copied out of a pinned Debian package (tools/monitoring/extract.py)."""
+"""Files of pinned Debian packages (tools/monitoring/extract.py).
+
+`deb_binary`: one executable out of a package, runnable with `bazel run` and usable as a tool or data.
+`deb_tree`: a directory of every file and link under some prefixes of several packages, laid out as in
+the packages (so their relative links keep working).
+"""
 
 def _deb_binary_impl(ctx):
     out = ctx.actions.declare_file(ctx.label.name)
     ctx.actions.run(
         executable = ctx.executable._extract,
-        arguments = [ctx.file.deb.path, ctx.attr.path, out.path],
+        arguments = ["file", ctx.file.deb.path, ctx.attr.path, out.path],
         inputs = [ctx.file.deb],
         outputs = [out],
         mnemonic = "DebBinary",
@@ -20,5 +25,31 @@ deb_binary = rule(
         "_extract": attr.label(default = "//tools/monitoring:extract", executable = True, cfg = "exec"),
     },
     executable = True,
-    doc = "An executable file of a Debian package, runnable with `bazel run` and usable as a tool or data.",
+    doc = "An executable file of a Debian package.",
+)
+
+def _deb_tree_impl(ctx):
+    out = ctx.actions.declare_directory(ctx.label.name)
+    arguments = ["tree", out.path]
+    for prefix in ctx.attr.prefixes:
+        arguments += ["--prefix", prefix]
+    arguments += [deb.path for deb in ctx.files.debs]
+    ctx.actions.run(
+        executable = ctx.executable._extract,
+        arguments = arguments,
+        inputs = ctx.files.debs,
+        outputs = [out],
+        mnemonic = "DebTree",
+        progress_message = "Extracting %s" % ", ".join(ctx.attr.prefixes),
+    )
+    return [DefaultInfo(files = depset([out]), runfiles = ctx.runfiles([out]))]
+
+deb_tree = rule(
+    implementation = _deb_tree_impl,
+    attrs = {
+        "debs": attr.label_list(mandatory = True, allow_files = [".deb"]),
+        "prefixes": attr.string_list(mandatory = True, doc = "Paths inside the packages, e.g. usr/share/javascript."),
+        "_extract": attr.label(default = "//tools/monitoring:extract", executable = True, cfg = "exec"),
+    },
+    doc = "A directory of the packages' files under `prefixes`.",
 )
