@@ -3,8 +3,13 @@ stops all of them in reverse order."""
 
 from __future__ import annotations
 
+import json
+import re
 import signal
+import time
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 from libs.processes.processes import ChildProcess, free_port, runfile
 from services.registry import REGISTRY
@@ -45,3 +50,61 @@ def test_dev_refuses_an_unknown_service_or_a_shared_port() -> None:
         assert dev.wait(timeout=20) == 2
         dev.stop()
         assert message in "\n".join(dev.lines)
+
+
+def prometheus_query(port: int, query: str) -> list[dict]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        answer = json.load(response)
+    assert answer["status"] == "success", answer
+    result: list[dict] = answer["data"]["result"]
+    return result
+
+
+def test_dev_with_monitoring_runs_prometheus_scraping_every_service_and_leaves_nothing_behind() -> None:
+    ports = {name: free_port() for name in REGISTRY}
+    prometheus_port = free_port()
+    dev = ChildProcess(
+        "dev",
+        [
+            runfile("tools/dev/dev"),
+            "--monitoring",
+            f"--prometheus-port={prometheus_port}",
+            *(f"--port={name}={port}" for name, port in ports.items()),
+        ],
+    ).start()
+    try:
+        dev.wait_for_port(prometheus_port, timeout=60)
+        for _ in range(5):  # traffic for the services to count
+            with urllib.request.urlopen(f"http://127.0.0.1:{ports['marketplace']}/", timeout=10) as response:
+                assert response.status == 200
+        # Every service scraped and counted, the rules loaded: within a few scrapes (5 s apart).
+        wanted = {
+            'sum(up{job="recommendations"})': 1,
+            'sum(up{job="marketplace"})': 1,
+            'sum(grpc_server_handled_total{job="recommendations",grpc_method="RecommendEach",grpc_code="OK"})': 5,
+            'sum(http_requests_total{job="marketplace",route="/",status="200"})': 5,
+        }
+        deadline = time.monotonic() + 60
+        while True:
+            seen = {query: prometheus_query(prometheus_port, query) for query in wanted}
+            values = {query: float(result[0]["value"][1]) if result else None for query, result in seen.items()}
+            if values == {query: float(count) for query, count in wanted.items()}:
+                break
+            assert time.monotonic() < deadline, f"Prometheus never saw the traffic: {values}"
+            time.sleep(1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{prometheus_port}/api/v1/rules", timeout=10) as response:
+            groups = {group["name"] for group in json.load(response)["data"]["groups"]}
+        assert {"grpc-red", "http-red", "slo-ratios", "slo-alerts"} <= groups
+        with urllib.request.urlopen(f"http://127.0.0.1:{prometheus_port}/graph", timeout=10) as response:
+            assert response.status == 200  # the UI
+        dev.signal(signal.SIGINT)
+        assert dev.stop(timeout=30) == 0
+    finally:
+        dev.stop()
+    output = "\n".join(dev.lines)
+    assert f"Prometheus on http://127.0.0.1:{prometheus_port}/" in output
+    data = re.search(r"data in (\S+)\)", output)
+    assert data, "the log does not say where Prometheus keeps its data"
+    assert not Path(data.group(1)).exists(), "Prometheus' data outlived //:dev"
+    assert "prometheus=0" in output

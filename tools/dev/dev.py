@@ -5,7 +5,9 @@ port the list gives it (`--port NAME=PORT` moves one) and told where the service
 throwaway CA and certificates are minted into a temporary directory (services talk mTLS, as in
 production; `--insecure` for plaintext). Each log line is prefixed with its service's name; the URL to
 open is printed once everything listens. Ctrl-C (or SIGTERM) stops the services in reverse order. If one
-exits on its own, the rest are stopped too and the exit code is non-zero.
+exits on its own, the rest are stopped too and the exit code is non-zero. `--monitoring` also runs
+Prometheus (from Debian, //tools/monitoring) scraping every service with monitoring/rules.yaml; its data
+lives in the temporary directory, removed on exit.
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from libs.processes.processes import ChildProcess, runfile
+from libs.processes.processes import ChildProcess, free_port, runfile
 from services.registry import REGISTRY, Service
 from tools.certs.certs import mint_all, service_flags
+from tools.monitoring.local import prometheus_command
 
 logger = logging.getLogger("dev")
 
@@ -47,11 +50,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--startup-timeout", type=float, default=30.0, help="seconds to wait for each service to listen"
     )
     parser.add_argument("--insecure", action="store_true", help="plaintext gRPC instead of mTLS")
+    parser.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also run Prometheus scraping every service, with monitoring/rules.yaml, its UI on --prometheus-port",
+    )
+    parser.add_argument("--prometheus-port", type=int, default=9090, help="with --monitoring (default: 9090)")
     args = parser.parse_args(argv)
     args.ports = {service.name: service.port for service in REGISTRY.values()} | dict(args.ports)
     taken = [port for port in args.ports.values() if list(args.ports.values()).count(port) > 1]
     if taken:
         parser.error(f"two services on port {taken[0]}")
+    # With --monitoring, every gRPC service serves /metrics on a free port Prometheus is told about.
+    args.metrics_ports = (
+        {s.name: free_port(args.host) for s in REGISTRY.values() if s.kind == "grpc"} if args.monitoring else {}
+    )
     return args
 
 
@@ -67,24 +80,35 @@ def command(service: Service, args: argparse.Namespace, certs: Path | None) -> l
     argv += ["--log-format", "text", *tls_flags(certs, service.name)]
     if service.kind == "grpc":
         argv += ["--drain-seconds", "0"]  # nothing balances across a single local process: stop at once
+        if service.name in args.metrics_ports:
+            argv += ["--metrics-port", str(args.metrics_ports[service.name])]
     for callee in REGISTRY.calls(service.name):
         argv += [REGISTRY[callee].address_flag(), f"{args.host}:{args.ports[callee]}"]
     return argv
 
 
+def metrics_targets(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Where each service serves /metrics: a gRPC service's metrics port, the HTTP port of an HTTP one."""
+    return {
+        service.name: [f"{args.host}:{args.metrics_ports.get(service.name, args.ports[service.name])}"]
+        for service in REGISTRY.values()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(name)15s | %(message)s")
     args = parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="online-books-certs-") as temporary:
+    with tempfile.TemporaryDirectory(prefix="online-books-dev-") as temporary:
         certs = None
         if not args.insecure:
-            certs = Path(temporary)
+            certs = Path(temporary) / "certs"
+            certs.mkdir()
             mint_all(certs, hours=24)
             logger.info("minted a throwaway CA and mTLS certificates into %s", certs)
-        return run(args, certs)
+        return run(args, certs, Path(temporary))
 
 
-def run(args: argparse.Namespace, certs: Path | None) -> int:
+def run(args: argparse.Namespace, certs: Path | None, scratch: Path) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -95,9 +119,24 @@ def run(args: argparse.Namespace, certs: Path | None) -> int:
             child = ChildProcess(service.name, command(service, args, certs))
             started.append(child.start())
             child.wait_for_port(args.ports[service.name], args.host, args.startup_timeout)
+        if args.monitoring:
+            (scratch / "prometheus").mkdir()
+            listen = f"{args.host}:{args.prometheus_port}"
+            prometheus = ChildProcess(
+                "prometheus", prometheus_command(scratch / "prometheus", metrics_targets(args), listen)
+            )
+            started.append(prometheus.start())
+            prometheus.wait_for_port(args.prometheus_port, args.host, args.startup_timeout)
         for service in REGISTRY.values():
             scheme = "http" if service.kind == "http" else "grpc"
             logger.info("%s on %s://%s:%d", service.name, scheme, args.host, args.ports[service.name])
+        if args.monitoring:
+            logger.info(
+                "Prometheus on http://%s:%d/ (graphs; rules and alerts of monitoring/rules.yaml; data in %s)",
+                args.host,
+                args.prometheus_port,
+                scratch / "prometheus",
+            )
         for service in (s for s in REGISTRY.values() if s.public):
             logger.info("up: open http://%s:%d/  (Ctrl-C stops everything)", args.host, args.ports[service.name])
         while not stop.wait(0.2):
