@@ -12,6 +12,8 @@ import yaml
 from libs.processes.processes import runfile
 
 PROMETHEUS = "tools/monitoring/prometheus"
+ALERTMANAGER = "tools/monitoring/alertmanager"
+ALERTMANAGER_FILES = "tools/monitoring/alertmanager_files"
 WEB = "tools/monitoring/prometheus_web"
 RULES = "monitoring/rules.yaml"
 
@@ -27,7 +29,7 @@ def prometheus_command(
 ) -> list[str]:
     """Writes the configuration into `directory` (the database goes there too) and returns the command.
     `targets`: job (service name) → host:port addresses serving /metrics. `rules`: default
-    monitoring/rules.yaml."""
+    monitoring/rules.yaml. `alertmanagers`: host:port of the Alertmanagers to send alerts to."""
     config: dict = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(path) for path in rules or [runfile(RULES)]],
@@ -44,5 +46,36 @@ def prometheus_command(
         f"--storage.tsdb.path={directory / 'data'}",
         f"--web.listen-address={listen}",
         f"--web.local-assets={runfile(WEB) / 'usr/share/prometheus/web'}/",
+        "--log.level=warn",
+    ]
+
+
+def alertmanager_command(directory: Path, listen: str) -> list[str]:
+    """An Alertmanager on its own (no cluster), every alert to one receiver that sends nothing: its API
+    (/api/v2/alerts) shows what Prometheus sent. Configuration and state go into `directory`. Needs
+    unprivileged user namespaces (as the system tests do)."""
+    config = {
+        "route": {"receiver": "nobody", "group_wait": "1s", "group_interval": "1s", "repeat_interval": "1h"},
+        "receivers": [{"name": "nobody"}],
+    }
+    (directory / "alertmanager.yml").write_text(yaml.safe_dump(config, sort_keys=False))
+    # Debian's Alertmanager reads its templates from /usr/share/prometheus/alertmanager, a path compiled in.
+    # Nothing is installed: in a user and mount namespace of its own (no root needed), the files of its
+    # package are laid over /usr/share (a read-only overlay), and only it sees them.
+    overlay = 'mount -t overlay overlay -o "lowerdir=$0/usr/share:/usr/share" /usr/share && exec "$@"'
+    return [
+        "unshare",
+        "--user",
+        "--map-root-user",
+        "--mount",
+        "sh",
+        "-c",
+        overlay,
+        str(runfile(ALERTMANAGER_FILES)),
+        str(runfile(ALERTMANAGER)),
+        f"--config.file={directory / 'alertmanager.yml'}",
+        f"--storage.path={directory / 'alertmanager'}",
+        f"--web.listen-address={listen}",
+        "--cluster.listen-address=",
         "--log.level=warn",
     ]

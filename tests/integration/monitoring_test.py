@@ -1,0 +1,230 @@
+"""Monitoring against real traffic: the services, a real Prometheus scraping them with monitoring/rules.yaml
+and a real Alertmanager (Debian's, //tools/monitoring), all on loopback.
+
+A known mix of calls (900 OK, 100 INVALID_ARGUMENT) comes back from PromQL as that count and that error
+ratio, and the histogram's median lies in the bucket that holds the median the access log measured. Then
+Recommendations goes away, the marketplace answers 503, and the availability alert (its windows
+shortened from hours to seconds for the test) fires in Alertmanager; Recommendations comes back, and the
+alert resolves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+
+from books.catalog.v1 import catalog_pb2
+from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from libs.processes.processes import ChildProcess, free_port, runfile
+from tools.monitoring.local import RULES, alertmanager_command, prometheus_command
+
+# The SLO windows of monitoring/rules.yaml, in seconds instead of minutes, hours and days; `for` likewise.
+SHORTER = {"5m": "4s", "30m": "8s", "1h": "8s", "2h": "15s", "6h": "15s", "1d": "20s", "3d": "20s"}
+RECOMMEND = {"job": "recommendations", "grpc_method": "Recommend"}
+
+
+def shortened_rules(path: Path) -> Path:
+    groups = yaml.safe_load(runfile(RULES).read_text())["groups"]
+    for group in groups:
+        for rule in group["rules"]:
+            if group["name"] == "slo-ratios":
+                rule["expr"] = re.sub(r"\[(\w+)\]", lambda m: f"[{SHORTER[m.group(1)]}]", rule["expr"])
+            if "alert" in rule:
+                rule["for"] = "1s"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    return path
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+@dataclass
+class Bed:
+    ports: dict[str, int]
+    directory: Path
+    processes: dict[str, ChildProcess] = field(default_factory=dict)
+    recommend_ms: list[float] = field(default_factory=list)  # from Recommendations' access log
+
+    def start(self, name: str, argv: list, port: int, on_line: Callable[[str], None] | None = None) -> None:
+        self.processes[name] = ChildProcess(name, argv, on_line=on_line).start()
+        self.processes[name].wait_for_port(port, timeout=60)
+
+    def start_recommendations(self) -> None:
+        argv = [
+            runfile("services/recommendations/recommendations"), "--insecure", "--host=127.0.0.1",
+            f"--port={self.ports['recommendations']}", f"--metrics-port={self.ports['recommendations-metrics']}",
+            "--drain-seconds=0", "--access-log-interval=0.01",
+        ]  # fmt: skip
+        self.start("recommendations", argv, self.ports["recommendations"], on_line=self.keep_duration)
+
+    def keep_duration(self, line: str) -> None:
+        if '"method":"/books.recommendations.v1.RecommendationService/Recommend"' in line:
+            self.recommend_ms.append(json.loads(line)["duration_ms"])
+
+    def query(self, promql: str) -> list[dict]:
+        query = urllib.parse.urlencode({"query": promql})
+        answer = get_json(f"http://127.0.0.1:{self.ports['prometheus']}/api/v1/query?{query}")
+        assert isinstance(answer, dict), answer
+        assert answer["status"] == "success", answer
+        result: list[dict] = answer["data"]["result"]
+        return result
+
+    def value(self, promql: str) -> float | None:
+        result = self.query(promql)
+        return float(result[0]["value"][1]) if result else None
+
+    def alerts(self, name: str) -> list[dict]:
+        answer = get_json(f"http://127.0.0.1:{self.ports['alertmanager']}/api/v2/alerts")
+        assert isinstance(answer, list)
+        return [alert for alert in answer if alert["labels"].get("alertname") == name]
+
+
+def ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:  # refused, or 503 while starting
+        return False
+
+
+def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f}s"
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def bed(tmp_path: Path) -> Iterator[Bed]:
+    names = ("recommendations", "recommendations-metrics", "marketplace", "prometheus", "alertmanager")
+    bed = Bed({name: free_port() for name in names}, tmp_path)
+    try:
+        (tmp_path / "alertmanager").mkdir()
+        listen = f"127.0.0.1:{bed.ports['alertmanager']}"
+        bed.start("alertmanager", alertmanager_command(tmp_path / "alertmanager", listen), bed.ports["alertmanager"])
+        bed.start_recommendations()
+        bed.start(
+            "marketplace",
+            [
+                runfile("services/marketplace/marketplace"), "--insecure", "--host=127.0.0.1",
+                f"--port={bed.ports['marketplace']}",
+                f"--recommendations-addr=127.0.0.1:{bed.ports['recommendations']}",
+                "--recommendations-timeout=1", "--no-access-log",
+            ],
+            bed.ports["marketplace"],
+        )  # fmt: skip
+        targets = {
+            "recommendations": [f"127.0.0.1:{bed.ports['recommendations-metrics']}"],
+            "marketplace": [f"127.0.0.1:{bed.ports['marketplace']}"],
+        }
+        (tmp_path / "prometheus").mkdir()
+        command = prometheus_command(
+            tmp_path / "prometheus",
+            targets,
+            f"127.0.0.1:{bed.ports['prometheus']}",
+            interval="1s",
+            rules=[shortened_rules(tmp_path / "rules.yaml")],
+            alertmanagers=[listen],
+        )
+        bed.start("prometheus", command, bed.ports["prometheus"])
+        for name in ("alertmanager", "prometheus"):  # listening is not ready: queries answer 503 until then
+            url = f"http://127.0.0.1:{bed.ports[name]}/-/ready"
+            wait_for(f"{name} ready", lambda url=url: ready(url), 60)  # type: ignore[misc]
+        # Prometheus applies its targets a few seconds after it starts: wait until it has scraped both.
+        wait_for("both targets scraped", lambda: bed.value("sum(up)") == len(targets), 60)
+        yield bed
+    finally:
+        for process in reversed(bed.processes.values()):
+            process.stop()
+
+
+def test_a_known_mix_of_calls_comes_back_from_promql(bed: Bed) -> None:
+    good = recommendations_pb2.RecommendRequest(user_id=1, category=catalog_pb2.MYSTERY, max_results=3)
+    bad = recommendations_pb2.RecommendRequest(user_id=1, category=catalog_pb2.MYSTERY, max_results=0)
+    codes: dict[str, int] = {}
+    with grpc.insecure_channel(f"127.0.0.1:{bed.ports['recommendations']}") as channel:
+        stub = recommendations_pb2_grpc.RecommendationServiceStub(channel)
+        for index in range(1000):  # every tenth call invalid: 900 OK, 100 INVALID_ARGUMENT
+            try:
+                stub.Recommend(bad if index % 10 == 9 else good, timeout=10)
+                codes["OK"] = codes.get("OK", 0) + 1
+            except grpc.RpcError as error:
+                codes[error.code().name] = codes.get(error.code().name, 0) + 1
+            # Spread over a few seconds of 1 s scrapes, so that rates see the counters grow.
+            time.sleep(0.004)
+    assert codes == {"OK": 900, "INVALID_ARGUMENT": 100}
+
+    calls = 'sum(grpc_server_handled_total{job="recommendations",grpc_method="Recommend"})'
+    wait_for("Prometheus scraping all 1,000 calls", lambda: bed.value(calls) == 1000, 30)
+    invalid = (
+        'sum(grpc_server_handled_total{job="recommendations",grpc_method="Recommend",grpc_code="INVALID_ARGUMENT"})'
+    )
+    assert bed.value(invalid) == 100
+    assert bed.value(f"{invalid} / {calls}") == pytest.approx(0.1)
+    # The recording rule of the client error ratio (over 5 minutes: every call of the mix is in it).
+    ratio = (
+        "job_grpc_method:grpc_server_errors:ratio_rate5m"
+        '{job="recommendations",grpc_method="Recommend",code_class="client"}'
+    )
+    # Evaluated every second: NaN (0/0) until two scrapes of the counters have seen them grow.
+    wait_for("the recording rule", lambda: not math.isnan(bed.value(ratio) or math.nan), 30)
+    assert bed.value(ratio) == pytest.approx(0.1, abs=0.01)
+
+    # The median from the histogram lies in the bucket that holds the median the access log measured.
+    wait_for("every access line", lambda: len(bed.recommend_ms) >= 1000, 30)
+    measured = statistics.median(bed.recommend_ms) / 1000
+    buckets = 'grpc_server_handling_seconds_bucket{job="recommendations",grpc_method="Recommend"}'
+    bounds = sorted(float(series["metric"]["le"]) for series in bed.query(buckets))
+    upper = next(bound for bound in bounds if measured <= bound)
+    lower = max([0.0, *(bound for bound in bounds if bound < upper)])
+    median = bed.value(f"histogram_quantile(0.5, sum by (le) ({buckets}))")
+    assert median is not None
+    assert lower <= median <= upper, f"PromQL's median {median} s, measured {measured} s in ({lower}, {upper}]"
+
+
+def test_availability_alert_fires_in_alertmanager_and_resolves(bed: Bed) -> None:
+    api = f"http://127.0.0.1:{bed.ports['marketplace']}/api/recommendations?category=mystery&user_id=1"
+    alert = "SLOAvailabilityBudgetBurnFast"
+
+    def status() -> int:
+        try:
+            with urllib.request.urlopen(api, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    def answers(expected: int, until: Callable[[], bool], seconds: float) -> None:
+        """Calls the API (at most 20 a second, for at most `seconds`) until `until()`, each answered `expected`."""
+        deadline = time.monotonic() + seconds
+        while not until():
+            assert time.monotonic() < deadline, f"{alert}: not as expected within {seconds:.0f}s"
+            assert status() == expected
+            time.sleep(0.05)
+
+    answers(200, lambda: (bed.value('sum(http_requests_total{job="marketplace",status="200"})') or 0) > 0, 30)
+    assert bed.alerts(alert) == []
+    bed.processes.pop("recommendations").stop()  # the backend goes away: the API answers 503
+    answers(503, lambda: any(a["labels"].get("job") == "marketplace" for a in bed.alerts(alert)), 90)
+    (firing,) = [a for a in bed.alerts(alert) if a["labels"]["job"] == "marketplace"]
+    assert firing["status"]["state"] == "active"
+    assert firing["labels"]["severity"] == "page"
+    assert "runbook" in firing["annotations"]
+
+    bed.start_recommendations()  # back on the same port: the marketplace reconnects (within its backoff)
+    wait_for("the marketplace reaching Recommendations again", lambda: status() == 200, 30)
+    answers(200, lambda: not any(a["labels"].get("job") == "marketplace" for a in bed.alerts(alert)), 120)
