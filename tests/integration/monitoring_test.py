@@ -29,6 +29,8 @@ import yaml
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.processes.processes import ChildProcess, free_port, runfile
+from monitoring.dashboards import queries
+from services.registry import REGISTRY
 from tools.monitoring.local import RULES, alertmanager_command, prometheus_command
 
 # The SLO windows of monitoring/rules.yaml, in seconds instead of minutes, hours and days; `for` likewise.
@@ -228,3 +230,26 @@ def test_availability_alert_fires_in_alertmanager_and_resolves(bed: Bed) -> None
     bed.start_recommendations()  # back on the same port: the marketplace reconnects (within its backoff)
     wait_for("the marketplace reaching Recommendations again", lambda: status() == 200, 30)
     answers(200, lambda: not any(a["labels"].get("job") == "marketplace" for a in bed.alerts(alert)), 120)
+
+
+def test_every_dashboard_query_answers_from_real_traffic(bed: Bed) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{bed.ports['recommendations']}") as channel:
+        stub = recommendations_pb2_grpc.RecommendationServiceStub(channel)
+        for index in range(300):  # a few seconds of calls and pages, across several 1 s scrapes
+            request = recommendations_pb2.RecommendRequest(
+                user_id=1, category=catalog_pb2.MYSTERY, max_results=1 + index % 3
+            )
+            stub.Recommend(request, timeout=10)
+            page = "/" if index % 2 else "/category/mystery"
+            with urllib.request.urlopen(f"http://127.0.0.1:{bed.ports['marketplace']}{page}", timeout=10):
+                pass
+            time.sleep(0.01)
+    expressions = {service.name: queries(service) for service in REGISTRY.values()}
+    assert sum(map(len, expressions.values())) >= 2 * 10
+
+    def answered() -> dict[str, list[str]]:
+        return {name: [q for q in exprs if not bed.query(q)] for name, exprs in expressions.items()}
+
+    # A query error fails at once (bed.query asserts success); an empty result may only be waiting for the
+    # next rule evaluation.
+    wait_for("every dashboard query to have a result", lambda: not any(answered().values()), 30)
