@@ -14,6 +14,7 @@ import json
 import math
 import re
 import statistics
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -111,8 +112,21 @@ def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.5)
 
 
+def user_namespaces_refused() -> str:
+    """Why Alertmanager cannot run here (it needs a user and mount namespace: tools/monitoring/local.py)."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True, text=True)
+    if probe.returncode == 0:
+        return ""
+    return (
+        "Alertmanager needs unprivileged user namespaces for `unshare --user --map-root-user --mount` "
+        f"(sysctl kernel.unprivileged_userns_clone=1 where it exists); here: {probe.stderr.strip()}"
+    )
+
+
 @pytest.fixture
 def bed(tmp_path: Path) -> Iterator[Bed]:
+    if reason := user_namespaces_refused():
+        pytest.skip(reason)
     names = ("recommendations", "recommendations-metrics", "marketplace", "prometheus", "alertmanager")
     bed = Bed({name: free_port() for name in names}, tmp_path)
     try:
