@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import grpc
@@ -19,6 +18,7 @@ from libs.runtime.tls import TlsFiles, channel_credentials
 from services.recommendations.catalog import Book, Catalog
 from services.recommendations.main import build_server
 from services.recommendations.servicer import SERVICE_NAME, category_names
+from services.recommendations.testing.slow_catalog import SlowCatalog
 from tools.certs.certs import mint_all, mint_leaf, write_leaf
 
 # One event loop for the whole module: grpc.aio objects do not survive a switch between loops
@@ -26,23 +26,6 @@ from tools.certs.certs import mint_all, mint_leaf, write_leaf
 run_in_loop = asyncio.Runner().run
 
 BOOKS = [Book(i, "MYSTERY", f"Mystery {i}", f"Author {i}", 1900 + i) for i in range(1, 8)]
-
-
-class SlowCatalog(Catalog):
-    """Every query blocks its thread until `parties` queries are blocked at once: they all return only if
-    they overlap. One that waits `timeout` seconds for the others raises threading.BrokenBarrierError (so
-    does every query waiting with it), and its call fails."""
-
-    blocking = True
-
-    def __init__(self, books: list[Book], parties: int, timeout: float = 10.0) -> None:
-        super().__init__(books, category_names())
-        self._all_at_once = threading.Barrier(parties)
-        self._timeout = timeout
-
-    def sample(self, category: str, limit: int) -> list[Book]:
-        self._all_at_once.wait(self._timeout)
-        return super().sample(category, limit)
 
 
 @pytest.fixture(scope="module")

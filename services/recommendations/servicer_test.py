@@ -17,6 +17,7 @@ from books.recommendations.v1 import recommendations_pb2
 from libs.interceptors.errors import BadRequest, FieldViolation
 from services.recommendations.catalog import DEFAULT_CATALOG, Book, Catalog, CatalogError, read_books
 from services.recommendations.servicer import MAX_RESULTS_CAP, RecommendationServicer, category_names
+from services.recommendations.testing.slow_catalog import SlowCatalog
 
 MYSTERIES = [Book(i, "MYSTERY", f"Mystery {i}", f"Author {i}", 1900 + i) for i in range(1, 6)]
 
@@ -96,23 +97,6 @@ def test_every_bad_field_is_reported_at_once(catalog: Catalog) -> None:
     status = raised.value.status_proto()
     assert status.code == 3  # google.rpc.Code.INVALID_ARGUMENT
     assert len(status.details) == 1
-
-
-class SlowCatalog(Catalog):
-    """A catalog whose query blocks its thread, like a slow disk or a heavy query: until `parties` queries
-    are blocked at once. So they all return only if they overlap; a query that waits `timeout` seconds
-    for the others raises threading.BrokenBarrierError (and so does every query waiting with it)."""
-
-    blocking = True
-
-    def __init__(self, books: list[Book], parties: int, timeout: float = 10.0) -> None:
-        super().__init__(books, category_names())
-        self._all_at_once = threading.Barrier(parties)
-        self._timeout = timeout
-
-    def sample(self, category: str, limit: int) -> list[Book]:
-        self._all_at_once.wait(self._timeout)
-        return super().sample(category, limit)
 
 
 def test_blocking_catalog_work_does_not_block_the_event_loop() -> None:
