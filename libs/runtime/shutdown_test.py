@@ -33,7 +33,7 @@ def listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             return True
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):  # reset: accepted by a listener closing meanwhile
         return False
 
 
