@@ -151,11 +151,6 @@ def handled(metrics_port: int) -> dict[str, float]:
     return {code: float(count) for code, count in re.findall(pattern, text)}
 
 
-def handled_ok(metrics_port: int) -> float:
-    """How many Recommend calls our server's own metrics counted as OK."""
-    return handled(metrics_port).get("OK", 0.0)
-
-
 def start_quiet(name: str, argv: list, port: int) -> ChildProcess:
     """Starts a server with its output discarded (reading it would cost CPU) and waits for its port."""
     process = ChildProcess(name, argv, discard_output=True).start()

@@ -94,7 +94,6 @@ def measure(process: ChildProcess, port: int, body: Path, requests: int, pinned:
 
 @dataclass
 class Latency:
-    offered: float
     achieved: float
     p50_ms: float
     p99_ms: float
@@ -122,7 +121,7 @@ def latency(port: int, body: Path, rate: float, pinned: bool, log: Path) -> Late
     def percentile(share: float) -> float:
         return durations[min(len(durations) - 1, int(share * len(durations)))]
 
-    return Latency(rate, len(calls) / LATENCY_SECONDS, percentile(0.5), percentile(0.99), percentile(0.999), failed)
+    return Latency(len(calls) / LATENCY_SECONDS, percentile(0.5), percentile(0.99), percentile(0.999), failed)
 
 
 def recommend_rows(requests: int, rounds: int, body: Path) -> tuple[list[Row], list[Row]]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from services.registry import REGISTRY, Service
 
-AVAILABILITY_BUDGET, LATENCY_BUDGET = 0.001, 0.01  # the objectives of monitoring/rules.yaml
+AVAILABILITY_BUDGET, LATENCY_BUDGET = 0.001, 0.01  # those of monitoring/rules.yaml (rules_test checks)
 
 
 def red_queries(service: Service) -> dict[str, list[tuple[str, str]]]:

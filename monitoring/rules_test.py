@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from libs.processes.processes import runfile
+from monitoring.dashboards import AVAILABILITY_BUDGET, LATENCY_BUDGET
 
 PROMTOOL = "tools/monitoring/promtool"
 RULES = "monitoring/rules.yaml"
@@ -181,3 +182,11 @@ def test_recording_rules_give_rates_and_error_ratios(tmp_path: Path) -> None:
     (tmp_path / "test.yaml").write_text(yaml.safe_dump(tests))
     tested = promtool("test", "rules", str(tmp_path / "test.yaml"))
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_dashboards_burn_the_budgets_the_alerts_burn() -> None:
+    """The dashboards divide error ratios by the SLO budgets: the same ones the alerts multiply."""
+    alerts = alert_rules()
+    for slo, budget in (("Availability", AVAILABILITY_BUDGET), ("Latency", LATENCY_BUDGET)):
+        for speed in ("Fast", "Slow"):
+            assert f"* {budget})" in alerts[f"SLO{slo}BudgetBurn{speed}"]["expr"]

@@ -65,8 +65,14 @@ def _serve_on_unix_socket(path: Path, body: Callable[[], bytes]) -> None:
     def answer() -> None:
         while True:
             connection, _ = server.accept()
-            with connection, contextlib.suppress(OSError):
-                connection.sendall(body())
+            with connection:
+                connection.settimeout(SCRAPE_TIMEOUT)  # a reader that stops reading does not hold the thread
+                try:
+                    connection.sendall(body())
+                except OSError:  # the reader went away
+                    pass
+                except Exception:  # a collector failed: say so, and answer the next scrape
+                    logger.exception("cannot answer a metrics scrape on %s", path)
 
     threading.Thread(target=answer, name=f"metrics-{path.name}", daemon=True).start()
 

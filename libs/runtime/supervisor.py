@@ -230,6 +230,8 @@ class Supervisor:
             code = os.waitstatus_to_exitcode(status)
             how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
             if self._stopping:
+                if code != 0:
+                    self._exit_code = 1
                 log = self._logger.info if code == 0 else self._logger.warning
                 log("process %d (pid %d) %s", index, pid, how)
                 continue

@@ -180,7 +180,7 @@ def elf_section_names(data: bytes) -> list[str]:
 
 
 def strip_debug_info(tree: Tree) -> list[str]:
-    """Shared objects shipped with their debugging information (uvloop's wheel: 13 MB of 14) lose it,
+    """Shared objects shipped with their debugging information (uvloop's wheel does) lose it,
     with binutils' `objcopy --strip-debug` (the code and its symbols stay: tracebacks and profilers keep
     their function names). Returns the paths stripped."""
     stripped = []
