@@ -8,6 +8,7 @@ nothing else. Commit it with the change.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -20,7 +21,8 @@ from libs.processes.processes import runfile
 BASELINE = Path("proto/api_baseline.json")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
         print("run this with `./bazelw run //proto:accept_api_changes`", file=sys.stderr)

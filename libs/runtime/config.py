@@ -51,7 +51,9 @@ def add_flag(parser: argparse.ArgumentParser, prefix: str, flag: str, default: A
         value: Any = os.environ.get(env, str(default)).strip().lower() in _TRUE
     else:
         value = os.environ.get(env, default)  # a string from the environment is parsed by `type`
-    parser.add_argument(flag, default=value, help=f"{help} (env {env}; default: {default})", **kwargs)
+    # argparse %-formats help texts: a literal % (in the text or a default) must reach it as %%.
+    text = f"{help} (env {env}; default: {default})".replace("%", "%%")
+    parser.add_argument(flag, default=value, help=text, **kwargs)
 
 
 def flag_environment(parser: argparse.ArgumentParser) -> dict[str, str]:

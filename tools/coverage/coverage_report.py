@@ -14,6 +14,7 @@ cover the libraries and services.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import coverage
+
 from libs.processes.processes import runfile
 
 DEFAULT_TARGETS = ["//libs/...", "//services/...", "//tools/...", "//k8s/...", "//proto/..."]
@@ -30,8 +32,10 @@ SKIP_TAGS = "-local,-exclusive"
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("targets", nargs="*", default=DEFAULT_TARGETS, help="test targets (default: %(default)s)")
+    targets = parser.parse_args(argv).targets
     workspace = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."))
-    targets = argv or DEFAULT_TARGETS
     tested = subprocess.run(
         ["./bazelw", "test", *targets, "--test_env=COVERAGE=1", f"--test_tag_filters={SKIP_TAGS}"],
         cwd=workspace,

@@ -279,5 +279,10 @@ def py_image(name, binary, main, repository, exposed_ports = [], env = {}, label
         visibility = visibility,
         **kwargs
     )
-    oci_push(name = "push", image = ":" + name, repository = repository)
+    oci_push(
+        name = "push",
+        image = ":" + name,
+        repository = repository,
+        visibility = ["//tests:__subpackages__"],  # its --help is tested
+    )
     oci_reproducibility_test(name = name + "_reproducible_test", image = ":" + name, size = "medium")

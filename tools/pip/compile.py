@@ -6,6 +6,7 @@ relative to the workspace, and BUILD_WORKSPACE_DIRECTORY says where the source t
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -13,11 +14,21 @@ from piptools.scripts.compile import cli
 
 
 def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog="Any other option is pip-compile's (--pip-compile-help lists them)."
+    )
+    parser.add_argument("requirements_in", help="the direct requirements (the macro passes it)")
+    parser.add_argument("requirements_lock", help="the lock file to write (the macro passes it)")
+    parser.add_argument("--pip-compile-help", action="store_true", help="print pip-compile's options")
+    args, extra = parser.parse_known_args(argv)
+    if args.pip_compile_help:
+        cli.main(args=["--help"], prog_name="pip-compile", standalone_mode=False)
+        return 0
+    requirements_in, requirements_lock = args.requirements_in, args.requirements_lock
     workspace = os.environ.get("BUILD_WORKSPACE_DIRECTORY")
     if not workspace:
         print("run this with `bazel run`, which sets BUILD_WORKSPACE_DIRECTORY", file=sys.stderr)
         return 2
-    requirements_in, requirements_lock, *extra = argv
     os.chdir(workspace)
     # Shown in the lock file's header as the way to regenerate it.
     os.environ.setdefault("CUSTOM_COMPILE_COMMAND", "./bazelw run //:requirements.update")

@@ -2,10 +2,16 @@
 
 load("@pypi//:requirements.bzl", "requirement")
 
-def compile_pip_requirements(name, requirements_in = "requirements.in", requirements_lock = "requirements_lock.txt"):
+def compile_pip_requirements(name, requirements_in = "requirements.in", requirements_lock = "requirements_lock.txt", visibility = None):
     """Declares `<name>.update`: `bazel run` it to re-lock `requirements_in` into `requirements_lock`.
 
     Extra arguments go to pip-compile, e.g. `-- --upgrade` or `-- --upgrade-package grpcio`.
+
+    Args:
+      name: `<name>.update` is the target to run.
+      requirements_in: the direct requirements.
+      requirements_lock: the hash-locked file it writes.
+      visibility: of `<name>.update`.
     """
     native.py_binary(
         name = name + ".update",
@@ -17,4 +23,5 @@ def compile_pip_requirements(name, requirements_in = "requirements.in", requirem
         ],
         data = [requirements_in, requirements_lock],
         deps = [requirement("pip-tools")],
+        visibility = visibility,
     )
