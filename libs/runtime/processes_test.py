@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
 import signal
+import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -73,13 +75,15 @@ class Server:
         return seen
 
 
-@pytest.fixture
-def server() -> Iterator[Server]:
+@contextlib.contextmanager
+def echo_server(*launcher: str) -> Iterator[Server]:
+    """The echo server with --processes 2, started through `launcher` (a command prefix) if given."""
     port, health_port, metrics_port = free_port(), free_port(), free_port()
     events: list[str] = []  # every line but the access log's (the process keeps only its last 1,000 lines)
     process = ChildProcess(
         "echo",
         [
+            *launcher,
             runfile("libs/runtime/echo_server"),
             "--insecure",
             "--host=127.0.0.1",
@@ -98,6 +102,12 @@ def server() -> Iterator[Server]:
         yield Server(process, events, port, health_port, metrics_port)
     finally:
         process.stop(timeout=30)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    with echo_server() as started:
+        yield started
 
 
 def test_every_process_serves_the_port_and_the_health_port(server: Server) -> None:
@@ -245,6 +255,38 @@ def test_every_process_picks_up_rotated_certificates(tmp_path: Path) -> None:
             with pytest.raises(grpc.RpcError) as refused:
                 pid_over_a_new_connection(port, stale)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def as_pid_one_of_a_new_pid_namespace() -> list[str]:
+    """A command prefix that runs a program as pid 1 of a PID namespace of its own, as in every container
+    (an ordinary user through a user namespace); the test is skipped, saying why, where that is refused."""
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    prefix = ["unshare", *user, "--pid", "--fork", "--kill-child"]  # the namespace dies with the test
+    probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(
+            f"needs a PID namespace (`{' '.join(prefix)}`, user namespaces as an ordinary user): {probe.stderr}"
+        )
+    return prefix
+
+
+def test_as_pid_one_every_process_serves_and_none_dies() -> None:
+    """In a container the supervisor is pid 1: its children must not take their parent for dead."""
+    with echo_server(*as_pid_one_of_a_new_pid_namespace()) as server:
+        pids = server.serving_pids(PROCESSES)
+        assert 1 not in pids  # pid 1 is the supervisor, which serves nothing
+        time.sleep(1.5)  # a child that wrongly exits is noticed and restarted within 0.5 s
+        text = scrape(server.metrics_port)
+        assert value(text, "supervised_process_deaths_total") == 0, server.events
+        assert value(text, "supervised_processes") == PROCESSES
+        assert server.serving_pids(PROCESSES) == pids
+        # As the container runtime stops it: SIGTERM to pid 1, whose exit code unshare returns.
+        (pid_one,) = map(
+            int, Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children").read_text().split()
+        )
+        os.kill(pid_one, signal.SIGTERM)
+        assert server.process.wait(timeout=30) == 0
+        assert any("SIGTERM received: draining 2 processes" in line for line in server.events), server.events
 
 
 def test_gives_up_with_a_non_zero_exit_when_children_keep_dying() -> None:

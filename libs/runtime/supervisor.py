@@ -157,6 +157,7 @@ class Supervisor:
 
     def _spawn(self, index: int) -> None:
         assert self._metrics is not None
+        supervisor = os.getpid()
         pid = os.fork()
         if pid:
             self._children[pid] = index
@@ -164,14 +165,14 @@ class Supervisor:
             return
         code = 1
         try:
-            code = self._run_child(index, self._metrics.socket_of(os.getpid()))
+            code = self._run_child(index, supervisor, self._metrics.socket_of(os.getpid()))
         except BaseException:
             self._logger.exception("process %d failed", index)
         finally:
             logging.shutdown()
             os._exit(code)
 
-    def _run_child(self, index: int, metrics_socket: Path) -> int:
+    def _run_child(self, index: int, supervisor: int, metrics_socket: Path) -> int:
         for sock in self._inherited:
             sock.close()
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -180,8 +181,8 @@ class Supervisor:
         signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
         # A child outlives a supervisor killed with SIGKILL by no more than its own drain.
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() == 1:
-            return 0  # the supervisor died before the line above
+        if os.getppid() != supervisor:
+            return 0  # the supervisor died before the line above (never "parent is pid 1": in a container it is)
         serve_child_metrics(metrics_socket)
         return self._serve_child(index)
 
