@@ -10,8 +10,9 @@ hand-written kustomization.yaml, which lists it:
 - components/cert-manager/services.yaml: a Certificate with the names tools/certs uses (certificate.yaml).
 - components/monitoring/services.yaml: a PodMonitor per service, and the PrometheusRule of
   monitoring/rules.yaml.
-- overlays/prod/services.yaml: autoscaler and disruption budget (scaling.yaml), and a NetworkPolicy that lets
-  in exactly its callers, the Ingress controller if it is public, and Prometheus, and lets out its calls and DNS.
+- components/network-policy/services.yaml: a NetworkPolicy that lets in exactly its callers, the Ingress
+  controller if it is public, and Prometheus, and lets out its calls and DNS.
+- overlays/prod/services.yaml: autoscaler and disruption budget (scaling.yaml).
 
 `//k8s:render` runs this on its copy of k8s/ before kustomize; the files are git-ignored, so the list is the
 only place a service is named.
@@ -140,7 +141,7 @@ def generate(tree: Path, registry: Registry = REGISTRY, rules: Path | None = Non
     """Writes every services.yaml into the k8s/ tree at `tree`; returns their paths. `rules`: the
     Prometheus rules (monitoring/rules.yaml) for the monitoring component."""
     rules = rules or runfile("monitoring/rules.yaml")
-    namespace = yaml.safe_load((tree / "base" / "kustomization.yaml").read_text())["namespace"]
+    namespace = yaml.safe_load((tree / "base" / "namespace.yaml").read_text())["metadata"]["name"]
     dns_names = {
         s.name: [n for n in service_dns_names(s.name, namespace) if n != "localhost"] for s in registry.values()
     }
@@ -151,7 +152,8 @@ def generate(tree: Path, registry: Registry = REGISTRY, rules: Path | None = Non
         "components/cert-manager": lambda s: _template(
             tree, "certificate.yaml", s, dns_names=json.dumps(dns_names[s.name])
         ),
-        "overlays/prod": lambda s: _template(tree, "scaling.yaml", s) + network_policy(registry, s),
+        "components/network-policy": lambda s: network_policy(registry, s),
+        "overlays/prod": lambda s: _template(tree, "scaling.yaml", s),
         "components/monitoring": pod_monitor,
     }
     shared = {"components/monitoring": [prometheus_rule(rules)]}

@@ -5,7 +5,9 @@ deployed is exactly what was tested; push them first with `./bazelw run //servic
 kustomize runs on a copy of k8s/ with the per-service files generated into it (k8s/generate.py, from
 services/services.bzl) and one more kustomization on top of the overlay, whose `images:` maps
 `online-books/<svc>` to `R/online-books/<svc>@sha256:...`. `--kustomize-dir DIR` keeps that tree (for
-`kubectl apply -k DIR/rendered` or a GitOps repository).
+`kubectl apply -k DIR/rendered` or a GitOps repository). It refuses to print an overlay whose objects a
+cluster could not join up: an object outside the namespace, a selector or name that finds nothing, an
+image not pinned by digest (k8s/references.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import yaml
 
 from k8s.generate import GENERATED, generate
+from k8s.references import unresolved
 from libs.processes.processes import runfile
 from libs.runtime.config import user_path
 from services.registry import REGISTRY
@@ -70,15 +73,9 @@ def render(overlay: str, registry: str, kustomize_dir: Path | None = None) -> st
         )
     if result.returncode != 0:
         raise RenderError(f"kustomize build failed:\n{result.stderr}")
-    unpinned = sorted(
-        container["image"]
-        for document in yaml.safe_load_all(result.stdout)
-        if document and document.get("kind") == "Deployment"
-        for container in document["spec"]["template"]["spec"]["containers"]
-        if "@sha256:" not in container["image"]
-    )
-    if unpinned:
-        raise RenderError(f"images not pinned by digest: {', '.join(unpinned)} (is the service in services.bzl?)")
+    problems = unresolved([document for document in yaml.safe_load_all(result.stdout) if document])
+    if problems:
+        raise RenderError("the overlay's objects do not fit together in a cluster:\n  " + "\n  ".join(problems))
     return result.stdout
 
 

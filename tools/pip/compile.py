@@ -1,7 +1,8 @@
-"""Re-locks requirements.in into the hash-locked lock file in the source tree with pip-compile.
+"""Re-locks a requirements.in into its hash-locked lock file in the source tree with pip-compile.
 
-Run through `bazel run //:requirements.update [-- pip-compile options]`; Bazel passes the two paths
-relative to the workspace, and BUILD_WORKSPACE_DIRECTORY says where the source tree is.
+Run through `bazel run //:requirements.update [-- pip-compile options]` (or the `.update` target of any
+other compile_pip_requirements); Bazel passes the two paths relative to the workspace, and
+BUILD_WORKSPACE_DIRECTORY says where the source tree is.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("requirements_in", help="the direct requirements (the macro passes it)")
     parser.add_argument("requirements_lock", help="the lock file to write (the macro passes it)")
+    parser.add_argument(
+        "--command", default="", help="how to re-lock, for the lock file's header (the macro passes it)"
+    )
     parser.add_argument("--pip-compile-help", action="store_true", help="print pip-compile's options")
     args, extra = parser.parse_known_args(argv)
     if args.pip_compile_help:
@@ -31,7 +35,8 @@ def main(argv: list[str]) -> int:
         return 2
     os.chdir(workspace)
     # Shown in the lock file's header as the way to regenerate it.
-    os.environ.setdefault("CUSTOM_COMPILE_COMMAND", "./bazelw run //:requirements.update")
+    if args.command:
+        os.environ.setdefault("CUSTOM_COMPILE_COMMAND", args.command)
     args = [
         "--generate-hashes",
         "--allow-unsafe",  # pip and setuptools are pinned too: pip-tools needs pip at run time

@@ -20,6 +20,7 @@ def compile_pip_requirements(name, requirements_in = "requirements.in", requirem
         args = [
             "$(rootpath %s)" % requirements_in,
             "$(rootpath %s)" % requirements_lock,
+            "'--command=./bazelw run //%s:%s.update'" % (native.package_name(), name),
         ],
         data = [requirements_in, requirements_lock],
         deps = [requirement("pip-tools")],

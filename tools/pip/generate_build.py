@@ -1,6 +1,6 @@
 """Writes BUILD.bazel and requirements.bzl for a directory filled by `pip install --target`.
 
-Usage: generate_build.py SITE_PACKAGES LOCK_FILE REPO_NAME (run in the repository's root).
+Usage: generate_build.py SITE_PACKAGES LOCK_FILE REPO_NAME UPDATE_TARGET (run in the repository's root).
 Each installed distribution gets a filegroup of the files its RECORD lists (`<name>_files`, and
 `<name>_scripts` for its console scripts and binaries) and a py_library that carries those files plus
 the files of every distribution it requires, transitively. The closure is
@@ -69,7 +69,7 @@ def record_files(site: Path, dist_info: Path) -> tuple[list[str], list[str], lis
     return sorted(kept), sorted(scripts), skipped
 
 
-def main(site_arg: str, lock_arg: str, repo: str) -> int:
+def main(site_arg: str, lock_arg: str, repo: str, update: str) -> int:
     site = Path(site_arg)
     locked = locked_names(Path(lock_arg))
     # Every value of packaging's Environment is a str; markers also ask for "extra".
@@ -130,7 +130,7 @@ def main(site_arg: str, lock_arg: str, repo: str) -> int:
         '    key = name.lower().replace("-", "_").replace(".", "_")\n'
         "    if key not in ALL_REQUIREMENTS:\n"
         f'        fail("%s is not in the lock file; add it to requirements.in and run '
-        f'./bazelw run //:requirements.update" % name)\n'
+        f'./bazelw run {update}" % name)\n'
         f'    return "@{repo}//:" + key\n'
     )
     return 0

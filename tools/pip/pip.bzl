@@ -37,7 +37,9 @@ def _pip_parse_impl(rctx):
     if result.return_code != 0:
         fail("pip install of %s failed:\n%s%s" % (rctx.attr.requirements_lock, result.stdout, result.stderr))
 
-    result = rctx.execute([python, str(generator), "site-packages", str(lock), rctx.attr.name])
+    # Where the lock is re-made: compile_pip_requirements(name = "requirements") beside it, by convention.
+    update = "//%s:requirements.update" % rctx.attr.requirements_lock.package
+    result = rctx.execute([python, str(generator), "site-packages", str(lock), rctx.attr.name, update])
     if result.return_code != 0:
         fail("Generating @%s failed:\n%s" % (rctx.attr.name, result.stderr))
 
