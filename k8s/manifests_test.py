@@ -24,7 +24,7 @@ import yaml
 
 from k8s.render import compose, digests, render
 from libs.processes.processes import runfile
-from libs.runtime.config import env_name, flag_environment
+from libs.runtime.config import flag_environment
 from services.marketplace import app as marketplace_app
 from services.registry import REGISTRY, Service
 from tools.certs.certs import service_dns_names
@@ -194,10 +194,8 @@ MEMORY_PER_PROCESS_MI = 128  # a serving process's resident memory is 40-80 MB (
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("service", SERVICES)
 def test_one_serving_process_per_cpu_of_the_limit_with_memory_for_each(overlay: str, service: str) -> None:
-    entry = REGISTRY[service]
-    flag = "--processes" if entry.kind == "grpc" else "--workers"
     settings = container(overlay, service)
-    (variable,) = [each for each in settings.get("env", []) if each["name"] == env_name(entry.env_prefix, flag)]
+    (variable,) = [each for each in settings.get("env", []) if each["name"] == REGISTRY[service].processes_variable]
     assert variable["valueFrom"]["resourceFieldRef"] == {"resource": "limits.cpu", "divisor": "1"}
     requests, limits = settings["resources"]["requests"], settings["resources"]["limits"]
     processes = math.ceil(cpus(limits["cpu"]))  # what the downward API gives for divisor 1

@@ -74,6 +74,12 @@ class Service:
         return self.package.upper()
 
     @property
+    def processes_variable(self) -> str:
+        """The variable saying how many serving processes it runs: <PREFIX>_PROCESSES (gRPC, libs/runtime's
+        --processes), <PREFIX>_WORKERS (a web app's --workers); the Kubernetes templates set it per CPU."""
+        return f"{self.env_prefix}_{'PROCESSES' if self.kind == 'grpc' else 'WORKERS'}"
+
+    @property
     def port(self) -> int:
         """Where callers reach it: the gRPC port, or the HTTP port of a web app."""
         return self.ports[KINDS[self.kind][0]]

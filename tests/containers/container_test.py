@@ -1,7 +1,9 @@
-"""The built image of every service in services/services.bzl runs under podman: it answers on published
-loopback ports (a gRPC service: SERVING, its API by reflection, its allow rules under mTLS, metrics), runs
-as the non-root uid on a read-only root file system and exits cleanly on SIGTERM; and the bookstore's two
-images together serve the page.
+"""The built image of every service in services/services.bzl runs under podman as the overlays run its
+pods (read-only root, every capability dropped, no privilege escalation, the non-root uid, PROCESSES
+serving processes under a supervisor that is pid 1): it answers on published loopback ports (a gRPC
+service: SERVING, its API by reflection, its allow rules under mTLS, metrics), and exits cleanly on
+SIGTERM; and the bookstore's two images together serve the page. //tests/kube runs the rendered
+overlays themselves.
 
 Needs podman with runc (`.ci/run` and `bazelw` install them on Debian), as root or rootless (subordinate
 ids in /etc/subuid and /etc/subgid, newuidmap: the test is skipped naming what is missing). podman runs
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import pwd
 import shutil
 import subprocess
 import time
@@ -20,23 +21,25 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 
 from libs.processes.processes import free_port, runfile
 from libs.runtime.readiness import wait_until_serving
-from libs.runtime.reflection_client import ReflectionClient
-from libs.runtime.tls import TlsFiles, channel_credentials
 from services.registry import REGISTRY, Service
+from tests.containers.running import (
+    INTRUDER,
+    NONROOT,
+    check_allow_rules,
+    check_runs_as_the_pod_spec_says,
+    wait_for_http,
+)
 from tools.certs.certs import mint_all, mint_leaf, write_leaf
 from tools.oci.oci import read_layout
-from tools.oci.podman import RUN, load, podman
+from tools.oci.podman import RUN, load, podman, rootless_problem
 
-NONROOT = 65532
 SERVICES = list(REGISTRY)
-INTRUDER = "intruder"  # a certificate from our CA whose name no `allow` lists
+PROCESSES = 2  # as in a prod pod: a supervisor (pid 1) and two serving children
 
 
 @pytest.fixture(scope="module")
@@ -68,20 +71,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         podman("unshare", "rm", "-rf", str(mounts), check=False)
 
 
-def rootless_problem() -> str | None:
-    """Why podman cannot run containers for this (non-root) user, or None."""
-    if os.geteuid() == 0:
-        return None
-    user = pwd.getpwuid(os.geteuid()).pw_name
-    ranges = Path("/etc/subuid").read_text() if Path("/etc/subuid").exists() else ""
-    if not any(line.split(":")[0] in (user, str(os.geteuid())) for line in ranges.splitlines()):
-        ids = "--add-subuids 100000-165535 --add-subgids 100000-165535"
-        return f"rootless podman needs subordinate ids for {user}: `usermod {ids} {user}` (as root)"
-    if shutil.which("newuidmap") is None:
-        return "rootless podman needs newuidmap and newgidmap (Debian: apt-get install uidmap)"
-    return None
-
-
 def owned_by_container_user(path: Path) -> None:
     """chown to the image's user: directly as root; rootless, inside podman's user namespace (where
     uid 65532 is the subordinate id the container's 65532 maps to)."""
@@ -89,22 +78,6 @@ def owned_by_container_user(path: Path) -> None:
         os.chown(path, NONROOT, NONROOT)
     else:
         podman("unshare", "chown", f"{NONROOT}:{NONROOT}", str(path))
-
-
-def uid_and_gid_in_container(pid: int) -> tuple[list[int], list[int]]:
-    """The process's real, effective, saved and fs uids and gids as the container sees them: the host's
-    numbers mapped back through its user namespace (identity for rootful podman)."""
-    status = Path(f"/proc/{pid}/status").read_text().splitlines()
-
-    def inside(ids: list[int], map_file: str) -> list[int]:
-        rows = [list(map(int, line.split())) for line in Path(f"/proc/{pid}/{map_file}").read_text().splitlines()]
-        return [
-            next(i - outside + start for start, outside, count in rows if outside <= i < outside + count) for i in ids
-        ]
-
-    uids = [int(n) for n in next(line for line in status if line.startswith("Uid:")).split()[1:]]
-    gids = [int(n) for n in next(line for line in status if line.startswith("Gid:")).split()[1:]]
-    return inside(uids, "uid_map"), inside(gids, "gid_map")
 
 
 @pytest.fixture
@@ -128,50 +101,8 @@ def tls_env(service: Service) -> list[str]:
     ]
 
 
-def reflection_client(certs: Path, identity: str, port: int) -> tuple[grpc.Channel, ReflectionClient]:
-    files = TlsFiles(certs / f"{identity}.pem", certs / f"{identity}.key", certs / "ca.pem")
-    channel = grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials(files))
-    return channel, ReflectionClient(channel)
-
-
-def wait_for_http(url: str, timeout: float = 30) -> bytes:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                return response.read()
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
-def check_grpc_image(service: Service, certs: Path, published: dict[int, int]) -> None:
-    """Over the published ports: SERVING, its API by reflection, its allow rules under mTLS, its metrics."""
-    wait_until_serving(f"127.0.0.1:{published[service.ports['health']]}")
-    port = published[service.port]
-    for method, callers in service.allow.items():
-        for identity in [*callers, INTRUDER]:
-            channel, client = reflection_client(certs, identity, port)
-            with channel:
-                assert service.grpc_service in client.services()
-                # An empty request: the handler may refuse it, but only the allowlist may say PERMISSION_DENIED.
-                empty: dict[str, Any] | list[dict[str, Any]] = {}
-                if client.method(service.grpc_service, method).client_streaming:
-                    empty = [{}]
-                try:
-                    client.call(service.grpc_service, method, empty)
-                    code = grpc.StatusCode.OK
-                except grpc.RpcError as error:
-                    code = error.code()
-            assert (code == grpc.StatusCode.PERMISSION_DENIED) == (identity == INTRUDER), (method, identity, code)
-    metrics = wait_for_http(f"http://127.0.0.1:{published[service.ports['metrics']]}/metrics").decode()
-    assert f'grpc_service="{service.grpc_service}"' in metrics
-    assert 'grpc_code="PERMISSION_DENIED"' in metrics or not service.allow
-
-
 @pytest.mark.parametrize("name", SERVICES)
-def test_image_runs_as_nonroot_serves_on_published_loopback_ports_and_stops_cleanly(
+def test_image_runs_as_a_pod_would_serves_on_published_loopback_ports_and_stops_cleanly(
     name: str, images: dict[str, str], certs: Path, cleanup: list
 ) -> None:
     service = REGISTRY[name]
@@ -185,20 +116,26 @@ def test_image_runs_as_nonroot_serves_on_published_loopback_ports_and_stops_clea
         *(f"--publish=127.0.0.1:{host}:{inside}" for inside, host in published.items()),
         mount(certs, service),
         *tls_env(service),
+        f"--env={service.processes_variable}={PROCESSES}",
         images[name],
     )
     if service.kind == "grpc":
-        check_grpc_image(service, certs, published)
+        wait_until_serving(f"127.0.0.1:{published[service.ports['health']]}")
+        check_allow_rules(service, certs, f"127.0.0.1:{published[service.port]}")
+        metrics = wait_for_http(f"http://127.0.0.1:{published[service.ports['metrics']]}/metrics").decode()
+        assert f'grpc_service="{service.grpc_service}"' in metrics
+        assert 'grpc_code="PERMISSION_DENIED"' in metrics or not service.allow
     else:
         wait_for_http(f"http://127.0.0.1:{published[service.port]}/healthz")
     print(f"{name}: podman run -> answering: {time.monotonic() - started:.2f} s")
+    time.sleep(1)  # a child that took its parent (pid 1) for dead would have exited and been restarted by now
+    check_runs_as_the_pod_spec_says(int(podman("inspect", "--format", "{{.State.Pid}}", container)), PROCESSES)
+    logs = podman("logs", container)
+    assert "restarting it" not in logs and "giving up" not in logs, logs
 
-    uids, gids = uid_and_gid_in_container(int(podman("inspect", "--format", "{{.State.Pid}}", container)))
-    assert uids == [NONROOT] * 4
-    assert gids == [NONROOT] * 4
-
-    podman("stop", "--time=30", container)  # SIGTERM: drain, then exit
+    podman("stop", "--time=30", container)  # SIGTERM to pid 1: every process drains, then exits
     assert podman("inspect", "--format", "{{.State.ExitCode}}", container) == "0"
+    assert podman("inspect", "--format", "{{.RestartCount}}", container) == "0"
 
 
 def test_both_images_serve_the_bookstore_page(images: dict[str, str], certs: Path, cleanup: list) -> None:

@@ -1,22 +1,30 @@
-"""podman as this project runs it (tests and benchmarks): root, runc, explicit ulimits.
+"""podman as this project runs it (tests and benchmarks), as root or rootless: runc, explicit ulimits.
 
 On this machine kind podman works only with runc, cgroupfs and file events (crun fails on its
-cgroup setup), and needs explicit ulimits; Bazel's PATH lacks the sbin directories where netavark
-finds iptables. Images are addressed by their config digest, which podman uses as the image ID, so
-what runs is exactly what Bazel built.
+cgroup setup), and needs explicit ulimits (containers.conf, for `podman run` and `podman kube play`
+alike); Bazel's PATH lacks the sbin directories where netavark finds iptables. Images are addressed by
+their config digest, which podman uses as the image ID, so what runs is exactly what Bazel built.
+`RUN` starts a container as the Kubernetes overlays run a pod: read-only root, every capability
+dropped, no privilege escalation, as the image's non-root user.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
 from tools.oci.oci import read_layout
 
 PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "--events-backend", "file"]
-RUN = ["run", "--detach", "--read-only", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-ENV = dict(os.environ, PATH=os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin")
+RUN = ["run", "--detach", "--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges"]
+ENV = dict(
+    os.environ,
+    PATH=os.environ.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin",
+    CONTAINERS_CONF=str(Path(__file__).with_name("containers.conf")),
+)
 
 
 def podman(*args: str, check: bool = True) -> str:
@@ -39,3 +47,17 @@ def load(archive: Path, layout: Path) -> str:
     if podman("image", "inspect", "--format", "{{.Id}}", wanted) != wanted:
         raise RuntimeError(f"podman loaded {archive} under another ID than {wanted}")
     return wanted
+
+
+def rootless_problem() -> str | None:
+    """Why podman cannot run containers for this (non-root) user, or None."""
+    if os.geteuid() == 0:
+        return None
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    ranges = Path("/etc/subuid").read_text() if Path("/etc/subuid").exists() else ""
+    if not any(line.split(":")[0] in (user, str(os.geteuid())) for line in ranges.splitlines()):
+        ids = "--add-subuids 100000-165535 --add-subgids 100000-165535"
+        return f"rootless podman needs subordinate ids for {user}: `usermod {ids} {user}` (as root)"
+    if shutil.which("newuidmap") is None:
+        return "rootless podman needs newuidmap and newgidmap (Debian: apt-get install uidmap)"
+    return None
