@@ -35,6 +35,14 @@ def podman(*args: str, check: bool = True) -> str:
     return result.stdout.strip()
 
 
+def logs(container: str) -> str:
+    """What the container wrote, stdout and stderr (where the services log) together."""
+    result = subprocess.run(
+        [*PODMAN, "logs", container], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60, env=ENV
+    )
+    return result.stdout
+
+
 def image_id(layout: Path) -> str:
     """The image ID podman gives the image of an OCI layout: its config digest."""
     return read_layout(layout).manifest["config"]["digest"].removeprefix("sha256:")
