@@ -290,6 +290,17 @@ def test_every_variable_set_is_one_the_service_reads(overlay: str, service: str)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("service", SERVICES)
+def test_no_variable_is_set_both_in_a_config_map_and_in_the_container(overlay: str, service: str) -> None:
+    """Kubernetes lets the container's `env` win, podman kube play its ConfigMaps: set once, or the two differ."""
+    spec = container(overlay, service)
+    from_maps = {
+        key for s in spec.get("envFrom", []) for key in one(overlay, "ConfigMap", s["configMapRef"]["name"])["data"]
+    }
+    assert not from_maps & {variable["name"] for variable in spec.get("env", [])}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("service", GRPC)
 def test_grpc_ports_probes_and_metrics_match_the_list_and_what_it_listens_on(
     overlay: str, service: str, monkeypatch: pytest.MonkeyPatch

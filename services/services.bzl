@@ -45,7 +45,6 @@ SERVICES = [
         "description": "The bookstore's web pages, backed by Recommendations",
         "public": True,
         "settings": {
-            "MARKETPLACE_WORKERS": "2",
             # Behind the Ingress (the only way in, by NetworkPolicy): believe its X-Forwarded-Proto.
             "MARKETPLACE_FORWARDED_ALLOW_IPS": "*",
         },

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.processes.processes import free_port, runfile
+from libs.processes.processes import free_ports, runfile
 from libs.runtime.readiness import wait_until_serving
 from services.registry import REGISTRY, Service
 from tests.containers.running import (
@@ -106,7 +106,7 @@ def test_image_runs_as_a_pod_would_serves_on_published_loopback_ports_and_stops_
     name: str, images: dict[str, str], certs: Path, cleanup: list
 ) -> None:
     service = REGISTRY[name]
-    published = {port: free_port() for port in service.ports.values()}
+    published = dict(zip(service.ports.values(), free_ports(len(service.ports)), strict=True))
     container = f"obfy-{name}-{uuid.uuid4().hex[:8]}"
     cleanup.append(["rm", "--force", container])
     started = time.monotonic()
@@ -140,7 +140,7 @@ def test_image_runs_as_a_pod_would_serves_on_published_loopback_ports_and_stops_
 
 
 def test_both_images_serve_the_bookstore_page(images: dict[str, str], certs: Path, cleanup: list) -> None:
-    http_port, health_port = free_port(), free_port()
+    http_port, health_port = free_ports(2)
     suffix = uuid.uuid4().hex[:8]
     recommendations, marketplace = f"obfy-recommendations-{suffix}", f"obfy-marketplace-{suffix}"
     cleanup += [["rm", "--force", recommendations], ["rm", "--force", marketplace]]

@@ -190,7 +190,7 @@ oci_image = rule(
 
 def _oci_push_impl(ctx):
     layout = ctx.attr.image[DefaultInfo].files.to_list()[0]
-    script = ctx.actions.declare_file(ctx.label.name + ".sh")
+    script = ctx.actions.declare_file(ctx.label.name)  # runs as its label path, like a py_binary
     ctx.actions.write(
         script,
         "#!/bin/sh\nexec %s --layout %s --repository %s \"$@\"\n" % (
