@@ -26,7 +26,7 @@ from bench.common import (
     start_quiet,
     tree_cpu_seconds,
 )
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_ports, runfile
 from libs.runtime.supervisor import available_cpus
 
 RECOMMENDATIONS = "services/recommendations/recommendations"
@@ -130,8 +130,9 @@ def recommend_rows(requests: int, rounds: int, body: Path) -> tuple[list[Row], l
     latencies: dict[str, list[Latency]] = {}
     refused: dict[str, dict[str, float]] = {}  # ours: calls its own metrics counted with a code other than OK
     for group in ([n for n, v in measured.items() if v.pinned], [n for n, v in measured.items() if not v.pinned]):
-        ports = {name: free_port() for name in group}
-        metrics_ports = {name: free_port() for name in group}
+        chosen = free_ports(2 * len(group))
+        ports = dict(zip(group, chosen[: len(group)], strict=True))
+        metrics_ports = dict(zip(group, chosen[len(group) :], strict=True))
         servers: dict[str, ChildProcess] = {}
         try:
             for name in group:

@@ -26,7 +26,7 @@ from pathlib import Path
 from bench.common import REQUEST, grpc_frame, run_wrk, start_quiet
 from bench.images import image_rows
 from bench.recommend import LATENCY_SECONDS, RECOMMENDATIONS, recommend_rows
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_port, free_ports, runfile
 from libs.runtime.readiness import wait_until_serving
 
 
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
         rows, latency_rows = recommend_rows(args.requests, args.rounds, body)
 
-    rec_port, base_port, web_port = free_port(), free_port(), free_port()
+    rec_port, base_port, web_port = free_ports(3)
     backend_addr = f"127.0.0.1:{rec_port}"
     recommendations = [runfile(RECOMMENDATIONS), "--insecure", "--host", "127.0.0.1", "--port", rec_port]
     baseline = [runfile("bench/marketplace/baseline"), "--port", base_port, "--recommendations-addr", backend_addr]

@@ -40,7 +40,7 @@ from bench.common import (
     run_h2load,
     start_quiet,
 )
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_ports, runfile
 
 NAMES = {
     "bare": "bare: no interceptors",
@@ -50,7 +50,7 @@ NAMES = {
 
 
 def start(variant: str) -> tuple[ChildProcess, int, int]:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     args = [*PIN_SERVER, runfile("bench/interceptors/server"), "--variant", variant, "--insecure"]
     args += ["--host", "127.0.0.1", "--port", str(port), "--drain-seconds", "0", "--blocking-workers", "4"]
     if variant == "full":

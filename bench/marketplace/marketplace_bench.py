@@ -18,7 +18,7 @@ import statistics
 import sys
 
 from bench.common import PageResult, run_wrk, start_quiet
-from libs.processes.processes import free_port, runfile
+from libs.processes.processes import free_ports, runfile
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
         return 2
 
-    rec_port, base_port, ours_port = free_port(), free_port(), free_port()
+    rec_port, base_port, ours_port = free_ports(3)
     backend_addr = f"127.0.0.1:{rec_port}"
     recommendations = start_quiet(
         "recommendations",

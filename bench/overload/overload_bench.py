@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 
 from bench.common import METHOD, PIN_SERVER, REQUEST, grpc_frame, h2load_command, handled, match, run_h2load
-from libs.processes.processes import free_port, runfile
+from libs.processes.processes import free_ports, runfile
 
 CLIENTS, STREAMS = 10, 200  # up to 2,000 calls outstanding: more than any bound, so shedding can show
 # The server as it was: no cap on calls in progress, gRPC's default backlog (1,000 soft, 3,000 hard).
@@ -80,7 +80,7 @@ class Server:
     that is read only afterwards: reading it live would cost the load generator's core."""
 
     def __init__(self, shedding: list[str], output: Path) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port = free_ports(2)
         self.output = output
         argv = [*PIN_SERVER, runfile("services/recommendations/recommendations"), "--insecure"]
         argv += ["--host", "127.0.0.1", "--port", str(self.port), "--metrics-port", str(self.metrics_port)]

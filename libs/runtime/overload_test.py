@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_ports, runfile
 
 ECHO = "/test.v1.Echo/Echo"
 PUSHBACK = "grpc-retry-pushback-ms"
@@ -31,7 +31,7 @@ class Echo:
     """The echo server process, its address, its metrics and its access lines."""
 
     def __init__(self, *flags: str) -> None:
-        self.port, self.metrics_port = free_port(), free_port()
+        self.port, self.metrics_port = free_ports(2)
         argv: list[str | Path] = [runfile("libs/runtime/echo_server"), "--insecure", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port)]
         argv += ["--metrics-port", str(self.metrics_port), "--log-format", "json", "--drain-seconds", "0", *flags]

@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_port, free_ports, runfile
 from libs.runtime.channel import BalancedChannel, create_channel
 from libs.runtime.metrics_sum import ChildrenMetrics, serve_child_metrics, socket_directory
 from libs.runtime.supervisor import RestartPolicy, Supervisor, available_cpus, parse_processes
@@ -78,7 +78,7 @@ class Server:
 @contextlib.contextmanager
 def echo_server(*launcher: str) -> Iterator[Server]:
     """The echo server with --processes 2, started through `launcher` (a command prefix) if given."""
-    port, health_port, metrics_port = free_port(), free_port(), free_port()
+    port, health_port, metrics_port = free_ports(3)
     events: list[str] = []  # every line but the access log's (the process keeps only its last 1,000 lines)
     process = ChildProcess(
         "echo",

@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_ports, runfile
 
 ECHO = "/test.v1.Echo/Echo"
 # The drain must hold the checks made during it on a loaded machine; the in-flight call must outlast it,
@@ -38,7 +38,7 @@ def listening(port: int) -> bool:
 
 
 def test_sigterm_drains_then_finishes_in_flight_calls_and_exits_zero() -> None:
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port = free_ports(2)
     server = ChildProcess(
         "echo",
         [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_ports, runfile
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 # Flags for a closed network and no desktop session: nothing phones home, no GPU, no setuid sandbox.
@@ -26,7 +26,7 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="module")
 def site() -> Iterator[str]:
-    rec_port, web_port = free_port(), free_port()
+    rec_port, web_port = free_ports(2)
     recommendations = ChildProcess(
         "recommendations",
         [runfile("services/recommendations/recommendations"), "--insecure", "--host", "127.0.0.1", "--port", rec_port],

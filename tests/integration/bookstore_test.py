@@ -20,7 +20,7 @@ import pytest
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.interceptors.errors import FieldViolation, field_violations
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_port, free_ports, runfile
 from libs.runtime.tls import TlsFiles, channel_credentials
 from tools.certs.certs import mint_all, service_flags
 
@@ -90,7 +90,7 @@ def certs(tmp_path: Path) -> Path:
 @pytest.fixture
 def bookstore(tmp_path: Path, certs: Path) -> Iterator[Bookstore]:
     catalog = write_catalog(tmp_path / "books.csv")
-    rec_port, web_port = free_port(), free_port()
+    rec_port, web_port = free_ports(2)
     recommendations = start_recommendations(catalog, rec_port, certs)
     marketplace = ChildProcess(
         "marketplace",
@@ -270,7 +270,7 @@ def test_page_degrades_while_recommendations_is_down_and_recovers(bookstore: Boo
 
 def test_marketplace_workers_share_the_port_and_stop_cleanly(certs: Path, tmp_path: Path) -> None:
     catalog = write_catalog(tmp_path / "books.csv")
-    rec_port, web_port = free_port(), free_port()
+    rec_port, web_port = free_ports(2)
     recommendations = start_recommendations(catalog, rec_port, certs)
     marketplace = ChildProcess(
         "marketplace",

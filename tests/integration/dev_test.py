@@ -11,12 +11,12 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_ports, runfile
 from services.registry import REGISTRY
 
 
 def test_dev_starts_every_service_serves_the_page_and_stops_cleanly_on_ctrl_c() -> None:
-    ports = {name: free_port() for name in REGISTRY}
+    ports = dict(zip(REGISTRY, free_ports(len(REGISTRY)), strict=True))
     web_port = ports["marketplace"]
     dev = ChildProcess(
         "dev", [runfile("tools/dev/dev"), *(f"--port={name}={port}" for name, port in ports.items())]
@@ -62,8 +62,8 @@ def prometheus_query(port: int, query: str) -> list[dict]:
 
 
 def test_dev_with_monitoring_runs_prometheus_scraping_every_service_and_leaves_nothing_behind() -> None:
-    ports = {name: free_port() for name in REGISTRY}
-    prometheus_port = free_port()
+    *service_ports, prometheus_port = free_ports(len(REGISTRY) + 1)
+    ports = dict(zip(REGISTRY, service_ports, strict=True))
     dev = ChildProcess(
         "dev",
         [

@@ -29,7 +29,7 @@ import yaml
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
-from libs.processes.processes import ChildProcess, free_port, runfile
+from libs.processes.processes import ChildProcess, free_ports, runfile
 from monitoring.dashboards import queries
 from services.registry import REGISTRY
 from tools.monitoring.local import RULES, alertmanager_command, prometheus_command
@@ -128,7 +128,7 @@ def bed(tmp_path: Path) -> Iterator[Bed]:
     if reason := user_namespaces_refused():
         pytest.skip(reason)
     names = ("recommendations", "recommendations-metrics", "marketplace", "prometheus", "alertmanager")
-    bed = Bed({name: free_port() for name in names}, tmp_path)
+    bed = Bed(dict(zip(names, free_ports(len(names)), strict=True)), tmp_path)
     try:
         (tmp_path / "alertmanager").mkdir()
         listen = f"127.0.0.1:{bed.ports['alertmanager']}"

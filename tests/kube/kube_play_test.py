@@ -1,14 +1,14 @@
 """The rendered overlays run: `podman kube play` on the YAML that //k8s:render makes, both overlays.
 
-A throwaway docker-registry (Debian's) on 127.0.0.1 gets every service's image from its `:push`, by
-digest; //k8s:render renders the overlay against it. Each service's Deployment, with the ConfigMaps it
-reads, is played in start order (callees first) on a podman network the test makes; podman pulls the
-images by digest. Then every pod must pass the probes its spec declares, run as its securityContext says
-(uid 65532, no capability, no privilege escalation, read-only root) with as many serving processes as its
-CPU limit gives, and never restart; the marketplace page, served from its pod, shows books from the
-Recommendations pod. In prod the pods mount the mTLS Secrets where their spec says, the page comes over
-mTLS, and an intruder's certificate or none is refused. Everything the test made (pods, network, secrets,
-pulled images, registry) is removed. As root, or rootless as an ordinary user.
+A throwaway docker-registry (Debian's, pinned: //tools/registry) on 127.0.0.1 gets every service's image
+from its `:push`, by digest; //k8s:render renders the overlay against it. Each service's Deployment, with
+the ConfigMaps it reads, is played in start order (callees first) on a podman network the test makes; podman
+pulls the images by digest. Then every pod must pass the probes its spec declares, run as its
+securityContext says (uid 65532, no capability, no privilege escalation, read-only root) with as many
+serving processes as its CPU limit gives, and never restart; the marketplace page, served from its pod,
+shows books from the Recommendations pod. In prod the pods mount the mTLS Secrets where their spec says, the
+page comes over mTLS, and an intruder's certificate or none is refused. Everything the test made (pods,
+network, secrets, registry) is removed. As root, or rootless as an ordinary user.
 
 podman kube play (4.3, Debian bookworm) is not a cluster. Where it does not do what one does, the test
 stands in for it, and each stand-in is printed with the results (STAND_INS says what and why).
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import socket
@@ -65,6 +66,8 @@ STAND_INS = {
     "hostAliases with the address of <svc>'s pod, which is what a headless Service's DNS answers",
     "probes": "kube play turns probes into healthchecks run by systemd timers (there is no systemd here) and "
     "has no gRPC probes: the test runs every probe of the pod spec itself, as the kubelet would",
+    "limits": "rootless podman cannot set resource limits on cgroup v1 (this machine kind): the test drops "
+    "them, after the downward API's value is taken from them",
     "ports": "kube play publishes every containerPort on all host addresses: the test publishes each on "
     "127.0.0.1 at a free port (hostIP, hostPort) instead",
     "Secrets": "cert-manager's Secrets are minted by //tools/certs with each Certificate's names, and stored as "
@@ -102,9 +105,9 @@ class Pod:
 
 
 def require_tools() -> None:
-    missing = [tool for tool in ("podman", "runc", "skopeo", "docker-registry") if shutil.which(tool) is None]
+    missing = [tool for tool in ("podman", "runc", "skopeo") if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"needs {', '.join(missing)} (Debian: apt-get install podman runc skopeo docker-registry)")
+        pytest.fail(f"needs {', '.join(missing)} (Debian: apt-get install podman runc skopeo; ./bazelw does this)")
     problem = rootless_problem()
     if problem:
         pytest.skip(problem)
@@ -127,16 +130,21 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             }
         )
     )
-    with ChildProcess("registry", ["docker-registry", "serve", config]) as server:
+    # No credentials for it: an auth file of the test's own (skopeo's default path may be root's /run/containers).
+    no_credentials = {**os.environ, "REGISTRY_AUTH_FILE": str(storage / "auth.json")}
+    with ChildProcess("registry", [runfile("tools/registry/docker_registry"), "serve", config]) as server:
         server.wait_for_port(int(address.split(":")[1]))
         for service in REGISTRY.values():
-            subprocess.run(
+            pushed = subprocess.run(
                 [str(runfile(f"services/{service.package}/push")), address, "--insecure"],
                 cwd=runfile("."),
-                check=True,
+                env=no_credentials,
                 capture_output=True,
+                text=True,
                 timeout=300,
+                check=False,
             )
+            assert pushed.returncode == 0, f":push of {service.name} failed:\n{pushed.stderr}"
         yield address
 
 
@@ -149,6 +157,11 @@ def downward_api(container: dict[str, Any], used: set[str]) -> None:
             variable["value"] = str(math.ceil(cpus(quantity) / cpus(divisor)))
             del variable["valueFrom"]
             used.add("downward API")
+
+
+def mebibytes(quantity: str) -> int:
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity[:-2])
 
 
 def cpus(quantity: str) -> float:
@@ -231,6 +244,9 @@ def played(overlay: str, registry: str, scratch: Path) -> Iterator[dict[str, Pod
                 deployment["spec"]["replicas"] = 1
                 used.add("replicas")
             downward_api(container, used)
+            if os.geteuid() != 0 and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+                del container["resources"]
+                used.add("limits")
             service_dns(spec, environment, pods, used)
             pod = Pod(service.name, container, publish_on_loopback(container, used))
             path = scratch / f"{overlay}-{service.name}.yaml"
@@ -252,8 +268,8 @@ def played(overlay: str, registry: str, scratch: Path) -> Iterator[dict[str, Pod
         for secret in secrets:
             podman("secret", "rm", secret, check=False)
         podman("network", "rm", "--force", network, check=False)
-        images = {o["spec"]["template"]["spec"]["containers"][0]["image"] for o in objects if o["kind"] == "Deployment"}
-        podman("rmi", *images, check=False)
+        # The pulled images stay: they are the images //tests/containers loads (the same ID), which
+        # `podman rmi` would take from under that test when both run at once.
 
 
 def grpc_health(port: int, service: str = "") -> bool:
@@ -311,6 +327,8 @@ def check_runs_as_specified(pod: Pod) -> None:
     assert state["RestartCount"] == 0, f"{pod.name} restarted {state['RestartCount']} times\n{logs(pod.name)}"
     assert state["HostConfig"]["ReadonlyRootfs"] is pod.container["securityContext"]["readOnlyRootFilesystem"]
     check_runs_as_the_pod_spec_says(state["State"]["Pid"], pod.processes())
+    if "resources" in pod.container:
+        assert state["HostConfig"]["Memory"] == mebibytes(pod.container["resources"]["limits"]["memory"]) << 20
     assert "restarting it" not in logs(pod.name)
 
 

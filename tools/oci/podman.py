@@ -68,4 +68,6 @@ def rootless_problem() -> str | None:
         return f"rootless podman needs subordinate ids for {user}: `usermod {ids} {user}` (as root)"
     if shutil.which("newuidmap") is None:
         return "rootless podman needs newuidmap and newgidmap (Debian: apt-get install uidmap)"
+    if not os.access("/dev/net/tun", os.R_OK | os.W_OK):
+        return "rootless podman's network (slirp4netns) needs /dev/net/tun open to all: `chmod 0666 /dev/net/tun`"
     return None
