@@ -22,6 +22,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from k8s.quantities import cpus, downward_value, mebibytes
 from k8s.render import compose, digests, render
 from libs.processes.processes import runfile
 from libs.runtime.config import flag_environment
@@ -76,16 +77,13 @@ def environment(overlay: str, service: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for source in spec.get("envFrom", []):
         env.update(one(overlay, "ConfigMap", source["configMapRef"]["name"])["data"])
-    env.update({item["name"]: item.get("value") or downward(spec, item["valueFrom"]) for item in spec.get("env", [])})
+    env.update(
+        {
+            item["name"]: item.get("value") or downward_value(spec, item["valueFrom"]["resourceFieldRef"])
+            for item in spec.get("env", [])
+        }
+    )
     return env
-
-
-def downward(spec: dict, source: dict) -> str:
-    """What Kubernetes' downward API puts in a variable: a CPU figure of the container, rounded up."""
-    field = source["resourceFieldRef"]
-    kind, resource = field["resource"].split(".")
-    assert resource == "cpu", f"only CPU figures are expected in the environment, not {resource}"
-    return str(math.ceil(cpus(spec["resources"][kind]["cpu"]) / cpus(field.get("divisor", "1"))))
 
 
 def effective_flags(overlay: str, service: str, monkeypatch: pytest.MonkeyPatch) -> argparse.Namespace:
@@ -177,15 +175,6 @@ def test_prod_runs_three_or_more_replicas_scaled_on_cpu_with_a_budget(service: s
     assert hpa["metrics"][0]["resource"]["name"] == "cpu"
     budget = one("prod", "PodDisruptionBudget", service)["spec"]
     assert budget["selector"]["matchLabels"].items() <= pod_labels("prod", service).items()
-
-
-def cpus(quantity: str) -> float:
-    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-
-
-def mebibytes(quantity: str) -> float:
-    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
-    return float(quantity[:-2]) * units[quantity[-2:]]
 
 
 MEMORY_PER_PROCESS_MI = 128  # a serving process's resident memory is 40-80 MB (bench/RESULTS.md)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import re
 import shutil
@@ -39,6 +38,7 @@ import yaml
 from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from k8s.quantities import downward_value, mebibytes
 from k8s.render import render
 from libs.processes.processes import ChildProcess, free_port, free_ports, runfile
 from services.registry import REGISTRY
@@ -152,20 +152,9 @@ def downward_api(container: dict[str, Any], used: set[str]) -> None:
     for variable in container.get("env", []):
         reference = variable.get("valueFrom", {}).get("resourceFieldRef")
         if reference:
-            kind, resource = reference["resource"].split(".")
-            quantity, divisor = container["resources"][kind][resource], reference.get("divisor", "1")
-            variable["value"] = str(math.ceil(cpus(quantity) / cpus(divisor)))
+            variable["value"] = downward_value(container, reference)
             del variable["valueFrom"]
             used.add("downward API")
-
-
-def mebibytes(quantity: str) -> int:
-    assert quantity.endswith("Mi"), quantity
-    return int(quantity[:-2])
-
-
-def cpus(quantity: str) -> float:
-    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
 
 
 def service_dns(pod: dict[str, Any], environment: dict[str, str], played: dict[str, Pod], used: set[str]) -> None:
@@ -328,7 +317,7 @@ def check_runs_as_specified(pod: Pod) -> None:
     assert state["HostConfig"]["ReadonlyRootfs"] is pod.container["securityContext"]["readOnlyRootFilesystem"]
     check_runs_as_the_pod_spec_says(state["State"]["Pid"], pod.processes())
     if "resources" in pod.container:
-        assert state["HostConfig"]["Memory"] == mebibytes(pod.container["resources"]["limits"]["memory"]) << 20
+        assert state["HostConfig"]["Memory"] == mebibytes(pod.container["resources"]["limits"]["memory"]) * 2**20
     assert "restarting it" not in logs(pod.name)
 
 
