@@ -180,16 +180,15 @@ def publish_on_loopback(container: dict[str, Any], used: set[str]) -> dict[int, 
     return {port["containerPort"]: port["hostPort"] for port in ports}
 
 
-def certificate_secrets(objects: list[dict[str, Any]], out: Path, used: set[str]) -> list[str]:
-    """podman secrets for every Certificate of the overlay, minted by //tools/certs, the PEM files also kept
-    in `out` for the test's own clients (with an intruder's); returns their names."""
+def certificate_secrets(objects: list[dict[str, Any]], out: Path, used: set[str], made: list[str]) -> None:
+    """podman secrets for every Certificate of the overlay, minted by //tools/certs, each name added to
+    `made`; the PEM files are also kept in `out` for the test's own clients (with an intruder's)."""
     certificates = [o for o in objects if o["kind"] == "Certificate"]
     if not certificates:
-        return []
+        return
     ca: Issued = mint_ca()
     (out / "ca.pem").write_bytes(ca.cert_pem)
     write_leaf(out, INTRUDER, mint_leaf(ca, INTRUDER))
-    names = []
     for certificate in certificates:
         spec, namespace = certificate["spec"], certificate["metadata"]["namespace"]
         leaf = mint_leaf(ca, spec["commonName"], namespace)
@@ -202,9 +201,27 @@ def certificate_secrets(objects: list[dict[str, Any]], out: Path, used: set[str]
         secret = out / f"{spec['secretName']}.yaml"
         secret.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Secret", "data": data}))
         podman("secret", "create", spec["secretName"], str(secret))
-        names.append(spec["secretName"])
+        made.append(spec["secretName"])
         used.add("Secrets")
-    return names
+
+
+def stand_ins(
+    deployment: dict[str, Any], configs: dict[str, dict[str, Any]], played: dict[str, Pod], used: set[str]
+) -> tuple[list[dict[str, Any]], Pod]:
+    """The ConfigMaps the Deployment reads, and its pod as kube play will run it: `deployment` changed in
+    place where kube play needs a stand-in (each one named in `used`)."""
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    read = [configs[s["configMapRef"]["name"]] for s in container.get("envFrom", []) if "configMapRef" in s]
+    if deployment["spec"].get("replicas", 1) != 1:
+        deployment["spec"]["replicas"] = 1
+        used.add("replicas")
+    downward_api(container, used)
+    if os.geteuid() != 0 and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        del container["resources"]
+        used.add("limits")
+    service_dns(spec, {key: value for config in read for key, value in config["data"].items()}, played, used)
+    return read, Pod(deployment["metadata"]["name"], container, publish_on_loopback(container, used))
 
 
 @contextlib.contextmanager
@@ -217,27 +234,14 @@ def played(overlay: str, registry: str, scratch: Path) -> Iterator[dict[str, Pod
     files: list[Path] = []
     secrets: list[str] = []
     pods: dict[str, Pod] = {}
-    busy = [name for name in podman("pod", "ps", "--format", "{{.Name}}").split() if name.endswith("-pod-0")]
-    taken = sorted(set(busy) & {f"{service}-pod-0" for service in REGISTRY})
+    taken = sorted(set(podman("pod", "ps", "--format", "{{.Name}}").split()) & {f"{s}-pod-0" for s in REGISTRY})
     assert not taken, f"pods {taken} exist already; this test removes only what it made"
     podman("network", "create", network)
     try:
-        secrets = certificate_secrets(objects, scratch, used)
+        certificate_secrets(objects, scratch, used, secrets)
         for service in REGISTRY.start_order():
             deployment = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"] == service.name)
-            spec = deployment["spec"]["template"]["spec"]
-            (container,) = spec["containers"]
-            read = [configs[s["configMapRef"]["name"]] for s in container.get("envFrom", []) if "configMapRef" in s]
-            environment = {key: value for config in read for key, value in config["data"].items()}
-            if deployment["spec"].get("replicas", 1) != 1:
-                deployment["spec"]["replicas"] = 1
-                used.add("replicas")
-            downward_api(container, used)
-            if os.geteuid() != 0 and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
-                del container["resources"]
-                used.add("limits")
-            service_dns(spec, environment, pods, used)
-            pod = Pod(service.name, container, publish_on_loopback(container, used))
+            read, pod = stand_ins(deployment, configs, pods, used)
             path = scratch / f"{overlay}-{service.name}.yaml"
             path.write_text(yaml.safe_dump_all([*read, deployment], sort_keys=False))
             files.append(path)
