@@ -33,17 +33,19 @@ def programs() -> dict[str, Path]:
     return found
 
 
-PROGRAMS = programs()
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One case per program, listed when pytest collects (importing this module reads no runfiles)."""
+    if "label" in metafunc.fixturenames:
+        metafunc.parametrize("label", sorted(programs()))
 
 
 def test_every_program_readme_tells_users_to_run_is_checked() -> None:
     named = {canonical(label) for label in README_RUNS.findall(runfile("README.md").read_text())}
     assert len(named) >= 10, f"README.md seems to name too few programs: {sorted(named)}"
-    missing = sorted(named - set(PROGRAMS))
+    missing = sorted(named - set(programs()))
     assert not missing, f"README.md tells users to run {missing}: add them to PROGRAMS in tests/help/BUILD.bazel"
 
 
-@pytest.mark.parametrize("label", sorted(PROGRAMS))
 def test_help_prints_usage_and_exits_zero(label: str, tmp_path: Path) -> None:
     # As `bazel run` starts it, but in an empty workspace: a program that ignored --help and went on to
     # write into the workspace would be caught by the check below rather than touch the repository.
@@ -55,7 +57,7 @@ def test_help_prints_usage_and_exits_zero(label: str, tmp_path: Path) -> None:
         "BUILD_WORKING_DIRECTORY": str(workspace),
     }
     result = subprocess.run(
-        [str(PROGRAMS[label]), "--help"], capture_output=True, text=True, timeout=60, env=env, check=False
+        [str(programs()[label]), "--help"], capture_output=True, text=True, timeout=60, env=env, check=False
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"{label} --help exited {result.returncode}:\n{output[-3000:]}"
