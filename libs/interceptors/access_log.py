@@ -111,11 +111,11 @@ class AccessLog(Middleware):
             map(_json, peers),
             repeat(',"peer_address":'),
             map(addresses_json.__getitem__, addresses),
-            repeat(',"request_id":"'),
-            request_ids,  # "" or a token RequestId checked: nothing to escape
-            repeat('","trace_id":"'),
-            trace_ids,  # "" or 32 hex digits
-            repeat('"}\n'),
+            repeat(',"request_id":'),
+            map(_json, request_ids),  # checked by RequestId, and escaped all the same: no line is trusted
+            repeat(',"trace_id":'),
+            map(_json, trace_ids),
+            repeat("}\n"),
         )
         text = "".join(chain.from_iterable(parts))
         return text[:-1].replace(':""', ":null")  # "" means unknown; no other value can be empty

@@ -30,7 +30,7 @@ from libs.interceptors.core import AsyncServerInterceptor, Call, Middleware, Syn
 from libs.interceptors.deadlines import time_remaining
 from libs.interceptors.errors import MAX_VIOLATIONS, BadRequest, FieldViolation, field_violations
 from libs.interceptors.exception_to_status import INTERNAL_ERROR_DETAILS, ExceptionToStatus
-from libs.interceptors.request_id import current_request_id
+from libs.interceptors.request_id import current_request_id, use_request_id
 from libs.interceptors.tracing import current_trace_id
 
 SERVICE = "test.v1.Probe"
@@ -586,6 +586,23 @@ def test_access_lines_escape_what_they_must_and_null_what_is_unknown(caplog) -> 
     assert (second["timestamp"], second["duration_ms"]) == ("2025-11-30T02:33:21.999+00:00", 12500.0)
     assert (second["peer"], second["peer_address"], second["request_id"]) == ('cn="x"', None, None)
     assert second["trace_id"] == "ab" * 16
+
+
+def test_no_value_can_split_or_forge_an_access_line() -> None:
+    """Whatever reaches a row (RequestId and Tracing check theirs; a bug there must not break the log)."""
+    access_log = AccessLog("svc", logger=logging.getLogger("test-access"))
+    hostile = 'abc123\n{"forged": 1}\r"\\\u2028'
+    rows = [(1_764_470_000.0, "/p.S/M\n", "OK", 0.001, hostile, hostile, hostile, hostile)] * 2
+    lines = access_log._lines(rows).split("\n")
+    assert len(lines) == 2
+    for line in map(json.loads, lines):
+        assert (line["method"], line["peer"], line["request_id"], line["trace_id"]) == ("/p.S/M\n", *[hostile] * 3)
+
+
+@pytest.mark.parametrize("sent", ["abc123\n", "abc123\r\n", "abc\n123", "\nabc123", "a" * 129, "é"])
+def test_a_request_id_that_is_not_a_whole_token_is_replaced(sent: str) -> None:
+    assert re.fullmatch(r"[0-9a-f]{32}", use_request_id(sent))
+    assert use_request_id("abc-123.x:y_z") == "abc-123.x:y_z"
 
 
 def test_tracing_notices_a_provider_installed_later_within_a_second(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -16,7 +16,7 @@ from libs.interceptors.core import Call, Middleware
 
 METADATA_KEY = "x-request-id"
 HTTP_HEADER = "X-Request-ID"
-_VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")  # nothing that could forge a log line
+_VALID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")  # the whole value (fullmatch: `$` would pass a final "\n")
 
 _request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
@@ -57,7 +57,7 @@ os.register_at_fork(after_in_child=_forget_unused_ids)  # a forked worker must n
 
 def use_request_id(candidate: str | None) -> str:
     """Makes `candidate` (or a new id, if it is missing or malformed) the current request id."""
-    request_id = candidate if candidate and _VALID.match(candidate) else new_request_id()
+    request_id = candidate if candidate and _VALID.fullmatch(candidate) else new_request_id()
     _request_id.set(request_id)
     return request_id
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
+import ipaddress
 import json
 import logging
 import os
@@ -14,7 +16,7 @@ from typing import cast
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -155,6 +157,41 @@ def test_logs_name_the_caller_by_the_identity_authorisation_went_by(certs: Path,
         ("OK", "marketplace"),
         ("PERMISSION_DENIED", "intruder"),
     ]
+
+
+def test_only_dns_names_identify_a_caller(certs: Path) -> None:
+    """Certificates of our CA that name `marketplace` only as a URI or an email address, and one with an
+    IP address only: none is the marketplace (gRPC lists every kind of SAN together)."""
+    ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
+    sans = {
+        "by-uri": x509.UniformResourceIdentifier("marketplace"),
+        "by-email": x509.RFC822Name("marketplace"),
+        "by-ip": x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    }
+    for name, san in sans.items():
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "marketplace")]))
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+            .sign(cast(ec.EllipticCurvePrivateKey, ca_key), hashes.SHA256())
+        )
+        write_leaf(certs, name, Issued(key, cert))
+
+    async def scenario(server: GrpcServer) -> None:
+        for name in sans:
+            error = await expect_failure(server.port, credentials(certs, name))
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED, name
+            assert "DNS SAN" in (error.details() or "")
+
+    serve(mtls_config(certs), scenario)
 
 
 def test_allow_flag_overrides_the_service_policy(certs: Path) -> None:
