@@ -171,7 +171,7 @@ def test_only_dns_names_identify_a_caller(certs: Path) -> None:
     }
     for name, san in sans.items():
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "marketplace")]))
