@@ -61,6 +61,31 @@ def parser() -> argparse.ArgumentParser:
         "seconds a request may take to send its headers (slowloris); later: 408",
         type=float,
     )
+    add_flag(result, ENV_PREFIX, "--max-body-bytes", limits.max_body_bytes, "request body; more: 413", type=int)
+    add_flag(
+        result,
+        ENV_PREFIX,
+        "--body-timeout",
+        limits.body_timeout,
+        "seconds a request body may take after its headers; later: 408",
+        type=float,
+    )
+    add_flag(
+        result,
+        ENV_PREFIX,
+        "--min-body-rate",
+        limits.min_body_rate,
+        "bytes per second a request body must average; slower: 408",
+        type=int,
+    )
+    add_flag(
+        result,
+        ENV_PREFIX,
+        "--write-timeout",
+        limits.write_timeout,
+        "seconds an answer may wait for a client that does not read it; then the connection is dropped",
+        type=float,
+    )
     add_flag(
         result, ENV_PREFIX, "--keep-alive-timeout", 5.0, "seconds an idle keep-alive connection stays open", type=float
     )
@@ -110,7 +135,11 @@ def validate(args: argparse.Namespace) -> list[str]:
         problems.append(f"--max-header-bytes must be between 1024 and 1048576, got {args.max_header_bytes}")
     if not 8 <= args.max_headers <= 1000:
         problems.append(f"--max-headers must be between 8 and 1000, got {args.max_headers}")
-    for name in ("header_timeout", "keep_alive_timeout"):
+    if not 0 <= args.max_body_bytes <= 1024 * 1024 * 1024:
+        problems.append(f"--max-body-bytes must be between 0 and 1073741824, got {args.max_body_bytes}")
+    if not 1 <= args.min_body_rate <= 1024 * 1024 * 1024:
+        problems.append(f"--min-body-rate must be between 1 and 1073741824, got {args.min_body_rate}")
+    for name in ("header_timeout", "keep_alive_timeout", "body_timeout", "write_timeout"):
         if not 0.1 <= getattr(args, name) <= 300:
             problems.append(f"--{name.replace('_', '-')} must be from 0.1 to 300 seconds, got {getattr(args, name)}")
     if not 2 <= args.limit_concurrency <= 100_000:
@@ -156,12 +185,20 @@ async def serve(
             health_pb2_grpc.HealthStub(channel),
             metrics_sums,
         )
-        limits = HttpLimits(args.max_header_bytes, args.max_headers, args.header_timeout)
+        limits = HttpLimits(
+            args.max_header_bytes,
+            args.max_headers,
+            args.header_timeout,
+            args.max_body_bytes,
+            args.body_timeout,
+            args.min_body_rate,
+            args.write_timeout,
+        )
         config = uvicorn.Config(
             app,
             host=args.host,
             port=args.port,
-            http=limited_protocol(limits),  # httptools, with header size, count and time limits
+            http=limited_protocol(limits),  # httptools, with limits on headers, bodies and unread answers
             lifespan="off",
             log_config=None,
             access_log=args.access_log,

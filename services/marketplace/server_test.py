@@ -1,6 +1,7 @@
 """The marketplace process under hostile HTTP clients: headers too large, too many, too slow, connections
-that never send, more connections than allowed. Each is answered with a clear status within bounded time
-and memory, counted in /metrics and logged; ordinary pages keep working.
+that never send, bodies too large, too slow or where none belongs, answers never read, more connections
+than allowed. Each is answered with a clear status (or dropped, when the client reads nothing) within
+bounded time and memory, counted in /metrics and logged; ordinary pages, pipelined too, keep working.
 
 The backend address is unreachable on purpose: none of this depends on Recommendations.
 """
@@ -21,6 +22,10 @@ import pytest
 from libs.processes.processes import ChildProcess, free_port, runfile
 
 HEADER_TIMEOUT = 0.5
+BODY_TIMEOUT = 2.0
+MIN_BODY_RATE = 1024
+WRITE_TIMEOUT = 1.0
+MAX_BODY_BYTES = 65536
 CONCURRENCY_LIMIT = 20
 # Bounds on what must happen "soon" (a process listening, a server answering or closing): far above the
 # milliseconds these take, so that they only fail when something hangs, even on a loaded machine.
@@ -75,6 +80,10 @@ def marketplace() -> Iterator[Marketplace]:
         "--max-header-bytes=8192",
         "--max-headers=50",
         f"--header-timeout={HEADER_TIMEOUT}",
+        f"--body-timeout={BODY_TIMEOUT}",
+        f"--min-body-rate={MIN_BODY_RATE}",
+        f"--write-timeout={WRITE_TIMEOUT}",
+        f"--max-body-bytes={MAX_BODY_BYTES}",
         f"--limit-concurrency={CONCURRENCY_LIMIT}",
     )
 
@@ -201,6 +210,129 @@ def test_every_refusal_is_logged(marketplace: Marketplace, crowded: Marketplace)
     for status in ("431", "408"):
         marketplace.wait_for_log(rf"WARNING http.limits: refused a request from 127\.0\.0\.1:\d+: {status} ")
     crowded.wait_for_log(re.escape("Exceeded concurrency limit."))
+
+
+def wait_until_refused(marketplace: Marketplace, reason: str, count: float, timeout: float = CLOSE_WITHIN) -> None:
+    deadline = time.monotonic() + timeout
+    while refused(marketplace, reason) < count:
+        assert time.monotonic() < deadline, f"{reason}: {refused(marketplace, reason)} refused, not {count}"
+        time.sleep(0.1)
+
+
+class Trickle(threading.Thread):
+    """Sends `headers`, then `chunk` every `interval` seconds until the server closes the connection or
+    `stop` is set, reading nothing; `closed_after`: seconds from the end of the headers to the close."""
+
+    def __init__(self, port: int, headers: bytes, chunk: bytes, interval: float, receive_buffer: int = 4096) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)  # a client that reads little
+        self.sock.settimeout(SOCKET_TIMEOUT)
+        self.sock.connect(("127.0.0.1", port))
+        self.headers, self.chunk, self.interval = headers, chunk, interval
+        self.stop = threading.Event()
+        self.closed_after: float | None = None
+
+    def run(self) -> None:
+        self.sock.sendall(self.headers)
+        begun = time.monotonic()
+        try:
+            while not self.stop.wait(self.interval):
+                self.sock.sendall(self.chunk)
+        except OSError:  # reset or broken pipe: the server closed it
+            self.closed_after = time.monotonic() - begun
+        finally:
+            self.sock.close()
+
+
+def test_a_get_announcing_a_body_is_400_at_once(marketplace: Marketplace) -> None:
+    """Was: `GET /` with Content-Length: 100000000, then a byte every 3 s, kept its connection past 60 s."""
+    before = refused(marketplace, "unexpected_body")
+    begun = time.monotonic()
+    answer = raw_request(marketplace.port, b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\na")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"a GET request takes no body" in answer
+    assert time.monotonic() - begun < CLOSE_WITHIN
+    assert refused(marketplace, "unexpected_body") == before + 1
+    marketplace.wait_for_log(r"refused a request from 127\.0\.0\.1:\d+: 400 a GET request takes no body")
+
+
+@pytest.mark.parametrize(
+    ("reason", "chunk", "interval", "within"),
+    [
+        ("body_too_slow", b"a", 0.5, 1.0 + 1.0),  # 2 B/s: caught at the first check, a second in
+        ("body_timeout", b"a" * 4096, 0.25, BODY_TIMEOUT + 1.0),  # 16 KiB/s, but 60000 bytes take 3.7 s
+    ],
+)
+def test_a_body_too_slow_or_too_long_is_cut_off(
+    marketplace: Marketplace, reason: str, chunk: bytes, interval: float, within: float
+) -> None:
+    before = refused(marketplace, reason)
+    headers = b"POST /api/recommendations HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n\r\n"
+    trickle = Trickle(marketplace.port, headers, chunk, interval)
+    trickle.start()
+    trickle.join(timeout=within + CLOSE_WITHIN)
+    trickle.stop.set()
+    assert trickle.closed_after is not None, "the server kept the connection"
+    assert trickle.closed_after < within + CLOSE_WITHIN
+    assert refused(marketplace, reason) == before + 1
+    marketplace.wait_for_log(r"WARNING http.limits: refused a request from 127\.0\.0\.1:\d+: 408 request body")
+
+
+def test_a_body_larger_than_allowed_is_413(marketplace: Marketplace) -> None:
+    before = refused(marketplace, "body_too_large")
+    declared = raw_request(
+        marketplace.port, b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY_BYTES + 1)
+    )
+    chunked = raw_request(
+        marketplace.port,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n%s\r\n" % (MAX_BODY_BYTES + 1, b"a" * (MAX_BODY_BYTES + 1)),
+    )
+    assert declared.startswith(b"HTTP/1.1 413 ")
+    assert chunked.startswith(b"HTTP/1.1 413 ")
+    assert refused(marketplace, "body_too_large") == before + 2
+    marketplace.wait_for_log(r"refused a request from 127\.0\.0\.1:\d+: 413 request body over 65536 bytes")
+
+
+def test_slow_bodies_do_not_lock_other_clients_out(crowded: Marketplace) -> None:
+    """Was: as many slow bodies as --limit-concurrency gave 503 to every other client for as long as they
+    lasted. Now each is cut off once it falls below the minimum rate (those past the limit get their 503
+    and are closed), and the others are served."""
+    before = refused(crowded, "body_too_slow") + refused(crowded, "concurrency_limit")
+    headers = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"  # under the default 1 MiB
+    trickles = [Trickle(crowded.port, headers, b"a", 3.0) for _ in range(CONCURRENCY_LIMIT)]
+    for trickle in trickles:
+        trickle.start()
+    for trickle in trickles:
+        trickle.join(timeout=3.0 + CLOSE_WITHIN)
+        trickle.stop.set()
+    assert all(trickle.closed_after is not None for trickle in trickles), "the server kept slow bodies"
+    assert refused(crowded, "body_too_slow") + refused(crowded, "concurrency_limit") == before + CONCURRENCY_LIMIT
+    with urllib.request.urlopen(f"http://127.0.0.1:{crowded.port}/healthz", timeout=SOCKET_TIMEOUT) as response:
+        assert response.status == 200
+
+
+def test_an_answer_the_client_never_reads_is_dropped(marketplace: Marketplace) -> None:
+    """3,000 pipelined requests (~5 MB of answers) from a client with a 4 KiB receive buffer that reads
+    nothing: the server's buffers fill, and after --write-timeout the connection is aborted."""
+    before = refused(marketplace, "write_timeout")
+    requests = b"GET /static/style.css HTTP/1.1\r\nHost: x\r\n\r\n" * 3000
+    trickle = Trickle(marketplace.port, requests, b"", SOCKET_TIMEOUT)
+    trickle.start()
+    try:
+        wait_until_refused(marketplace, "write_timeout", before + 1, timeout=WRITE_TIMEOUT + CLOSE_WITHIN)
+    finally:
+        trickle.stop.set()
+    marketplace.wait_for_log(r"refused a request from 127\.0\.0\.1:\d+: aborted: the client read no answer")
+
+
+def test_pipelined_requests_are_answered_not_431(marketplace: Marketplace) -> None:
+    """Was: 500 small requests in one write got 431: the bytes of the next requests counted as this one's."""
+    requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 499
+    answer = raw_request(marketplace.port, requests + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert answer.count(b"HTTP/1.1 200 OK") == 500
+    assert b" 431 " not in answer
 
 
 def served_pages(text: str, route: str) -> float:
