@@ -216,17 +216,27 @@ def parse_int(
     return int(text)
 
 
+def shopper_id(value: str | None, name: str, violations: list[FieldViolation]) -> int | None:
+    """A shopper: a positive id, as the API takes `user_id` (recommendations.proto); None if absent or bad."""
+    user = parse_int(value, name, None, violations)
+    if user is not None and user < 1:
+        violations.append(FieldViolation(name, f"must be a positive id, got {user}"))
+        return None
+    return user
+
+
 def shopper(request: Request) -> tuple[int, bool]:
-    """The user id from `?user=` (which also sets the cookie) or the cookie; raises BadParameters."""
+    """The shopper from `?user=` (which also sets the cookie) or the cookie; raises BadParameters for a bad
+    `?user=`. A bad cookie is ignored (it came from elsewhere, or from before a rule changed): it must not
+    make every later page a 400."""
     violations: list[FieldViolation] = []
     given = request.query_params.get("user")
-    if given is not None:
-        user = parse_int(given, "user", DEFAULT_USER, violations)
+    if given is not None and given.strip():
+        user = shopper_id(given, "user", violations)
         if violations:
             raise BadParameters(violations)
-        return cast(int, user), True  # None only along with a violation (raised above), not with a default
-    cookie = parse_int(request.cookies.get(USER_COOKIE), USER_COOKIE, DEFAULT_USER, [])
-    return (cookie if cookie is not None else DEFAULT_USER), False
+        return cast(int, user), True  # None only along with a violation (raised above)
+    return shopper_id(request.cookies.get(USER_COOKIE), USER_COOKIE, []) or DEFAULT_USER, False
 
 
 @dataclass(frozen=True)
@@ -295,6 +305,11 @@ def render(
     return response
 
 
+def chosen_shopper(user: int, chosen: bool, status: int) -> int | None:
+    """The shopper to remember in the cookie: one chosen by `?user=` on a page the backend did not refuse."""
+    return user if chosen and status < 400 else None
+
+
 def bad_request_page(request: Request, error: BadParameters) -> Response:
     context = {"title": "Bad request", "message": INVALID_NOTICE, "problems": [str(v) for v in error.violations]}
     return render(request, "error.html", context, 400)
@@ -309,7 +324,9 @@ async def home(request: Request) -> Response:
     with deadline_scope(backend.timeout):
         sections = await every_section(backend, user, HOME_MAX_RESULTS)
     status = max(s.status for s in sections)
-    return render(request, "home.html", {"sections": sections, "user": user}, status, user if chosen else None)
+    return render(
+        request, "home.html", {"sections": sections, "user": user}, status, chosen_shopper(user, chosen, status)
+    )
 
 
 async def category_page(request: Request) -> Response:
@@ -324,7 +341,7 @@ async def category_page(request: Request) -> Response:
     with deadline_scope(backend.timeout):
         result = await one_section(backend, category, user, CATEGORY_MAX_RESULTS)
     context = {"section": result, "user": user}
-    return render(request, "category.html", context, result.status, user if chosen else None)
+    return render(request, "category.html", context, result.status, chosen_shopper(user, chosen, result.status))
 
 
 async def api_recommendations(request: Request) -> Response:

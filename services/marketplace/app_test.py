@@ -167,11 +167,29 @@ def test_non_numeric_user_is_a_400_page_without_calling_the_backend() -> None:
 
 
 def test_backend_field_violations_become_a_400_page_with_human_messages() -> None:
-    stub = FakeRecommendations(error=bad_request(FieldViolation("user_id", "must be a positive id, got 0")))
-    response = client(stub).get("/?user=0")
+    stub = FakeRecommendations(error=bad_request(FieldViolation("user_id", "is not a known shopper, got 7")))
+    response = client(stub).get("/?user=7")
     assert response.status_code == 400
     assert INVALID_NOTICE in response.text
-    assert '<li class="problem">user_id: must be a positive id, got 0</li>' in response.text
+    assert '<li class="problem">user_id: is not a known shopper, got 7</li>' in response.text
+    assert "set-cookie" not in response.headers  # a shopper the backend refused is not remembered
+
+
+@pytest.mark.parametrize("user", ["-1", "0", "x"])
+def test_a_bad_shopper_is_a_400_page_and_never_sticks(user: str) -> None:
+    """Was: `/?user=-1` answered 400 and set user=-1 for 30 days, so every later page was a 400 (a cross-site
+    link does it). A bad id is refused without calling the backend and sets no cookie; a bad cookie, from
+    wherever it came, is ignored."""
+    stub = FakeRecommendations(BOOKS)
+    web = client(stub)
+    response = web.get("/", params={"user": user})
+    assert response.status_code == 400
+    assert "set-cookie" not in response.headers
+    assert not stub.calls
+    web.cookies.set("user", user)
+    for path in ("/", "/category/mystery"):
+        assert web.get(path).status_code == 200
+    assert {request.user_id for request, _ in stub.calls} == {1}  # the default shopper
 
 
 @pytest.mark.parametrize(
