@@ -25,7 +25,8 @@ then sending a byte every 3 s from a client that reads nothing, kept its connect
   `min_body_rate`: bytes per second it must average meanwhile (checked every second, except while the app
   is not reading); slower or later → 408, or only the connection closed if the answer has begun;
 - `write_timeout`: seconds an answer may wait for a client that does not read it; then the connection is
-  aborted.
+  aborted;
+- and what the parser refuses is answered 400 and counted like the rest (uvicorn's answer counts nowhere).
 
 Every refusal, and every 503 of `limit_concurrency`, is counted in `http_requests_refused_total{reason}`
 and logged once as a WARNING with the client's address. Give it to uvicorn as `http=`:
@@ -60,6 +61,7 @@ REASONS = (
     "body_timeout",
     "body_too_slow",
     "write_timeout",
+    "malformed_request",
 )
 BODYLESS = {b"GET", b"HEAD", b"TRACE"}  # methods whose requests have no content here (RFC 9110 9.3.1, 9.3.2, 9.3.8)
 for _reason in REASONS:
@@ -217,8 +219,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse(None, "write_timeout", f"the client read no answer for {self.limits.write_timeout} s")
 
     def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to bytes its parser refuses (`FOO1 / HTTP/1.1`), counted and logged with the
+        client's address like every refusal (uvicorn's own line names no client)."""
         if not self._refused:  # after a refusal of ours the connection is answered and closing
-            super().send_400_response(msg)
+            self._refuse(400, "malformed_request", msg)
 
     def _start_header_timer(self) -> None:
         self._header_timer = self.loop.call_later(self.limits.header_timeout, self._header_timed_out)

@@ -327,6 +327,16 @@ def test_an_answer_the_client_never_reads_is_dropped(marketplace: Marketplace) -
     marketplace.wait_for_log(r"refused a request from 127\.0\.0\.1:\d+: aborted: the client read no answer")
 
 
+@pytest.mark.parametrize("request_line", [b"FOO1 / HTTP/1.1", b"GET / HTTP/9.9", b"GET /\x00 HTTP/1.1"])
+def test_a_request_the_parser_refuses_is_400_counted_and_logged(marketplace: Marketplace, request_line: bytes) -> None:
+    """Was: 400, but in neither http_requests_total nor http_requests_refused_total, logged without a client."""
+    before = refused(marketplace, "malformed_request")
+    answer = raw_request(marketplace.port, request_line + b"\r\nHost: x\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert refused(marketplace, "malformed_request") == before + 1
+    marketplace.wait_for_log(r"refused a request from 127\.0\.0\.1:\d+: 400 Invalid HTTP request")
+
+
 def test_pipelined_requests_are_answered_not_431(marketplace: Marketplace) -> None:
     """Was: 500 small requests in one write got 431: the bytes of the next requests counted as this one's."""
     requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 499
