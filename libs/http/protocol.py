@@ -249,7 +249,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_header_timer()
         REFUSED.labels(reason).inc()
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "unknown client"
-        logger.warning("refused a request from %s: %s %s", client, status or "aborted:", message)
+        logger.warning(
+            "refused a request from %s: %s %s", client, status or "aborted:", message, extra={"repeat_key": reason}
+        )
         if status is None:
             self.transport.abort()
             return

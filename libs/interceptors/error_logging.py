@@ -19,7 +19,10 @@ class ErrorLogging(Middleware):
 
     def fail(self, call: Call, exc: BaseException) -> None:
         # A fail hook, not an end hook: a call that succeeds never pays for it.
+        # Repeats are limited per method (libs/runtime/logs.py's RepeatLimit reads repeat_key).
+        per_method = {"repeat_key": call.rpc.method}
         if call.unexpected:
-            self._logger.error("unexpected exception in %s", call.rpc.method, exc_info=exc)
+            self._logger.error("unexpected exception in %s", call.rpc.method, exc_info=exc, extra=per_method)
         elif isinstance(exc, UndecodableRequest):
-            self._logger.warning("%s from %s: %s", call.rpc.method, call.peer or "an unverified peer", exc.details)
+            peer = call.peer or "an unverified peer"
+            self._logger.warning("%s from %s: %s", call.rpc.method, peer, exc.details, extra=per_method)

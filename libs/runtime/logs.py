@@ -3,6 +3,14 @@
 Every record carries the current request id and trace id (from libs/interceptors), so a log line
 can be joined with the access log and with traces. Access-log records (logger `access`) are
 already JSON objects and are printed as they are.
+
+What clients can make a server log is bounded: WARNING and ERROR records from one place in the code
+(logger, file, line) pass at most `RepeatLimit.burst` times a minute; the rest are counted in
+`log_records_suppressed_total{logger}` and the next one to pass says how many were left out. gRPC's
+"Invalid encoding" records (a client's metadata value that is not UTF-8, twice per call) lose
+gRPC's traceback, which says nothing of the client. In JSON mode, what native code writes to stderr
+(gRPC core's own log lines: a malformed `grpc-timeout` makes one) becomes a JSON record of logger
+`grpc.core` too, so every line a process writes parses as JSON, whatever a client sends.
 """
 
 from __future__ import annotations
@@ -11,8 +19,14 @@ import datetime
 import json
 import logging
 import os
+import re
 import select
 import sys
+import threading
+import time
+from collections import defaultdict
+
+from prometheus_client import Counter
 
 from libs.interceptors.access_log import ACCESS_LOGGER
 from libs.interceptors.request_id import current_request_id
@@ -27,6 +41,49 @@ class _ContextFilter(logging.Filter):
             return True  # its JSON already carries both ids
         record.request_id = current_request_id()
         record.trace_id = current_trace_id()
+        return True
+
+
+SUPPRESSED = Counter(
+    "log_records_suppressed", "WARNING and ERROR records left out of the log as repeats, by logger.", ["logger"]
+)
+
+
+class RepeatLimit(logging.Filter):
+    """At most `burst` WARNING-or-worse records a `window` from each place in the code; the access log is
+    never limited (one line per call is its point)."""
+
+    def __init__(self, burst: int = 10, window: float = 60.0) -> None:
+        """`burst` records a `window` (seconds) from each place."""
+        super().__init__()
+        self.burst, self.window = burst, window
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, str, int, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING or record.name == ACCESS_LOGGER:
+            return True
+        if record.name == "grpc._cython.cygrpc" and str(record.msg).startswith("Invalid encoding"):
+            # A client's bad bytes, not our error: no traceback (gRPC's own frames), a WARNING.
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        now = time.monotonic()
+        with self._lock:
+            if len(self._seen) > 10_000:  # places in the code are few; a bound all the same
+                self._seen.clear()
+            # The place in the code; a caller that logs several kinds of event from one place names each
+            # (extra={"repeat_key": ...}). The state: window start, passed in it, left out since one passed.
+            state = self._seen[(record.name, record.pathname, record.lineno, getattr(record, "repeat_key", ""))]
+            if now - state[0] >= self.window:
+                state[0], state[1] = now, 0
+            state[1] += 1
+            if state[1] > self.burst:
+                state[2] += 1
+                SUPPRESSED.labels(record.name).inc()
+                return False
+            left_out, state[2] = int(state[2]), 0
+        if left_out:
+            record.msg, record.args = f"{record.getMessage()} ({left_out} more like it left out)", None
         return True
 
 
@@ -95,9 +152,53 @@ def _chunks_of_lines(data: bytes, limit: int) -> list[bytes]:
     return chunks
 
 
+_NATIVE_LEVELS = {"F": logging.CRITICAL, "E": logging.ERROR, "W": logging.WARNING, "I": logging.INFO}
+_NATIVE_PLACE = re.compile(r" ([\w.-]+):(\d+)\] ")  # gRPC core's "E1204 20:49:17.776123 1520 file.cc:1048] ..."
+
+
+_native_relayed = False  # once per process: a second configure_logging keeps the pipe
+
+
+def _relay_native_lines(pipe: int) -> None:
+    """Turns each line written to the pipe into a record of logger `grpc.core` (its level and source place
+    from gRPC core's prefix, so repeats of one place are limited like any other)."""
+    native = logging.getLogger("grpc.core")
+    with os.fdopen(pipe, "rb") as lines:
+        for raw in lines:
+            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
+            place = _NATIVE_PLACE.search(line)
+            native.handle(
+                native.makeRecord(
+                    native.name,
+                    _NATIVE_LEVELS.get(line[:1], logging.WARNING),
+                    place.group(1) if place else "native",
+                    int(place.group(2)) if place else 0,
+                    "%s",
+                    (line,),
+                    None,
+                )
+            )
+
+
+def _capture_native_stderr() -> None:
+    """Points file descriptor 2 at a pipe relayed into logging, and Python's own stderr (sys.stderr, the
+    log handler's stream, tracebacks at exit) at the real one. Forked children inherit the pipe."""
+    real = os.dup(2)
+    read, write = os.pipe()
+    os.dup2(write, 2)
+    os.close(write)
+    sys.stderr = os.fdopen(real, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    threading.Thread(target=_relay_native_lines, args=(read,), name="native-stderr", daemon=True).start()
+
+
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:
     """Replaces the root logger's handlers with one writing `log_format` lines to stderr."""
+    global _native_relayed
+    if log_format == "json" and not _native_relayed:
+        _capture_native_stderr()
+        _native_relayed = True
     handler = WholeLinesHandler(sys.stderr)
+    handler.addFilter(RepeatLimit())
     handler.addFilter(_ContextFilter())
     if log_format == "json":
         handler.setFormatter(JsonFormatter())

@@ -149,6 +149,15 @@ class GrpcServer:
         """Hosts the service `name` (full name, e.g. 'pkg.v1.Service'); `register` adds its handlers."""
         self.services.append(Service(name, register))
 
+    def _standard_middleware(self, policy: AccessPolicy | None) -> list[Middleware]:
+        return server_middleware(
+            self.service_name,
+            logger=self.logger,
+            policy=policy,
+            access_log_interval=self.config.access_log_interval,
+            max_in_flight=self.config.max_concurrent_rpcs,
+        )
+
     def _bind(self, server: grpc.aio.Server, address: str, secure: bool) -> int:
         try:
             if secure and self.config.tls:
@@ -159,16 +168,9 @@ class GrpcServer:
 
     async def start(self) -> None:
         config = self.config
-        policy = self.policy if config.tls else None
         middleware = self._middleware
         if middleware is None:
-            middleware = server_middleware(
-                self.service_name,
-                logger=self.logger,
-                policy=policy,
-                access_log_interval=config.access_log_interval,
-                max_in_flight=config.max_concurrent_rpcs,
-            )
+            middleware = self._standard_middleware(self.policy if config.tls else None)
         # No maximum_concurrent_rpcs: gRPC would refuse past it unseen; LoadShedding counts and logs.
         existing = channelz_server_ids()
         server = grpc.aio.server(options=server_options(config))
@@ -198,8 +200,16 @@ class GrpcServer:
 
         if config.health_port:
             # Kubernetes' native gRPC probes cannot present a client certificate: health only, plaintext.
+            # Its calls take the service port's path (decoding, errors, metrics, logs) but authorisation:
+            # a malformed request from anyone is INVALID_ARGUMENT, counted, not an ERROR with a traceback.
             probe = grpc.aio.server(options=server_options(config, PROBE_STREAMS_PER_CONNECTION))
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, probe)
+            probe_middleware = self._middleware if self._middleware is not None else self._standard_middleware(None)
+            probe_target = InstrumentedServer(probe, Pipeline(probe_middleware)) if probe_middleware else None
+            health_pb2_grpc.add_HealthServicer_to_server(
+                self.health, cast(grpc.aio.Server, probe_target) if probe_target is not None else probe
+            )
+            if probe_target is not None:
+                probe_target.finish()
             self.health_port = self._bind(probe, f"{config.host}:{config.health_port}", secure=False)
             self._servers.append(probe)
 

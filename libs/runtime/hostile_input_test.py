@@ -1,0 +1,127 @@
+"""What a client sends cannot break the server's log or make it log without bound: raw HTTP/2 with what
+grpcio's own client refuses to send (a newline or bytes that are not UTF-8 in metadata, a `traceparent`
+past 512 characters, a malformed `grpc-timeout`), and a health check that does not decode, on the probe
+port. Every line the process writes parses as JSON, none carries a traceback, each place in the code logs
+at most its burst a minute (the rest counted in log_records_suppressed_total), and the probe port answers
+INVALID_ARGUMENT, counted, as the service port does.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from libs.processes.processes import ChildProcess, free_ports, runfile
+from libs.runtime.logs import RepeatLimit
+from libs.runtime.testing.raw_h2 import RawH2
+
+ECHO = "/test.v1.Echo/Echo"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+REPEATS = 30  # of each attack: three times the burst a place in the code may log a minute
+HOSTILE_METADATA = {
+    "newline in x-request-id": [(b"x-request-id", b"abc123\n")],
+    "x-request-id not UTF-8": [(b"x-request-id", b"\xff\xfe")],
+    "traceparent over 512": [(b"traceparent", b"00-" + b"a" * 600)],
+    "grpc-timeout malformed": [(b"grpc-timeout", b"abcS")],
+}
+
+
+class Echo:
+    def __init__(self, process: ChildProcess, lines: list[str], port: int, health_port: int, metrics_port: int):
+        self.process, self.lines = process, lines
+        self.port, self.health_port, self.metrics_port = port, health_port, metrics_port
+
+    def metric(self, name: str, **labels: str) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        total = 0.0
+        for found_labels, value in re.findall(rf"^{name}(?:{{(.*)}})? (\S+)$", text, re.M):
+            if all(f'{key}="{wanted}"' in found_labels for key, wanted in labels.items()):
+                total += float(value)
+        return total
+
+
+@pytest.fixture(scope="module")
+def echo() -> Iterator[Echo]:
+    port, health_port, metrics_port = free_ports(3)
+    lines: list[str] = []
+    process = ChildProcess(
+        "echo",
+        [
+            runfile("libs/runtime/echo_server"),
+            "--insecure",
+            "--host=127.0.0.1",
+            f"--port={port}",
+            f"--health-port={health_port}",
+            f"--metrics-port={metrics_port}",
+            "--access-log-interval=0.01",
+        ],
+        on_line=lines.append,
+    ).start()
+    try:
+        process.wait_for_port(port)
+        process.wait_for_port(health_port)
+        yield Echo(process, lines, port, health_port, metrics_port)
+    finally:
+        process.stop()
+
+
+def settle() -> None:
+    time.sleep(0.5)  # access lines are written every 10 ms, native lines relayed by a thread
+
+
+@pytest.fixture(scope="module")
+def attacked(echo: Echo) -> Echo:
+    for metadata in HOSTILE_METADATA.values():
+        for _ in range(REPEATS):
+            with RawH2("127.0.0.1", echo.port) as client:
+                client.answer(client.call(ECHO, b"hi", metadata))
+    for _ in range(REPEATS):
+        with RawH2("127.0.0.1", echo.health_port) as client:
+            client.answer(client.call(HEALTH_CHECK, b"\x0a\x02\xff\xfe"))  # service: two bytes, not UTF-8
+    settle()
+    return echo
+
+
+def test_every_line_is_json_without_a_traceback(attacked: Echo) -> None:
+    records = [json.loads(line) for line in attacked.lines]  # raises on any line that is not JSON
+    assert not [r for r in records if "exception" in r]
+
+
+def test_each_place_in_the_code_logs_at_most_its_burst(attacked: Echo) -> None:
+    records = [json.loads(line) for line in attacked.lines]
+    per_logger = collections.Counter(r.get("logger") for r in records if r.get("level") in ("WARNING", "ERROR"))
+    burst = RepeatLimit().burst
+    # Unlimited, each attack would log once or twice per call (REPEATS calls); gRPC logs bad bytes from
+    # two places, each with its burst.
+    for logger, places in (("grpc._cython.cygrpc", 2), ("opentelemetry.trace.propagation.tracecontext", 1)):
+        assert 0 < per_logger[logger] <= places * burst < REPEATS, per_logger
+    assert 0 < per_logger["grpc.core"] <= burst < REPEATS, per_logger
+    undecodable = [r for r in records if "not a valid grpc.health.v1.HealthCheckRequest" in r.get("message", "")]
+    assert 0 < len(undecodable) <= burst
+    for logger in ("grpc._cython.cygrpc", "opentelemetry.trace.propagation.tracecontext", "grpc.core"):
+        assert attacked.metric("log_records_suppressed_total", logger=logger) > 0
+    bad_bytes = [r for r in records if r.get("logger") == "grpc._cython.cygrpc"]
+    assert {r["level"] for r in bad_bytes} == {"WARNING"}, "a client's bad bytes are not our errors"
+
+
+def test_a_request_id_with_a_newline_is_replaced(attacked: Echo) -> None:
+    access = [json.loads(line) for line in attacked.lines if '"method":"/test.v1.Echo/Echo"' in line]
+    assert len(access) >= REPEATS
+    assert all(re.fullmatch(r"[0-9a-f]{32}", line["request_id"]) for line in access if line["code"] == "OK")
+
+
+def test_the_probe_port_answers_an_undecodable_check_invalid_argument_and_counts_it(attacked: Echo) -> None:
+    with RawH2("127.0.0.1", attacked.health_port) as client:
+        _, trailers, _ = client.answer(client.call(HEALTH_CHECK, b"\x0a\x02\xff\xfe"))
+    assert trailers[b"grpc-status"] == b"3"  # INVALID_ARGUMENT, not UNKNOWN with the exception's text
+    assert b"not a valid grpc.health.v1.HealthCheckRequest" in trailers[b"grpc-message"]
+    settle()
+    handled = attacked.metric("grpc_server_handled_total", grpc_method="Check", grpc_code="INVALID_ARGUMENT")
+    assert handled == REPEATS + 1
