@@ -64,7 +64,7 @@ class AccessLog(Middleware):
                 call.code_name,
                 call.duration,
                 call.peer,
-                context.peer() if context is not None else "",
+                context.peer() if context is not None else call.address,
                 call.request_id,
                 call.trace_id,
             )

@@ -82,6 +82,7 @@ class Call:
     request_id = ""
     trace_id = ""
     peer = ""  # the verified caller's name under mTLS (set by Authorization)
+    address = ""  # where a call to an unregistered method came from (it has no context to ask)
     begun: int | None = None  # if a begin raised: how many middleware began (only those are ended)
     span: Any = None  # Tracing's
     otel_token: Any = None
@@ -234,9 +235,10 @@ class Pipeline:
         for end in ends:
             end(call)
 
-    def unregistered(self, metadata: Any) -> None:
-        """Counts a call to a method no service offers (gRPC answers UNIMPLEMENTED itself)."""
+    def unregistered(self, metadata: Any, address: str) -> None:
+        """Counts a call to a method no service offers, from `address` (UnimplementedMethod answers it)."""
         call = Call(UNREGISTERED, None, metadata)
+        call.address = address
         call.code = grpc.StatusCode.UNIMPLEMENTED
         self.begin(call)
         self.close(call)
@@ -385,6 +387,7 @@ class AsyncServerInterceptor(_AioServerInterceptor):
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.pipeline = Pipeline(middleware)
         self._cache = _HandlerCache(self.pipeline.wrap_async)
+        self._unimplemented = UnimplementedMethod(self.pipeline, asynchronous=True).handler
 
     # grpc-stubs has no None here, but grpc.aio's continuation gives None for a method no service registered,
     # and an interceptor returns None to let gRPC answer UNIMPLEMENTED (as the sync stubs say).
@@ -395,8 +398,7 @@ class AsyncServerInterceptor(_AioServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(details)
         if handler is None:
-            self.pipeline.unregistered(details.invocation_metadata)
-            return None
+            return self._unimplemented
         return self._cache.get(details.method, handler)
 
 
@@ -406,6 +408,7 @@ class SyncServerInterceptor(_SyncServerInterceptor):
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.pipeline = Pipeline(middleware)
         self._cache = _HandlerCache(self.pipeline.wrap_sync)
+        self._unimplemented = UnimplementedMethod(self.pipeline, asynchronous=False).handler
 
     def intercept_service(
         self,
@@ -414,8 +417,7 @@ class SyncServerInterceptor(_SyncServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = continuation(details)
         if handler is None:
-            self.pipeline.unregistered(details.invocation_metadata)
-            return None
+            return self._unimplemented
         return self._cache.get(details.method, handler)
 
 
@@ -428,15 +430,27 @@ class _WrappedGenericHandler(_GenericRpcHandler):
         return None if handler is None else self._cache.get(details.method, handler)
 
 
-class _Unregistered(_GenericRpcHandler):
-    """Last in line: sees only calls no service took, counts them, and lets gRPC say UNIMPLEMENTED."""
+class UnimplementedMethod(_GenericRpcHandler):
+    """Last in line: answers every call no service took with UNIMPLEMENTED, as gRPC itself would, but
+    as a handler, so the call is counted and logged with the caller's address (gRPC's own answer has no
+    context to ask it of). Bytes in, nothing out: it works for every kind of call."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, asynchronous: bool) -> None:
         self._pipeline = pipeline
+        behaviour = self._answer_async if asynchronous else self._answer_sync
+        self.handler: grpc.RpcMethodHandler[Any, Any] = grpc.stream_stream_rpc_method_handler(behaviour)
 
-    def service(self, details: grpc.HandlerCallDetails) -> None:
-        self._pipeline.unregistered(details.invocation_metadata)
-        return None
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any]:
+        return self.handler
+
+    async def _answer_async(self, requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        self._pipeline.unregistered(context.invocation_metadata(), context.peer())
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+
+    def _answer_sync(self, requests: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        self._pipeline.unregistered(context.invocation_metadata(), context.peer())
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+        yield from ()  # a generator, as a stream-stream behaviour is: abort raised before it yields
 
 
 class InstrumentedServer:
@@ -449,6 +463,7 @@ class InstrumentedServer:
     def __init__(self, server: Any, pipeline: Pipeline, asynchronous: bool = True) -> None:
         self._server = server
         self._pipeline = pipeline
+        self._asynchronous = asynchronous
         self._cache = _HandlerCache(pipeline.wrap_async if asynchronous else pipeline.wrap_sync)
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler[Any, Any]]) -> None:
@@ -461,7 +476,7 @@ class InstrumentedServer:
         self._server.add_registered_method_handlers(service, wrapped)
 
     def finish(self) -> None:
-        self._server.add_generic_rpc_handlers((_Unregistered(self._pipeline),))
+        self._server.add_generic_rpc_handlers((UnimplementedMethod(self._pipeline, self._asynchronous),))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)

@@ -379,6 +379,7 @@ def test_access_log_is_one_json_line_per_rpc(kind: str, caplog) -> None:
     assert first["peer_address"].startswith(("ipv4:127.0.0.1:", "ipv6:"))
     assert re.match(r"^[0-9a-f]{32}$", lines[1]["request_id"])  # made up when the caller sent none
     assert lines[3]["method"] == "unknown"
+    assert lines[3]["peer_address"].startswith(("ipv4:127.0.0.1:", "ipv6:"))  # was null: no context to ask
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -126,8 +126,9 @@ class DroppedCallsLog:
             return 0
         self._reported = unseen
         self._logger.warning(
-            "%d more calls reached gRPC but no handler (waiting in its backlog, or dropped from it: the "
-            "callers saw CANCELLED); %d in all (grpc_server_transport_started_total - grpc_server_started_total)",
+            "%d more calls reached gRPC but no handler (waiting in its backlog, refused by gRPC itself, its "
+            "backlog full or headers it could not parse, or left by their callers first); %d in all "
+            "(grpc_server_transport_started_total - grpc_server_started_total)",
             grown,
             unseen,
         )
