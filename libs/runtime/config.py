@@ -146,6 +146,7 @@ class ServerConfig:
     max_connection_age_grace: float = 30.0
     max_streams_per_connection: int = 200
     handshake_timeout: float = 10.0
+    settings_timeout: float = 2.0
     max_health_watches: int = 100
     drain_seconds: float = 5.0
     shutdown_grace: float = 10.0
@@ -244,6 +245,15 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port:
     add_flag(
         parser,
         prefix,
+        "--settings-timeout",
+        defaults.settings_timeout,
+        "seconds a client has to acknowledge our HTTP/2 settings before it is disconnected "
+        "(until it does, gRPC applies none of our metadata limits)",
+        type=float,
+    )
+    add_flag(
+        parser,
+        prefix,
         "--max-health-watches",
         defaults.max_health_watches,
         "grpc.health.v1 Watch streams open at once; more get RESOURCE_EXHAUSTED",
@@ -326,7 +336,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
     check("max_pending_calls", lambda v: 1 <= v <= 100_000, "must be between 1 and 100000")
     check("keepalive_time", lambda v: v >= 1, "must be at least 1 second")
     check("keepalive_timeout", lambda v: v > 0, "must be positive")
-    for name in ("max_connection_idle", "max_connection_age", "handshake_timeout"):
+    for name in ("max_connection_idle", "max_connection_age", "handshake_timeout", "settings_timeout"):
         check(name, lambda v: 0.1 <= v <= 86400, "must be from 0.1 to 86400 seconds")
     check("max_connection_age_grace", lambda v: 0 <= v <= 3600, "must be from 0 to 3600 seconds")
     check("max_streams_per_connection", lambda v: 1 <= v <= 10000, "must be between 1 and 10000")
@@ -363,6 +373,7 @@ def server_config(args: argparse.Namespace) -> ServerConfig:
         max_connection_age_grace=args.max_connection_age_grace,
         max_streams_per_connection=args.max_streams_per_connection,
         handshake_timeout=args.handshake_timeout,
+        settings_timeout=args.settings_timeout,
         max_health_watches=args.max_health_watches,
         drain_seconds=args.drain_seconds,
         shutdown_grace=args.shutdown_grace,

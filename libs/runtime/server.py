@@ -29,6 +29,7 @@ from libs.interceptors.core import InstrumentedServer, Middleware, Pipeline
 from libs.interceptors.metrics import RpcMetrics, start_metrics_server
 from libs.runtime import event_loop
 from libs.runtime.config import ServerConfig
+from libs.runtime.memory import trim_heap_in_background
 from libs.runtime.supervisor import Supervisor, reserve_port
 from libs.runtime.tls import server_credentials
 from libs.runtime.transport import LOG_INTERVAL as DROPPED_LOG_INTERVAL
@@ -71,6 +72,10 @@ def server_options(config: ServerConfig, max_streams_per_connection: int | None 
         ("grpc.max_connection_age_ms", _ms(config.max_connection_age)),
         ("grpc.max_connection_age_grace_ms", _ms(config.max_connection_age_grace)),
         ("grpc.server_handshake_timeout_ms", _ms(config.handshake_timeout)),
+        # Until a client acknowledges our SETTINGS, gRPC measures its header blocks against HTTP/2's
+        # defaults, not our metadata limit: a client that never does is sent away this soon (gRPC's
+        # default: a minute). docs/upstream/grpc-metadata-before-settings-ack.md.
+        ("grpc.http2.settings_timeout", _ms(config.settings_timeout)),
         ("grpc.max_concurrent_streams", max_streams_per_connection or config.max_streams_per_connection),
         # gRPC's backlog of calls that arrived faster than the process picks them up (a CPU-bound process
         # falls behind here, not in its handlers): past the limit gRPC resets a growing share of new calls,
@@ -220,6 +225,7 @@ class GrpcServer:
                 raise StartError(f"cannot serve /metrics on port {config.metrics_port}: {error}") from error
         for each in self._servers:
             await each.start()
+        trim_heap_in_background(self.logger)
         if self._dropped is not None:
             self._dropped_watch = asyncio.get_running_loop().create_task(self._log_dropped(self._dropped))
         for name in [OVERALL, *(s.name for s in self.services)]:

@@ -69,6 +69,22 @@ class RawH2:
         self.flush()
         return stream
 
+    def send_header_blocks(self, streams: int, size: int) -> None:
+        """On a fresh connection, starts `streams` calls whose headers carry `size` bytes of metadata each,
+        and no message. Written as frames of HPACK literals: h2's encoder takes seconds for megabytes."""
+        fields = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/test.v1.Echo/Echo")]
+        fields += [(b":authority", b"localhost"), (b"content-type", b"application/grpc"), (b"te", b"trailers")]
+        value = b"x" * 4000
+        fields += [(b"x-filler-%d" % n, value) for n in range(max(size // len(value), 1))]
+        block = b"".join(b"\x00" + _literal(name) + _literal(value) for name, value in fields)  # without indexing
+        frames = [block[start : start + 16384] for start in range(0, len(block), 16384)]
+        for stream in range(1, 2 * streams, 2):
+            for index, payload in enumerate(frames):
+                kind = 0x1 if index == 0 else 0x9  # HEADERS, then CONTINUATION
+                end_headers = 0x4 if index == len(frames) - 1 else 0
+                header = struct.pack(">I", len(payload))[1:] + bytes([kind, end_headers]) + struct.pack(">I", stream)
+                self.sock.sendall(header + payload)
+
     def receive(self, timeout: float = 10.0) -> bool:
         """Reads once (up to `timeout`); False once the server has closed the connection."""
         self.sock.settimeout(timeout)
@@ -110,3 +126,18 @@ class RawH2:
             elif isinstance(event, h2.events.DataReceived):
                 data += event.data
         return headers, trailers or headers, data
+
+
+def _literal(string: bytes) -> bytes:
+    """An HPACK string, not Huffman-coded."""
+    length = len(string)
+    prefix = bytes([length]) if length < 127 else bytes([127]) + _varint(length - 127)
+    return prefix + string
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 128:
+        out.append((value & 127) | 128)
+        value >>= 7
+    return bytes(out) + bytes([value])
