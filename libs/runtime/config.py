@@ -140,7 +140,7 @@ class ServerConfig:
     max_concurrent_rpcs: int = 1000
     max_pending_calls: int = 300
     keepalive_time: float = 30.0
-    keepalive_timeout: float = 10.0
+    keepalive_timeout: float = 3.0
     max_connection_idle: float = 300.0
     max_connection_age: float = 600.0
     max_connection_age_grace: float = 30.0
@@ -199,7 +199,7 @@ def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port:
         prefix,
         "--keepalive-timeout",
         defaults.keepalive_timeout,
-        "seconds to wait for a ping ack",
+        "seconds to wait for a ping ack; also how long a client that floods pings and reads nothing is kept",
         type=float,
     )
     add_flag(
