@@ -39,9 +39,11 @@ def flood(port: int, until: float, lasted: list[float]) -> None:
     lasted.append(round(time.monotonic() - opened, 1))
 
 
-def normal(port: int, until: float, latencies: list[float]) -> None:
+def normal(port: int, until: float, latencies: list[float], connected: threading.Event) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         echo = channel.unary_unary("/test.v1.Echo/Echo")
+        echo(b"x", timeout=5)  # connected before the flood starts
+        connected.set()
         while time.monotonic() < until:
             began = time.perf_counter()
             echo(b"x", timeout=5)
@@ -61,9 +63,12 @@ def main() -> None:
     until = time.monotonic() + args.seconds
     lasted: list[float] = []
     latencies: list[float] = []
-    threads = [threading.Thread(target=normal, args=(args.port, until, latencies))]
+    connected = threading.Event()
+    threads = [threading.Thread(target=normal, args=(args.port, until, latencies, connected))]
+    threads[0].start()
+    connected.wait(10)
     threads += [threading.Thread(target=flood, args=(args.port, until, lasted)) for _ in range(args.connections)]
-    for thread in threads:
+    for thread in threads[1:]:
         thread.start()
     for thread in threads:
         thread.join()
