@@ -34,6 +34,16 @@ class ReflectionClient:
     def services(self) -> list[str]:
         return list(self._database.get_services())
 
+    def methods(self, service: str) -> list[str]:
+        """The names of `service`'s methods, in the order of its proto."""
+        return [method.name for method in self._pool.FindServiceByName(service).methods]
+
+    def sample_request(self, service: str, method: str) -> Json:
+        """A request a well-behaved caller might send, made from the descriptor alone: every field set, a
+        string to "sample", a number to 1, an enum to its first value other than 0, a repeated field
+        to one element, a message recursively (three levels deep at most)."""
+        return _sample(self.method(service, method).input_type, depth=3)
+
     def method(self, service: str, method: str) -> descriptor.MethodDescriptor:
         """The descriptor of `service`/`method`; KeyError if the server does not offer it."""
         return self._pool.FindServiceByName(service).methods_by_name[method]
@@ -67,3 +77,29 @@ class ReflectionClient:
         if found.server_streaming:
             return [json_format.MessageToDict(response) for response in outcome]
         return json_format.MessageToDict(outcome)
+
+
+def _sample(message: descriptor.Descriptor, depth: int) -> Json:
+    fields: Json = {}
+    for field in message.fields:
+        if field.containing_oneof is not None and any(
+            other.json_name in fields for other in field.containing_oneof.fields
+        ):
+            continue  # one member of a oneof
+        if field.message_type is not None:
+            if depth == 0 or field.message_type.GetOptions().map_entry:
+                continue
+            value: Any = _sample(field.message_type, depth - 1)
+        elif field.enum_type is not None:
+            values = field.enum_type.values
+            value = next((each.name for each in values if each.number != 0), values[0].name)
+        elif field.type == descriptor.FieldDescriptor.TYPE_STRING:
+            value = "sample"
+        elif field.type == descriptor.FieldDescriptor.TYPE_BYTES:
+            value = "c2FtcGxl"  # base64 of "sample"
+        elif field.type == descriptor.FieldDescriptor.TYPE_BOOL:
+            value = True
+        else:
+            value = 1
+        fields[field.json_name] = [value] if field.is_repeated else value
+    return fields

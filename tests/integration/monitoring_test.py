@@ -1,11 +1,12 @@
-"""Monitoring against real traffic: the services, a real Prometheus scraping them with monitoring/rules.yaml
-and a real Alertmanager (Debian's, //tools/monitoring), all on loopback.
+"""Monitoring against real traffic: every service of the list, a real Prometheus scraping them with
+monitoring/rules.yaml and a real Alertmanager (Debian's, //tools/monitoring), all on loopback.
 
 A known mix of calls (900 OK, 100 INVALID_ARGUMENT) comes back from PromQL as that count and that error
 ratio, and the histogram's median lies in the bucket that holds the median the access log measured. Then
 Recommendations goes away, the marketplace answers 503, and the availability alert (its windows
 shortened from hours to seconds for the test) fires in Alertmanager; Recommendations comes back, and the
-alert resolves.
+alert resolves. Every dashboard of every service in the list (a generated one too) answers from traffic
+that every method of every service gets, with requests made from its descriptors.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ import yaml
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.processes.processes import ChildProcess, free_ports, runfile
+from libs.runtime.reflection_client import ReflectionClient
 from monitoring.dashboards import queries
-from services.registry import REGISTRY
+from services.registry import REGISTRY, Service
 from tools.monitoring.local import RULES, alertmanager_command, prometheus_command
 
 # The SLO windows of monitoring/rules.yaml, in seconds instead of minutes, hours and days; `for` likewise.
 SHORTER = {"5m": "4s", "30m": "8s", "1h": "8s", "2h": "15s", "6h": "15s", "1d": "20s", "3d": "20s"}
-RECOMMEND = {"job": "recommendations", "grpc_method": "Recommend"}
+# What a service may answer a plausible request it cannot serve (no such id, say): the caller's fault.
+CALLER_FAULTS = {"INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "OUT_OF_RANGE"}
 
 
 def shortened_rules(path: Path) -> Path:
@@ -67,13 +70,27 @@ class Bed:
         self.processes[name] = ChildProcess(name, argv, on_line=on_line).start()
         self.processes[name].wait_for_port(port, timeout=60)
 
-    def start_recommendations(self) -> None:
-        argv = [
-            runfile("services/recommendations/recommendations"), "--insecure", "--host=127.0.0.1",
-            f"--port={self.ports['recommendations']}", f"--metrics-port={self.ports['recommendations-metrics']}",
-            "--drain-seconds=0", "--access-log-interval=0.01",
-        ]  # fmt: skip
-        self.start("recommendations", argv, self.ports["recommendations"], on_line=self.keep_duration)
+    def start_service(self, service: Service) -> None:
+        """`service` as //:dev runs it, on the bed's ports, told where its callees listen."""
+        argv = [runfile(service.binary), "--insecure", "--host=127.0.0.1", f"--port={self.ports[service.name]}"]
+        for callee in REGISTRY.calls(service.name):
+            argv.append(f"{REGISTRY[callee].address_flag()}=127.0.0.1:{self.ports[callee]}")
+        if service.kind == "grpc":
+            argv += [f"--metrics-port={self.ports[service.name + '-metrics']}", "--drain-seconds=0"]
+        on_line = None
+        if service.name == "recommendations":  # the known mix compares the histogram with the access log
+            argv.append("--access-log-interval=0.01")
+            on_line = self.keep_duration
+        if service.name == "marketplace":
+            argv += ["--recommendations-timeout=1", "--no-access-log"]
+        self.start(service.name, argv, self.ports[service.name], on_line=on_line)
+
+    def metrics_targets(self) -> dict[str, list[str]]:
+        """Where Prometheus scrapes each service: a gRPC one's metrics port, an HTTP one's own port."""
+        return {
+            service.name: [f"127.0.0.1:{self.ports.get(service.name + '-metrics', self.ports[service.name])}"]
+            for service in REGISTRY.values()
+        }
 
     def keep_duration(self, line: str) -> None:
         if '"method":"/books.recommendations.v1.RecommendationService/Recommend"' in line:
@@ -127,27 +144,16 @@ def user_namespaces_refused() -> str:
 def bed(tmp_path: Path) -> Iterator[Bed]:
     if reason := user_namespaces_refused():
         pytest.skip(reason)
-    names = ("recommendations", "recommendations-metrics", "marketplace", "prometheus", "alertmanager")
+    names = [*REGISTRY, *(f"{s.name}-metrics" for s in REGISTRY.values() if s.kind == "grpc")]
+    names += ["prometheus", "alertmanager"]
     bed = Bed(dict(zip(names, free_ports(len(names)), strict=True)), tmp_path)
     try:
         (tmp_path / "alertmanager").mkdir()
         listen = f"127.0.0.1:{bed.ports['alertmanager']}"
         bed.start("alertmanager", alertmanager_command(tmp_path / "alertmanager", listen), bed.ports["alertmanager"])
-        bed.start_recommendations()
-        bed.start(
-            "marketplace",
-            [
-                runfile("services/marketplace/marketplace"), "--insecure", "--host=127.0.0.1",
-                f"--port={bed.ports['marketplace']}",
-                f"--recommendations-addr=127.0.0.1:{bed.ports['recommendations']}",
-                "--recommendations-timeout=1", "--no-access-log",
-            ],
-            bed.ports["marketplace"],
-        )  # fmt: skip
-        targets = {
-            "recommendations": [f"127.0.0.1:{bed.ports['recommendations-metrics']}"],
-            "marketplace": [f"127.0.0.1:{bed.ports['marketplace']}"],
-        }
+        for service in REGISTRY.start_order():
+            bed.start_service(service)
+        targets = bed.metrics_targets()
         (tmp_path / "prometheus").mkdir()
         command = prometheus_command(
             tmp_path / "prometheus",
@@ -161,8 +167,8 @@ def bed(tmp_path: Path) -> Iterator[Bed]:
         for name in ("alertmanager", "prometheus"):  # listening is not ready: queries answer 503 until then
             url = f"http://127.0.0.1:{bed.ports[name]}/-/ready"
             wait_for(f"{name} ready", lambda url=url: ready(url), 60)  # type: ignore[misc]
-        # Prometheus applies its targets a few seconds after it starts: wait until it has scraped both.
-        wait_for("both targets scraped", lambda: bed.value("sum(up)") == len(targets), 60)
+        # Prometheus applies its targets a few seconds after it starts: wait until it has scraped them all.
+        wait_for("every target scraped", lambda: bed.value("sum(up)") == len(targets), 60)
         yield bed
     finally:
         for process in reversed(bed.processes.values()):
@@ -241,23 +247,42 @@ def test_availability_alert_fires_in_alertmanager_and_resolves(bed: Bed) -> None
     assert firing["labels"]["severity"] == "page"
     assert "runbook" in firing["annotations"]
 
-    bed.start_recommendations()  # back on the same port: the marketplace reconnects (within its backoff)
+    bed.start_service(
+        REGISTRY["recommendations"]
+    )  # back on the same port: the marketplace reconnects (within its backoff)
     wait_for("the marketplace reaching Recommendations again", lambda: status() == 200, 30)
     answers(200, lambda: not any(a["labels"].get("job") == "marketplace" for a in bed.alerts(alert)), 120)
 
 
 def test_every_dashboard_query_answers_from_real_traffic(bed: Bed) -> None:
-    with grpc.insecure_channel(f"127.0.0.1:{bed.ports['recommendations']}") as channel:
-        stub = recommendations_pb2_grpc.RecommendationServiceStub(channel)
+    channels = {
+        service.name: grpc.insecure_channel(f"127.0.0.1:{bed.ports[service.name]}")
+        for service in REGISTRY.values()
+        if service.kind == "grpc"
+    }
+    calls = [
+        (ReflectionClient(channels[service.name]), service.grpc_service, method)
+        for service in REGISTRY.values()
+        if service.kind == "grpc"
+        for method in ReflectionClient(channels[service.name]).methods(service.grpc_service)
+    ]
+    pages = [f"http://127.0.0.1:{bed.ports[s.name]}/" for s in REGISTRY.values() if s.kind == "http"]
+    refused: set[tuple[str, str]] = set()
+    try:
         for index in range(300):  # a few seconds of calls and pages, across several 1 s scrapes
-            request = recommendations_pb2.RecommendRequest(
-                user_id=1, category=catalog_pb2.MYSTERY, max_results=1 + index % 3
-            )
-            stub.Recommend(request, timeout=10)
-            page = "/" if index % 2 else "/category/mystery"
-            with urllib.request.urlopen(f"http://127.0.0.1:{bed.ports['marketplace']}{page}", timeout=10):
-                pass
+            client, service_name, method = calls[index % len(calls)]
+            try:
+                client.call(service_name, method, client.sample_request(service_name, method), timeout=10)
+            except grpc.RpcError as error:  # the caller's fault is traffic too; anything else is a failure
+                refused.add((method, error.code().name))
+            for page in pages:
+                with urllib.request.urlopen(page, timeout=10):
+                    pass
             time.sleep(0.01)
+    finally:
+        for channel in channels.values():
+            channel.close()
+    assert not {(method, code) for method, code in refused if code not in CALLER_FAULTS}, refused
     expressions = {service.name: queries(service) for service in REGISTRY.values()}
     assert sum(map(len, expressions.values())) >= 2 * 10
 
