@@ -20,6 +20,6 @@ def test_a_sample_sets_every_kind_of_field_and_parses_as_its_message() -> None:
 def test_repeated_fields_get_one_element_and_recursion_stops() -> None:
     sample = _sample(descriptor_pb2.DescriptorProto.DESCRIPTOR, depth=1)
     parsed = json_format.ParseDict(sample, descriptor_pb2.DescriptorProto())
-    assert len(parsed.field) == 1 and parsed.field[0].name == "sample"
+    assert [field.name for field in parsed.field] == ["sample"]
     assert len(parsed.reserved_name) == 1
     assert not parsed.field[0].HasField("options")  # depth 1: the nested message's messages are left out
