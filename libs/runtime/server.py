@@ -74,7 +74,7 @@ def server_options(config: ServerConfig, max_streams_per_connection: int | None 
         ("grpc.server_handshake_timeout_ms", _ms(config.handshake_timeout)),
         # Until a client acknowledges our SETTINGS, gRPC measures its header blocks against HTTP/2's
         # defaults, not our metadata limit: a client that never does is sent away this soon (gRPC's
-        # default: a minute). docs/upstream/grpc-metadata-before-settings-ack.md.
+        # default: a minute). docs/upstream/grpc-hostile-clients/README.md.
         ("grpc.http2.settings_timeout", _ms(config.settings_timeout)),
         ("grpc.max_concurrent_streams", max_streams_per_connection or config.max_streams_per_connection),
         # gRPC's backlog of calls that arrived faster than the process picks them up (a CPU-bound process
