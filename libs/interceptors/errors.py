@@ -1,22 +1,22 @@
 """Rich gRPC errors: INVALID_ARGUMENT with `google.rpc.BadRequest` field violations, both ways.
 
 Servers raise `BadRequest([FieldViolation("max_results", "must be between 1 and 20")...])` naming every
-bad field at once; ExceptionToStatusInterceptor sends it as the status message plus the standard
-`grpc-status-details-bin` trailer. Clients call `field_violations(error)` to get the list back.
+bad field at once; ExceptionToStatus sends it as the status message plus the standard
+`grpc-status-details-bin` trailer (grpcio-status's `to_status`). Clients call `field_violations(error)` to
+get the list back (grpcio-status's `from_call`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import cast
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]  # .pyi, no py.typed
 from grpc_interceptor.exceptions import InvalidArgument
+from grpc_status import rpc_status
 
-STATUS_DETAILS_KEY = "grpc-status-details-bin"
 MAX_VIOLATIONS = 10
 """Violations sent per error; the rest are summed up in one more. A caller's client refuses trailers past its
 metadata limit (gRPC's default is 8 KiB) with RESOURCE_EXHAUSTED, hiding the INVALID_ARGUMENT (measured: 1,000
@@ -69,14 +69,12 @@ class BadRequest(InvalidArgument):
 
 
 def status_proto(error: grpc.RpcError) -> status_pb2.Status | None:
-    """The google.rpc.Status in a failed call's trailers, if the server sent one."""
-    # grpc-stubs types the trailers as objects with .key and .value; gRPC gives (key, value) pairs (a tuple of
-    # tuples for a sync call, grpc.aio.Metadata for an aio one), with bytes values for "-bin" keys.
-    trailers = cast("Iterable[tuple[str, str | bytes]]", error.trailing_metadata() or ())
-    for key, value in trailers:
-        if key == STATUS_DETAILS_KEY:
-            return status_pb2.Status.FromString(value)
-    return None
+    """The google.rpc.Status in a failed call's trailers (sync or aio), if the server sent one that agrees
+    with the call's own code and message."""
+    try:
+        return rpc_status.from_call(error)  # type: ignore[arg-type]  # an RpcError of a call is a grpc.Call
+    except ValueError:  # a status that contradicts the call's: trust the call
+        return None
 
 
 def field_violations(error: grpc.RpcError) -> list[FieldViolation]:

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import grpc
 from grpc_interceptor.exceptions import GrpcException
+from grpc_status import rpc_status
 
 from libs.interceptors.core import Abort, Call, Middleware
-from libs.interceptors.errors import STATUS_DETAILS_KEY
 
 INTERNAL_ERROR_DETAILS = "internal error"
 
@@ -24,7 +24,7 @@ class ExceptionToStatus(Middleware):
     def fail(self, call: Call, exc: BaseException) -> Abort | None:
         if isinstance(exc, GrpcException):
             rich = getattr(exc, "status_proto", None)
-            trailers = ((STATUS_DETAILS_KEY, rich().SerializeToString()),) if rich else ()
+            trailers = tuple(rpc_status.to_status(rich()).trailing_metadata) if rich else ()
             return Abort(exc.status_code, exc.details, trailers + getattr(exc, "trailers", ()))
         if call.unexpected:
             return Abort(grpc.StatusCode.INTERNAL, INTERNAL_ERROR_DETAILS)

@@ -260,6 +260,18 @@ def test_bad_request_carries_every_field_violation(kind: str) -> None:
         ]
 
 
+def test_violations_of_a_status_that_contradicts_its_call_are_ignored() -> None:
+    """A status in the trailers whose code is not the call's (another server's, or forged) names no fields."""
+    status = BadRequest([FieldViolation("user_id", "<1")]).status_proto()
+
+    def failed(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+        trailers = grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString()))
+        return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), trailers, details=status.message, debug_error_string="")
+
+    assert field_violations(failed(grpc.StatusCode.NOT_FOUND)) == []
+    assert field_violations(failed(grpc.StatusCode.INVALID_ARGUMENT)) == [FieldViolation("user_id", "<1")]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_a_thousand_violations_still_reach_the_caller_as_invalid_argument(kind: str) -> None:
     with serve(kind) as server:

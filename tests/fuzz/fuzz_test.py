@@ -17,12 +17,13 @@ from urllib.parse import quote
 
 import grpc
 from grpc_interceptor.exceptions import GrpcException
+from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from books.recommendations.v1 import recommendations_pb2
-from libs.interceptors.errors import STATUS_DETAILS_KEY, BadRequest
+from libs.interceptors.errors import BadRequest
 from services.marketplace.app import create_app
 from services.recommendations.catalog import DEFAULT_CATALOG, Catalog
 from services.recommendations.servicer import RecommendationServicer, category_names
@@ -77,7 +78,7 @@ class InProcessRecommendations:
             return await method(request, NO_CONTEXT)
         except GrpcException as error:
             rich = getattr(error, "status_proto", None)
-            trailers = grpc.aio.Metadata((STATUS_DETAILS_KEY, rich().SerializeToString())) if rich else None
+            trailers = grpc.aio.Metadata(*rpc_status.to_status(rich()).trailing_metadata) if rich else None
             raise grpc.aio.AioRpcError(
                 error.status_code,
                 grpc.aio.Metadata(),
