@@ -3,9 +3,9 @@
 uvicorn bounds idle keep-alive connections (`timeout_keep_alive`) and, with `limit_concurrency`,
 connections plus requests in progress (503 beyond), but with httptools it reads request headers of any
 size and count for as long as the client takes (uvicorn issue #157: its `h11_max_incomplete_event_size`
-bounds only the slower h11 parser, and no setting bounds the time headers take). Measured before this
-class: one 100 MB header answered 200 OK, ten parallel 50 MB headers took the process from 61 to 565 MB,
-and 200 slowloris connections stayed open for as long as they liked.
+bounds only the slower h11 parser, and no setting bounds the time headers take): huge headers were
+answered and slowloris connections stayed open as long as they liked (bench/RESULTS.md, "Figures behind
+the code").
 
 Nor does it bound request bodies or answers a client never reads: a `GET` announcing 100 MB of body,
 then sending a byte every 3 s from a client that reads nothing, kept its connection (and its place under

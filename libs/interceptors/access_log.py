@@ -8,10 +8,10 @@ The hot path only queues the fields; a background thread turns them into lines e
 flag --access-log-interval) and hands each batch to the `access` logger as one record, which
 libs/runtime/logs.py prints one line per call. The price is that lines appear up to 50 ms late and
 the last 50 ms are lost if the process is killed with SIGKILL; `flush()` (called on graceful
-shutdown and at exit) writes what is queued. Measured (callgrind, bench/RESULTS.md): a logging
-record per call cost more than the rest of the middleware together; a line formatted on its own
-(f-string, json's encoder per field) ~18,500 instructions; the batch assembled column by column
-with C functions (map() over json's string encoder, one join) ~14,000.
+shutdown and at exit) writes what is queued. Why: a logging record per call cost more than the rest
+of the middleware together, and a batch assembled column by column with C functions (map() over
+json's string encoder, one join) costs less than lines formatted one by one (callgrind figures:
+bench/RESULTS.md).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ saying "not processed: retry after this long" (libs/runtime/channel.py's clients
 retry throttling). Refusing costs microseconds; queueing would let every call wait and then expire.
 
 Why our own and not grpc.aio's `maximum_concurrent_rpcs`: gRPC refuses those calls before any handler or
-interceptor runs, so they never reached the metrics or the access log (measured: 148 of 2,000 concurrent
-calls answered and counted nowhere). Here the refusal is a `begin` hook that raises, after RequestId,
+interceptor runs, so they never reached the metrics or the access log (bench/RESULTS.md, "Figures behind
+the code"). Here the refusal is a `begin` hook that raises, after RequestId,
 Tracing, ServerMetrics and AccessLog began: the call is counted, traced and logged like any other.
 """
 

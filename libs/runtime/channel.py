@@ -109,8 +109,8 @@ def create_channel(
 
     `keepalive_timeout` is also the connection's TCP_USER_TIMEOUT on Linux (gRPC sets it): data left
     unacknowledged that long drops the connection, so a replica behind a silently cut link stops
-    receiving calls after about 3 s instead of 10 s (measured in tests/system). Peers that are merely
-    busy still acknowledge at the TCP level."""
+    receiving calls once the keepalive timeout has passed (tests/system measures it). Peers that are
+    merely busy still acknowledge at the TCP level."""
     options: list[tuple[str, int | str]] = [
         ("grpc.enable_retries", 1),
         ("grpc.keepalive_time_ms", int(keepalive_time * 1000)),
@@ -146,7 +146,7 @@ class BalancedChannel:
     A replica that is draining says NOT_SERVING while it still serves for a few seconds (libs/runtime's
     drain), so that balancers move away; if it is the only one (a single replica restarting, or all of
     them rolling at once) there is nowhere to move, and failing every call then would waste the drain
-    (measured: 520 of 2,093 API requests answered 503). So a call goes to the `serving` channel unless its
+    (bench/RESULTS.md, "Figures behind the code"). So a call goes to the `serving` channel unless its
     state is TRANSIENT_FAILURE (no replica it may use), and then to `fallback`, which does no health
     checking. The fallback channel connects only when first used. (The state is known once the serving
     channel has connected: a call made while it first finds every replica NOT_SERVING still fails.)"""

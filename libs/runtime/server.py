@@ -96,8 +96,8 @@ PROBE_STREAMS_PER_CONNECTION = 16
 # grpc-stubs' grpc_health stub has no `aio` (the servicer grpc.aio servers need): the base class is untyped.
 class BoundedHealthServicer(health.aio.HealthServicer):  # type: ignore[name-defined,misc]
     """grpc.health.v1 with at most `max_watches` Watch streams open at once: each holds a task and a
-    queue until its caller leaves, and the probe port is open to anyone who reaches it (measured before
-    the cap: 3,357 Watch streams on one connection, +75 MB)."""
+    queue until its caller leaves, and the probe port is open to anyone who reaches it (bench/RESULTS.md,
+    "Figures behind the code")."""
 
     def __init__(self, max_watches: int, logger: logging.Logger) -> None:
         super().__init__()

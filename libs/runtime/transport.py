@@ -3,8 +3,8 @@
 gRPC keeps a backlog of calls the process has not picked up yet; when it is full (`--max-pending-calls`)
 gRPC resets new calls (callers see CANCELLED, with no detail), drops those that wait too long, and fails
 what arrives while the server stops. None of these reaches the middleware, so the access log and
-`grpc_server_started_total` cannot have them (measured before: 148 of 2,000 concurrent calls CANCELLED
-and counted nowhere). gRPC's channelz counts every call its transport started; from it:
+`grpc_server_started_total` cannot have them (bench/RESULTS.md, "Figures behind the code"). gRPC's
+channelz counts every call its transport started; from it:
 
 - `grpc_server_transport_started_total`: channelz's count for the service port (not the probe port's
   health checks). Minus `grpc_server_started_total`: the calls waiting in gRPC's backlog or dropped
