@@ -6,17 +6,16 @@ from pathlib import Path
 
 from google.protobuf import timestamp_pb2
 
-from books.catalog.v1 import catalog_pb2
-from testdata import shelf_event_pb2, shelf_event_pb2_grpc
+from testdata import shelf_event_pb2, shelf_event_pb2_grpc, shelf_pb2
 
 
 def test_messages_import_well_known_types_and_our_protos() -> None:
-    event = shelf_event_pb2.ShelfEvent(at=timestamp_pb2.Timestamp(seconds=1_700_000_000), category=catalog_pb2.MYSTERY)
+    event = shelf_event_pb2.ShelfEvent(at=timestamp_pb2.Timestamp(seconds=1_700_000_000), shelf=shelf_pb2.SHELF_BACK)
     decoded = shelf_event_pb2.ShelfEvent.FromString(event.SerializeToString())
     assert decoded.at.seconds == 1_700_000_000
-    assert decoded.category == catalog_pb2.MYSTERY
+    assert decoded.shelf == shelf_pb2.SHELF_BACK
     dependencies = [dep.name for dep in shelf_event_pb2.DESCRIPTOR.dependencies]
-    assert dependencies == ["books/catalog/v1/catalog.proto", "google/protobuf/timestamp.proto"]
+    assert dependencies == ["testdata/shelf.proto", "google/protobuf/timestamp.proto"]
 
 
 def test_grpc_code_is_generated() -> None:
@@ -26,7 +25,7 @@ def test_grpc_code_is_generated() -> None:
 
 
 def test_type_stubs_sit_beside_the_modules() -> None:
-    for module, declared in ((shelf_event_pb2, "class ShelfEvent("), (catalog_pb2, "class BookCategory(")):
+    for module, declared in ((shelf_event_pb2, "class ShelfEvent("), (shelf_pb2, "class Shelf(")):
         stub = Path(str(module.__file__)).with_suffix(".pyi")
         assert declared in stub.read_text(), stub
 
