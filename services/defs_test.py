@@ -1,0 +1,84 @@
+"""services/defs.bzl (Bazel's view of the list) and services/registry.py (Python's) state some facts
+each: the image repository's prefix, the package of a service's name, the labels of its targets and the
+variables its image sets. Starlark cannot import Python, so this test runs defs.bzl's definitions as
+Python (its functions are in the common subset) and fails when the two disagree."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from libs.runtime.config import env_name
+from services.registry import IMAGE_PREFIX, LIST_FILE, REGISTRY, package_of
+from services.registry import _literal as services_literal
+
+DEFS = LIST_FILE.with_name("defs.bzl")
+
+
+class Fail(Exception):
+    pass
+
+
+def starlark_definitions() -> dict[str, Any]:
+    """defs.bzl's globals, its load() statements left out and what they would bring stood in for:
+    SERVICES from the list, py_image recording its arguments."""
+    tree = ast.parse(DEFS.read_text())
+    tree.body = [
+        node for node in tree.body if not (isinstance(node, ast.Expr) and ast.unparse(node).startswith("load("))
+    ]
+    images: list[dict[str, Any]] = []
+
+    def fail(message: str) -> None:
+        raise Fail(message)
+
+    namespace: dict[str, Any] = {
+        "SERVICES": services_literal(LIST_FILE.read_text()),
+        "py_image": lambda **kwargs: images.append(kwargs),
+        "fail": fail,
+        "images": images,
+    }
+    exec(compile(tree, str(DEFS), "exec"), namespace)
+    return namespace
+
+
+DEFINITIONS = starlark_definitions()
+
+
+def test_the_image_prefix_is_the_same() -> None:
+    assert DEFINITIONS["IMAGE_PREFIX"] == IMAGE_PREFIX
+
+
+@pytest.mark.parametrize("name", [*REGISTRY, "order-history", "a-b-c"])
+def test_a_name_has_the_same_package(name: str) -> None:
+    assert DEFINITIONS["_package"](name) == package_of(name)
+
+
+def test_target_labels_are_where_the_registry_says() -> None:
+    def label(path: str) -> str:
+        return f"//{Path(path).parent}:{Path(path).name}"
+
+    assert DEFINITIONS["service_targets"]() == [label(s.binary) for s in REGISTRY.values()]
+    assert DEFINITIONS["service_targets"]("image") == [label(s.image) for s in REGISTRY.values()]
+
+
+@pytest.mark.parametrize("service", list(REGISTRY.values()), ids=list(REGISTRY))
+def test_the_image_is_named_and_configured_as_the_registry_says(service: Any) -> None:
+    DEFINITIONS["images"].clear()
+    DEFINITIONS["service_image"](name="image", service=service.name)
+    (image,) = DEFINITIONS["images"]
+    assert image["repository"] == service.repository
+    assert image["binary"] == f":{service.package}"
+    assert image["exposed_ports"] == sorted(service.ports.values())
+    if service.kind == "grpc":
+        assert image["env"] == {
+            env_name(service.env_prefix, "--health-port"): str(service.ports["health"]),
+            env_name(service.env_prefix, "--metrics-port"): str(service.ports["metrics"]),
+        }
+
+
+def test_an_unknown_service_fails() -> None:
+    with pytest.raises(Fail, match="no service 'nope'"):
+        DEFINITIONS["service_image"](name="image", service="nope")
