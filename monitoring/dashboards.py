@@ -5,7 +5,7 @@
 Rows: requests per second by method (gRPC) or route (HTTP); error ratio by code class; latency
 quantiles (p50, p90, p99); saturation: calls in flight, CPU (cores) and resident memory, summed over
 the service's processes; and the burn rate of both SLO budgets over the alert windows (1 at the objective;
-a page at 14.4 over 1 h). Every query reads the recording rules of monitoring/rules.yaml or the
+a page at 14.4 over 1 h). Every query reads the recording rules of monitoring/rules.py or the
 services' own metrics, with `job` set to the service; //tests/integration:monitoring_test runs every one
 against a Prometheus that scraped real traffic.
 """
@@ -19,8 +19,6 @@ import sys
 from pathlib import Path
 
 from services.registry import REGISTRY, Service
-
-AVAILABILITY_BUDGET, LATENCY_BUDGET = 0.001, 0.01  # those of monitoring/rules.yaml (rules_test checks)
 
 
 def red_queries(service: Service) -> dict[str, list[tuple[str, str]]]:
@@ -54,10 +52,11 @@ def red_queries(service: Service) -> dict[str, list[tuple[str, str]]]:
 
 def saturation_and_slo_queries(service: Service) -> dict[str, list[tuple[str, str]]]:
     job = f'job="{service.name}"'
+    # Divided by the budgets the alerts multiply (monitoring/rules.py: series of the service's `slo`).
     burn = {
         window: [
-            ("availability", f"job:slo_availability_errors:ratio_rate{window}{{{job}}} / {AVAILABILITY_BUDGET}"),
-            ("latency", f"job:slo_latency_slow:ratio_rate{window}{{{job}}} / {LATENCY_BUDGET}"),
+            (slo, f"job:{ratio}:ratio_rate{window}{{{job}}} / on (job) job:slo_{slo}_budget:ratio{{{job}}}")
+            for slo, ratio in (("availability", "slo_availability_errors"), ("latency", "slo_latency_slow"))
         ]
         for window in ("1h", "6h", "1d")
     }

@@ -1,5 +1,6 @@
-"""The monitoring rules under Prometheus' own tools: `promtool check rules`, and `promtool test rules` with
-synthetic series for every alert, firing and not firing, for a gRPC service and an HTTP one."""
+"""The generated monitoring rules under Prometheus' own tools: `promtool check rules`, and `promtool test
+rules` with synthetic series for every alert, firing and not firing, for a gRPC service and an HTTP one;
+every service's budgets are those of its `slo`, and its latency threshold a bucket of its histogram."""
 
 from __future__ import annotations
 
@@ -10,9 +11,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import Histogram
 
+from libs.interceptors.metrics import LATENCY_BUCKETS
 from libs.processes.processes import runfile
-from monitoring.dashboards import AVAILABILITY_BUDGET, LATENCY_BUDGET
+from monitoring.dashboards import saturation_and_slo_queries
+from monitoring.rules import le_label
+from services.registry import REGISTRY
 
 PROMTOOL = "tools/monitoring/promtool"
 RULES = "monitoring/rules.yaml"
@@ -184,9 +189,38 @@ def test_recording_rules_give_rates_and_error_ratios(tmp_path: Path) -> None:
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
+def test_every_service_has_the_budgets_of_its_slo(tmp_path: Path) -> None:
+    budgets = [
+        expect(f"job:slo_{slo}_budget:ratio", f'job="{service.name}"', budget, at="1m")
+        for service in REGISTRY.values()
+        for slo, budget in (("availability", service.slo.availability_budget), ("latency", service.slo.latency_budget))
+    ]
+    tests = {
+        "rule_files": [str(runfile(RULES))],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": [], "promql_expr_test": budgets}],
+    }
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(tests))
+    tested = promtool("test", "rules", str(tmp_path / "test.yaml"))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_every_latency_threshold_is_a_bucket_of_the_services_histogram() -> None:
+    """Otherwise the `le` the rules ask for is a series no service exports, and the latency SLO reads 100 % slow."""
+    buckets = {"grpc": LATENCY_BUCKETS, "http": Histogram.DEFAULT_BUCKETS}
+    for service in REGISTRY.values():
+        labels = {le_label(bound) for bound in buckets[service.kind]}
+        assert le_label(service.slo.latency_seconds) in labels, (service.name, service.slo.latency_ms)
+
+
 def test_dashboards_burn_the_budgets_the_alerts_burn() -> None:
-    """The dashboards divide error ratios by the SLO budgets: the same ones the alerts multiply."""
+    """The dashboards divide error ratios by the budget series the alerts multiply."""
     alerts = alert_rules()
-    for slo, budget in (("Availability", AVAILABILITY_BUDGET), ("Latency", LATENCY_BUDGET)):
-        for speed in ("Fast", "Slow"):
-            assert f"* {budget})" in alerts[f"SLO{slo}BudgetBurn{speed}"]["expr"]
+    for service in REGISTRY.values():
+        queries = [query for _, panel in saturation_and_slo_queries(service).items() for _, query in panel]
+        for slo in ("availability", "latency"):
+            budget = f"job:slo_{slo}_budget:ratio"
+            assert all(
+                budget in alerts[f"SLO{slo.capitalize()}BudgetBurn{speed}"]["expr"] for speed in ("Fast", "Slow")
+            )
+            assert any(f'{budget}{{job="{service.name}"}}' in query for query in queries)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ast
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -28,7 +28,7 @@ IMAGE_PREFIX = "online-books"
 _DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 _PROTO_SERVICE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+\.[A-Z]\w*$")
 _REQUIRED = {"name", "kind", "ports", "description"}
-_OPTIONAL = {"grpc_service", "allow", "public", "settings"}
+_OPTIONAL = {"grpc_service", "allow", "public", "settings", "slo"}
 
 
 class RegistryError(ValueError):
@@ -52,6 +52,34 @@ def package_of(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class Slo:
+    """A service's objectives: `availability_percent` of its calls without a server-side error, and
+    `latency_percent` of them answered within `latency_ms` (a bucket of its latency histogram)."""
+
+    availability_percent: float = 99.9
+    latency_percent: float = 99.0
+    latency_ms: int = 250
+
+    @property
+    def availability_budget(self) -> float:
+        """The share of calls that may fail server-side: 99.9 % → 0.001."""
+        return round(1 - self.availability_percent / 100, 9)
+
+    @property
+    def latency_budget(self) -> float:
+        """The share of calls that may be slower than `latency_ms`."""
+        return round(1 - self.latency_percent / 100, 9)
+
+    @property
+    def latency_seconds(self) -> float:
+        return self.latency_ms / 1000
+
+
+SLO_DEFAULTS = {"grpc": Slo(latency_ms=250), "http": Slo(latency_ms=500)}
+"""A service's objectives where its entry has no `slo`, or for the fields its `slo` leaves out."""
+
+
+@dataclass(frozen=True)
 class Service:
     """One entry of services.bzl, with what follows from it."""
 
@@ -63,6 +91,7 @@ class Service:
     allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     public: bool = False
     settings: Mapping[str, str] = field(default_factory=dict)
+    slo: Slo = field(default_factory=Slo)
 
     @property
     def package(self) -> str:
@@ -186,6 +215,12 @@ def _check(registry: Registry) -> None:
             problems.append(f"{where}: grpc_service must be a full proto name like pkg.v1.Service")
         if service.kind != "grpc" and (service.grpc_service or service.allow):
             problems.append(f"{where}: only grpc services have grpc_service and allow")
+        slo = service.slo
+        for name in ("availability_percent", "latency_percent"):
+            if not isinstance(getattr(slo, name), int | float) or not 0 < getattr(slo, name) < 100:
+                problems.append(f"{where}: slo {name} must be a number between 0 and 100, got {getattr(slo, name)!r}")
+        if not isinstance(slo.latency_ms, int) or slo.latency_ms <= 0:
+            problems.append(f"{where}: slo latency_ms must be a whole number of milliseconds, got {slo.latency_ms!r}")
         for method, callers in service.allow.items():
             for caller in callers:
                 if caller not in registry._services:
@@ -209,6 +244,16 @@ def _literal(source: str) -> list[dict[str, Any]]:
                 raise RegistryError("services/services.bzl: SERVICES must be a list of dicts")
             return value
     raise RegistryError("services/services.bzl has no `SERVICES = [...]`")
+
+
+def _slo(name: str, kind: str, fields: dict[str, Any]) -> Slo:
+    unknown = set(fields) - set(Slo.__dataclass_fields__)
+    if unknown:
+        known = ", ".join(Slo.__dataclass_fields__)
+        raise RegistryError(
+            f"services/services.bzl: service {name!r}: unknown slo field {sorted(unknown)[0]!r} ({known})"
+        )
+    return replace(SLO_DEFAULTS.get(kind, Slo()), **fields)
 
 
 def parse(source: str) -> Registry:
@@ -235,6 +280,7 @@ def parse(source: str) -> Registry:
                 allow=MappingProxyType({method: tuple(callers) for method, callers in entry.get("allow", {}).items()}),
                 public=bool(entry.get("public", False)),
                 settings=MappingProxyType(dict(entry.get("settings", {}))),
+                slo=_slo(name, entry.get("kind", ""), entry.get("slo", {})),
             )
         )
     return Registry(services)

@@ -89,6 +89,13 @@ def entry(name: str = "a", base: int = 50100, **changes: object) -> dict:
     return {**fields, **changes}
 
 
+def test_objectives_default_by_kind_and_field() -> None:
+    web = {"name": "b", "kind": "http", "ports": {"http": 8000}, "description": "B"}
+    registry = parse(f"SERVICES = {[entry(slo={'latency_percent': 95}), web]!r}")
+    assert (registry["a"].slo.latency_ms, registry["a"].slo.latency_budget) == (250, 0.05)
+    assert (registry["b"].slo.latency_ms, registry["b"].slo.availability_budget) == (500, 0.001)
+
+
 @pytest.mark.parametrize(
     ("entries", "message"),
     [
@@ -103,6 +110,10 @@ def entry(name: str = "a", base: int = 50100, **changes: object) -> dict:
         ([entry(grpc_service="AService")], "grpc_service must be a full proto name"),
         ([entry(name="Order_History")], "is not a lowercase DNS label"),
         ([entry(kind="http", ports={"http": 8000})], "only grpc services have grpc_service and allow"),
+        ([entry(slo={"availability": 99.9})], "unknown slo field 'availability'"),
+        ([entry(slo={"availability_percent": 100})], "slo availability_percent must be a number between 0 and 100"),
+        ([entry(slo={"latency_percent": "99"})], "slo latency_percent must be a number between 0 and 100"),
+        ([entry(slo={"latency_ms": 0.5})], "slo latency_ms must be a whole number of milliseconds"),
     ],
 )
 def test_a_malformed_entry_is_refused_with_a_message_naming_the_fault(entries: list, message: str) -> None:

@@ -18,6 +18,10 @@ Each entry:
                it: a service listed here gets this one's address (//:dev, Kubernetes) and a NetworkPolicy.
   public       optional: served to the outside world through the Ingress (prod overlay).
   settings     optional: environment variables the Kubernetes ConfigMap sets besides the wiring.
+  slo          optional: its objectives, from which monitoring/rules.py makes its SLO rules and alerts and
+               monitoring/dashboards.py its burn-rate panels: availability_percent of calls without a
+               server-side error (default 99.9), latency_percent of calls within latency_ms (default 99
+               within 250 ms for grpc, 500 ms for http; a bucket of the service's latency histogram).
 """
 
 SERVICES = [
@@ -35,6 +39,11 @@ SERVICES = [
             "Recommend": ["marketplace"],
             "RecommendEach": ["marketplace"],
         },
+        "slo": {
+            "availability_percent": 99.9,
+            "latency_percent": 99,
+            "latency_ms": 250,
+        },
     },
     {
         "name": "marketplace",
@@ -44,6 +53,11 @@ SERVICES = [
         },
         "description": "The bookstore's web pages, backed by Recommendations",
         "public": True,
+        "slo": {
+            "availability_percent": 99.9,
+            "latency_percent": 99,
+            "latency_ms": 500,
+        },
         "settings": {
             # Behind the Ingress (the only way in, by NetworkPolicy): believe its X-Forwarded-Proto.
             "MARKETPLACE_FORWARDED_ALLOW_IPS": "*",
