@@ -1,6 +1,7 @@
-"""The generated monitoring rules under Prometheus' own tools: `promtool check rules`, and `promtool test
-rules` with synthetic series for every alert, firing and not firing, for a gRPC service and an HTTP one;
-every service's budgets are those of its `slo`, and its latency threshold a bucket of its histogram."""
+"""The generated monitoring rules under Prometheus' own tools: `promtool check rules` on the list's, and
+`promtool test rules` with synthetic series for every alert, firing and not firing, on the rules of a list
+of its own (a gRPC service and a web one, not the examples); every service of the real list has the
+budgets of its `slo`, and its latency threshold is a bucket of its histogram."""
 
 from __future__ import annotations
 
@@ -16,28 +17,49 @@ from prometheus_client import Histogram
 from libs.interceptors.metrics import LATENCY_BUCKETS
 from libs.processes.processes import runfile
 from monitoring.dashboards import saturation_and_slo_queries
-from monitoring.rules import le_label
-from services.registry import REGISTRY
+from monitoring.rules import le_label, render
+from services.registry import REGISTRY, parse
 
 PROMTOOL = "tools/monitoring/promtool"
 RULES = "monitoring/rules.yaml"
-GRPC_SELECTOR = 'job="recommendations",grpc_service="books.recommendations.v1.RecommendationService",grpc_method="Recommend",grpc_type="unary"'  # noqa: E501
-HTTP_SELECTOR = 'job="marketplace",method="GET",route="/category/{name}"'
+# The services the alerts are tested on, with the default objectives: 0.1 % errors, 1 % slow.
+SHOP_SERVICES = [
+    {
+        "name": "shop-api",
+        "kind": "grpc",
+        "ports": {"grpc": 50100, "health": 50101, "metrics": 50102},
+        "description": "A gRPC service",
+        "grpc_service": "shop.v1.Api",
+    },
+    {"name": "shop-web", "kind": "http", "ports": {"http": 50103}, "description": "A web service"},
+]
+SHOP = parse(f"SERVICES = {SHOP_SERVICES!r}")
+JOBS = {"grpc": "shop-api", "http": "shop-web"}
+GRPC_SELECTOR = 'job="shop-api",grpc_service="shop.v1.Api",grpc_method="Get",grpc_type="unary"'
+HTTP_SELECTOR = 'job="shop-web",method="GET",route="/items/{id}"'
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(runfile(PROMTOOL)), *args], capture_output=True, text=True, timeout=120)
 
 
-def alert_rules() -> dict[str, dict]:
-    groups = yaml.safe_load(runfile(RULES).read_text())["groups"]
+def alert_rules(path: Path) -> dict[str, dict]:
+    groups = yaml.safe_load(path.read_text())["groups"]
     return {rule["alert"]: rule for group in groups for rule in group["rules"] if "alert" in rule}
 
 
-def test_rules_pass_promtool_check() -> None:
-    checked = promtool("check", "rules", str(runfile(RULES)))
-    assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS" in checked.stdout
+@pytest.fixture(scope="module")
+def shop_rules(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("rules") / "shop.yaml"
+    path.write_text(render(SHOP))
+    return path
+
+
+def test_rules_pass_promtool_check(shop_rules: Path) -> None:
+    for rules in (runfile(RULES), shop_rules):
+        checked = promtool("check", "rules", str(rules))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "SUCCESS" in checked.stdout
 
 
 @dataclass(frozen=True)
@@ -67,8 +89,12 @@ def counter(phases: Phases, per_minute: Callable[[Traffic], int], step: int) -> 
     return " ".join(segments)
 
 
+def fast_bucket(protocol: str) -> str:
+    return le_label(SHOP[JOBS[protocol]].slo.latency_seconds)
+
+
 def series(protocol: str, phases: Phases, step: int) -> list[dict[str, str]]:
-    """The metrics a gRPC service (job recommendations) or an HTTP one (job marketplace) would export."""
+    """The metrics SHOP's gRPC service or its web one would export."""
 
     def total(t: Traffic) -> int:
         return t.ok + t.failed
@@ -77,14 +103,14 @@ def series(protocol: str, phases: Phases, step: int) -> list[dict[str, str]]:
         names = {
             "ok": f'grpc_server_handled_total{{{GRPC_SELECTOR},grpc_code="OK"}}',
             "failed": f'grpc_server_handled_total{{{GRPC_SELECTOR},grpc_code="INTERNAL"}}',
-            "fast": f'grpc_server_handling_seconds_bucket{{{GRPC_SELECTOR},le="0.25"}}',
+            "fast": f'grpc_server_handling_seconds_bucket{{{GRPC_SELECTOR},le="{fast_bucket("grpc")}"}}',
             "count": f"grpc_server_handling_seconds_count{{{GRPC_SELECTOR}}}",
         }
     else:
         names = {
             "ok": f'http_requests_total{{{HTTP_SELECTOR},status="200",status_class="2xx"}}',
             "failed": f'http_requests_total{{{HTTP_SELECTOR},status="503",status_class="5xx"}}',
-            "fast": f'http_request_duration_seconds_bucket{{{HTTP_SELECTOR},le="0.5"}}',
+            "fast": f'http_request_duration_seconds_bucket{{{HTTP_SELECTOR},le="{fast_bucket("http")}"}}',
             "count": f"http_request_duration_seconds_count{{{HTTP_SELECTOR}}}",
         }
     per_minute: dict[str, Callable[[Traffic], int]] = {
@@ -129,13 +155,13 @@ def expected_alert(rule: dict, job: str, protocol: str) -> dict:
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 @pytest.mark.parametrize(("alert", "phases", "fires"), SCENARIOS)
-def test_alert(alert: str, phases: Phases, fires: bool, protocol: str, tmp_path: Path) -> None:
-    job = "recommendations" if protocol == "grpc" else "marketplace"
+def test_alert(alert: str, phases: Phases, fires: bool, protocol: str, shop_rules: Path, tmp_path: Path) -> None:
+    job = JOBS[protocol]
     minutes = sum(length for _, length in phases)
     step = 5 if minutes > 3 * HOUR else 1  # days of data: a sample and an evaluation every 5 minutes suffice
-    rule = alert_rules()[alert]
+    rule = alert_rules(shop_rules)[alert]
     tests = {
-        "rule_files": [str(runfile(RULES))],
+        "rule_files": [str(shop_rules)],
         "evaluation_interval": f"{step}m",
         "tests": [
             {
@@ -162,13 +188,11 @@ def expect(record: str, labels: str, value: float, at: str = "30m") -> dict:
     return {"expr": series, "eval_time": at, "exp_samples": [{"labels": series, "value": value}]}
 
 
-def test_recording_rules_give_rates_and_error_ratios(tmp_path: Path) -> None:
+def test_recording_rules_give_rates_and_error_ratios(shop_rules: Path, tmp_path: Path) -> None:
     traffic = Traffic(ok=980, failed=20, slow=500)  # per minute (half slow: 1 - 0.5 is exact in floating point)
-    method = (
-        'job="recommendations",grpc_service="books.recommendations.v1.RecommendationService",grpc_method="Recommend"'
-    )
+    method = 'job="shop-api",grpc_service="shop.v1.Api",grpc_method="Get"'
     tests = {
-        "rule_files": [str(runfile(RULES))],
+        "rule_files": [str(shop_rules)],
         "evaluation_interval": "1m",
         "tests": [
             {
@@ -178,8 +202,8 @@ def test_recording_rules_give_rates_and_error_ratios(tmp_path: Path) -> None:
                     expect("job_grpc_method:grpc_server_handled:rate5m", method, 1000 / 60),
                     expect("job_grpc_method:grpc_server_errors:ratio_rate5m", f'{method},code_class="server"', 0.02),
                     expect("job_grpc_method:grpc_server_errors:ratio_rate5m", f'{method},code_class="client"', 0),
-                    expect("job:slo_availability_errors:ratio_rate1h", 'job="recommendations",protocol="grpc"', 0.02),
-                    expect("job:slo_latency_slow:ratio_rate1h", 'job="recommendations",protocol="grpc"', 0.5),
+                    expect("job:slo_availability_errors:ratio_rate1h", 'job="shop-api",protocol="grpc"', 0.02),
+                    expect("job:slo_latency_slow:ratio_rate1h", 'job="shop-api",protocol="grpc"', 0.5),
                 ],
             }
         ],
@@ -215,7 +239,7 @@ def test_every_latency_threshold_is_a_bucket_of_the_services_histogram() -> None
 
 def test_dashboards_burn_the_budgets_the_alerts_burn() -> None:
     """The dashboards divide error ratios by the budget series the alerts multiply."""
-    alerts = alert_rules()
+    alerts = alert_rules(runfile(RULES))
     for service in REGISTRY.values():
         queries = [query for _, panel in saturation_and_slo_queries(service).items() for _, query in panel]
         for slo in ("availability", "latency"):
