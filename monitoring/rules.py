@@ -44,8 +44,9 @@ CLIENT_ERROR_CODES = (
     "OUT_OF_RANGE",
 )
 QUANTILES = ("0.5", "0.9", "0.99")
-# Each alert: its clauses (long window, short window, burn-rate factor) and what its firing means.
-BURNS = {
+# Each alert: its severity, its clauses (long window, short window, burn-rate factor) and what its firing means.
+Clause = tuple[str, str, float]
+BURNS: dict[str, tuple[str, list[Clause], str]] = {
     "Fast": ("page", [("1h", "5m", 14.4), ("6h", "30m", 6)], "gone in 2 days or less"),
     "Slow": ("ticket", [("1d", "2h", 3), ("3d", "6h", 1)], "gone before the month is"),
 }
@@ -177,16 +178,16 @@ def slo_groups(registry: Registry) -> list[dict[str, Any]]:
                     "labels": {"protocol": service.kind},
                 }
             )
-    alerts = []
+    alerts: list[dict[str, Any]] = []
     for slo, ratio, objective in (
         ("availability", "slo_availability_errors", "calls without a server-side error"),
         ("latency", "slo_latency_slow", "calls within the service's latency threshold"),
     ):
         for speed, (severity, clauses, meaning) in BURNS.items():
-            budget = f"job:slo_{slo}_budget:ratio"
+            budgets_of_jobs = f"job:slo_{slo}_budget:ratio"
             expr = "\nor\n".join(
-                f"(job:{ratio}:ratio_rate{long} > on (job) group_left () ({factor:g} * {budget})"
-                f" and job:{ratio}:ratio_rate{short} > on (job) group_left () ({factor:g} * {budget}))"
+                f"(job:{ratio}:ratio_rate{long} > on (job) group_left () ({factor:g} * {budgets_of_jobs})"
+                f" and job:{ratio}:ratio_rate{short} > on (job) group_left () ({factor:g} * {budgets_of_jobs}))"
                 for long, short, factor in clauses
             )
             rates = ", ".join(f"{long}/{short} above {factor:g}x" for long, short, factor in clauses)
