@@ -175,7 +175,9 @@ def slo_groups(registry: Registry) -> list[dict[str, Any]]:
                         f"1 - sum by (job) (rate({fast}[{window}]))\n"
                         f"  / sum by (job) (rate({histogram}_count{{{job}}}[{window}]))\n"
                     ),
-                    "labels": {"protocol": service.kind},
+                    # job too: one rule per service, and promtool takes rules alike in name and labels
+                    # for duplicates
+                    "labels": {"protocol": service.kind, "job": service.name},
                 }
             )
     alerts: list[dict[str, Any]] = []

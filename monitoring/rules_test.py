@@ -32,6 +32,14 @@ SHOP_SERVICES = [
         "grpc_service": "shop.v1.Api",
     },
     {"name": "shop-web", "kind": "http", "ports": {"http": 50103}, "description": "A web service"},
+    {  # a second one of a kind: its rules must not read as duplicates of the first's
+        "name": "shop-search",
+        "kind": "grpc",
+        "ports": {"grpc": 50104, "health": 50105, "metrics": 50106},
+        "description": "Another gRPC service",
+        "grpc_service": "shop.v1.Search",
+        "slo": {"latency_ms": 100},
+    },
 ]
 SHOP = parse(f"SERVICES = {SHOP_SERVICES!r}")
 JOBS = {"grpc": "shop-api", "http": "shop-web"}
