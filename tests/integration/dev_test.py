@@ -13,6 +13,7 @@ from pathlib import Path
 
 from libs.processes.processes import ChildProcess, free_ports, runfile
 from services.registry import REGISTRY
+from tools.monitoring.local import wait_until_ready
 
 
 def test_dev_starts_every_service_serves_the_page_and_stops_cleanly_on_ctrl_c() -> None:
@@ -52,14 +53,6 @@ def test_dev_refuses_an_unknown_service_or_a_shared_port() -> None:
         assert message in "\n".join(dev.lines)
 
 
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:  # refused, or 503 while starting (HTTPError is an OSError)
-        return False
-
-
 def prometheus_query(port: int, query: str) -> list[dict]:
     url = f"http://127.0.0.1:{port}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -83,11 +76,7 @@ def test_dev_with_monitoring_runs_prometheus_scraping_every_service_and_leaves_n
     ).start()
     try:
         dev.wait_for_port(prometheus_port, timeout=60)
-        # Listening is not ready: Prometheus answers 503 until it has loaded its storage and rules.
-        deadline = time.monotonic() + 60
-        while not ready(f"http://127.0.0.1:{prometheus_port}/-/ready"):
-            assert time.monotonic() < deadline, "Prometheus never became ready"
-            time.sleep(0.5)
+        wait_until_ready(f"127.0.0.1:{prometheus_port}")
         for _ in range(5):  # traffic for the services to count
             with urllib.request.urlopen(f"http://127.0.0.1:{ports['marketplace']}/", timeout=10) as response:
                 assert response.status == 200

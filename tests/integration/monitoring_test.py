@@ -33,13 +33,12 @@ from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_gr
 from libs.processes.processes import ChildProcess, free_ports, runfile
 from libs.runtime.reflection_client import ReflectionClient
 from monitoring.dashboards import queries
+from monitoring.rules import CLIENT_ERROR_CODES
 from services.registry import REGISTRY, Service
-from tools.monitoring.local import RULES, alertmanager_command, prometheus_command
+from tools.monitoring.local import RULES, alertmanager_command, prometheus_command, wait_until_ready
 
 # The SLO windows of monitoring/rules.yaml, in seconds instead of minutes, hours and days; `for` likewise.
 SHORTER = {"5m": "4s", "30m": "8s", "1h": "8s", "2h": "15s", "6h": "15s", "1d": "20s", "3d": "20s"}
-# What a service may answer a plausible request it cannot serve (no such id, say): the caller's fault.
-CALLER_FAULTS = {"INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "FAILED_PRECONDITION", "OUT_OF_RANGE"}
 
 
 def shortened_rules(path: Path) -> Path:
@@ -114,14 +113,6 @@ class Bed:
         return [alert for alert in answer if alert["labels"].get("alertname") == name]
 
 
-def ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return bool(response.status == 200)
-    except OSError:  # refused, or 503 while starting
-        return False
-
-
 def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -164,9 +155,8 @@ def bed(tmp_path: Path) -> Iterator[Bed]:
             alertmanagers=[listen],
         )
         bed.start("prometheus", command, bed.ports["prometheus"])
-        for name in ("alertmanager", "prometheus"):  # listening is not ready: queries answer 503 until then
-            url = f"http://127.0.0.1:{bed.ports[name]}/-/ready"
-            wait_for(f"{name} ready", lambda url=url: ready(url), 60)  # type: ignore[misc]
+        for name in ("alertmanager", "prometheus"):
+            wait_until_ready(f"127.0.0.1:{bed.ports[name]}")
         # Prometheus applies its targets a few seconds after it starts: wait until it has scraped them all.
         wait_for("every target scraped", lambda: bed.value("sum(up)") == len(targets), 60)
         yield bed
@@ -282,7 +272,8 @@ def test_every_dashboard_query_answers_from_real_traffic(bed: Bed) -> None:
     finally:
         for channel in channels.values():
             channel.close()
-    assert not {(method, code) for method, code in refused if code not in CALLER_FAULTS}, refused
+    # A plausible request a service cannot serve (no such id, say) is the caller's fault, as the rules count it.
+    assert not {(method, code) for method, code in refused if code not in CLIENT_ERROR_CODES}, refused
     expressions = {service.name: queries(service) for service in REGISTRY.values()}
     assert sum(map(len, expressions.values())) >= 2 * 10
 

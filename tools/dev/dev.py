@@ -23,7 +23,7 @@ from pathlib import Path
 from libs.processes.processes import ChildProcess, free_port, runfile
 from services.registry import REGISTRY, Service
 from tools.certs.certs import mint_all, service_flags
-from tools.monitoring.local import prometheus_command
+from tools.monitoring.local import prometheus_command, wait_until_ready
 
 logger = logging.getLogger("dev")
 
@@ -126,7 +126,8 @@ def run(args: argparse.Namespace, certs: Path | None, scratch: Path) -> int:
                 "prometheus", prometheus_command(scratch / "prometheus", metrics_targets(args), listen)
             )
             started.append(prometheus.start())
-            prometheus.wait_for_port(args.prometheus_port, args.host, args.startup_timeout)
+            prometheus.wait_for_port(args.prometheus_port, args.host, args.startup_timeout)  # fails fast if it exits
+            wait_until_ready(listen, args.startup_timeout)  # then its UI and API answer 503 a moment longer
         for service in REGISTRY.values():
             scheme = "http" if service.kind == "http" else "grpc"
             logger.info("%s on %s://%s:%d", service.name, scheme, args.host, args.ports[service.name])

@@ -4,6 +4,8 @@ classic one, //tools/monitoring:prometheus_web) and API on `listen`."""
 
 from __future__ import annotations
 
+import time
+import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,6 +18,22 @@ ALERTMANAGER = "tools/monitoring/alertmanager"
 ALERTMANAGER_FILES = "tools/monitoring/alertmanager_files"
 WEB = "tools/monitoring/prometheus_web"
 RULES = "monitoring/rules.yaml"
+
+
+def wait_until_ready(address: str, timeout: float = 60) -> None:
+    """Waits for a Prometheus or Alertmanager on `address` (host:port) to say it is ready: listening is not
+    ready, both answer 503 until they have loaded their storage and configuration."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://{address}/-/ready", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:  # refused, or 503 while starting (HTTPError is an OSError)
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{address} not ready within {timeout:.0f}s")
+        time.sleep(0.5)
 
 
 def prometheus_command(
