@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline = [runfile("bench/marketplace/baseline"), "--port", base_port, "--recommendations-addr", backend_addr]
     ours = [
         runfile("services/marketplace/marketplace"), "--insecure", "--host", "127.0.0.1", "--port", web_port,
-        "--workers", 2, "--no-access-log", "--recommendations-addr", backend_addr,
+        "--processes", 2, "--no-access-log", "--recommendations-addr", backend_addr,
     ]  # fmt: skip
 
     def pages(port: int, path: str) -> tuple[float, float, int]:

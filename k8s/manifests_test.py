@@ -24,6 +24,7 @@ import yaml
 
 from k8s.quantities import cpus, downward_value, mebibytes
 from k8s.render import compose, digests, render
+from libs.http.app import PROBES
 from libs.processes.processes import runfile
 from libs.runtime.config import flag_environment
 from services.marketplace import app as marketplace_app
@@ -328,17 +329,20 @@ def test_http_port_matches_the_list_what_it_listens_on_and_its_image(
     annotations = one(overlay, "Deployment", service)["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == int(flags.port)
     assert set(image_config(service)["ExposedPorts"]) == {f"{flags.port}/tcp"}
+    grace = pod_spec(overlay, service)["terminationGracePeriodSeconds"]
+    assert grace > float(flags.drain_seconds) + float(flags.shutdown_grace)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_marketplace_probe_and_metrics_paths_are_routes_of_its_app(overlay: str) -> None:
-    """The http template's paths, against the one HTTP app there is (a new one should get a test like it)."""
-    routes = {getattr(route, "path", "") for route in marketplace_app.create_app(None, 0.3).routes}  # type: ignore[arg-type]
-    spec = container(overlay, "marketplace")
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert spec[probe]["httpGet"]["path"] in routes, probe
-    annotations = one(overlay, "Deployment", "marketplace")["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/path"] in routes
+@pytest.mark.parametrize("service", HTTP)
+def test_http_probe_and_metrics_paths_are_what_every_web_app_serves(overlay: str, service: str) -> None:
+    """libs/http/app.py's web_app serves the probes and /metrics of every web service, whatever its routes."""
+    spec = container(overlay, service)
+    assert spec["startupProbe"]["httpGet"]["path"] == spec["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert spec["readinessProbe"]["httpGet"]["path"] == "/readyz"  # 503 while draining before a stop
+    annotations = one(overlay, "Deployment", service)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert {"/healthz", "/readyz", "/metrics"} == set(PROBES)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

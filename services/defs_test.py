@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from libs.runtime.config import env_name
+from libs.runtime.settings import env_name
 from services.registry import IMAGE_PREFIX, LIST_FILE, REGISTRY, package_of
 from services.registry import _literal as services_literal
 

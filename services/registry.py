@@ -104,9 +104,9 @@ class Service:
 
     @property
     def processes_variable(self) -> str:
-        """The variable saying how many serving processes it runs: <PREFIX>_PROCESSES (gRPC, libs/runtime's
-        --processes), <PREFIX>_WORKERS (a web app's --workers); the Kubernetes templates set it per CPU."""
-        return f"{self.env_prefix}_{'PROCESSES' if self.kind == 'grpc' else 'WORKERS'}"
+        """The variable saying how many serving processes it runs (libs/runtime's --processes, for every
+        kind); the Kubernetes templates set it per CPU."""
+        return f"{self.env_prefix}_PROCESSES"
 
     @property
     def port(self) -> int:

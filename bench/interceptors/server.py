@@ -10,7 +10,7 @@ import sys
 
 from libs.interceptors import server_middleware
 from libs.interceptors.core import Middleware
-from libs.runtime.config import add_server_flags, server_config
+from libs.runtime.config import ServerConfig, add_config_flags, read_config
 from libs.runtime.logs import configure_logging
 from services.recommendations.catalog import DEFAULT_CATALOG, Catalog
 from services.recommendations.main import build_server
@@ -19,7 +19,7 @@ from services.recommendations.servicer import category_names
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_server_flags(parser, "BENCH", 0)
+    add_config_flags(parser, ServerConfig, "BENCH", 0)
     parser.add_argument("--variant", choices=("full", "bare", "noop"), required=True)
     parser.add_argument("--without", action="append", default=[], help="leave this middleware class out of full")
     args = parser.parse_args(argv)
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = server_middleware("recommendations", access_log_interval=args.access_log_interval)
     full = [m for m in stack if type(m).__name__ not in args.without]
     middleware = {"full": full, "bare": [], "noop": [Middleware()]}[args.variant]
-    server = build_server(server_config(args), catalog, middleware=middleware)
+    server = build_server(read_config(ServerConfig, args), catalog, middleware=middleware)
     asyncio.run(server.run())
     return 0
 

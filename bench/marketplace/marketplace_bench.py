@@ -1,6 +1,6 @@
 """Benchmark: marketplace page views per second, ours versus the tutorial-equivalent Flask baseline.
 
-    ./bazelw run //bench/marketplace -- [--duration 10] [--connections 16] [--rounds 3] [--workers 2]
+    ./bazelw run //bench/marketplace -- [--duration 10] [--connections 16] [--rounds 3] [--processes 2]
 
 Starts one Recommendations server (plaintext: the baseline cannot do mTLS) and, one at a time, the
 baseline (bench/marketplace/baseline.py: Flask development server, one blocking gRPC call per page)
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (default 10)")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (default 16)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds per target (default 3)")
-    parser.add_argument("--workers", type=int, default=2, help="our marketplace's worker processes (default 2)")
+    parser.add_argument("--processes", type=int, default=2, help="our marketplace's serving processes (default 2)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is missing: apt-get install wrk", file=sys.stderr)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         "ours: /category/mystery (1 call)": (
             [
                 runfile("services/marketplace/marketplace"), "--insecure", "--host", "127.0.0.1", "--port", ours_port,
-                "--workers", args.workers, "--no-access-log", "--recommendations-addr", backend_addr,
+                "--processes", args.processes, "--no-access-log", "--recommendations-addr", backend_addr,
             ],
             ours_port,
             "/category/mystery",
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     baseline = statistics.median(r.pages_per_second for r in results["baseline: Flask dev server, /"])
     load = f"wrk -t2 -c{args.connections} -d{args.duration}s"
-    print(f"{load} on loopback, median of {args.rounds} rounds; ours with --workers {args.workers}")
+    print(f"{load} on loopback, median of {args.rounds} rounds; ours with --processes {args.processes}")
     print(f"{'target':<42} {'pages/s':>9} {'mean latency':>13} {'non-2xx+errors':>15} {'vs baseline':>12}")
     for name, rs in results.items():
         rate = statistics.median(r.pages_per_second for r in rs)

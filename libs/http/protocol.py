@@ -45,6 +45,8 @@ from typing import Any
 from prometheus_client import Counter
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from libs.runtime.settings import between, setting
+
 logger = logging.getLogger("http.limits")
 REFUSED = Counter(
     "http_requests_refused",
@@ -66,17 +68,28 @@ REASONS = (
 BODYLESS = {b"GET", b"HEAD", b"TRACE"}  # methods whose requests have no content here (RFC 9110 9.3.1, 9.3.2, 9.3.8)
 for _reason in REASONS:
     REFUSED.labels(_reason)  # every series exists from the start, at 0
+TIMEOUT = between(0.1, 300, "seconds")
 
 
 @dataclass(frozen=True)
 class HttpLimits:
-    max_header_bytes: int = 16 * 1024
-    max_headers: int = 100
-    header_timeout: float = 10.0
-    max_body_bytes: int = 1024 * 1024
-    body_timeout: float = 30.0
-    min_body_rate: int = 1024
-    write_timeout: float = 30.0
+    """The limits above, each a setting of its own (a flag and variable of every web service)."""
+
+    max_header_bytes: int = setting(16 * 1024, "request line + headers; more: 431", check=between(1024, 1024 * 1024))
+    max_headers: int = setting(100, "header fields per request; more: 431", check=between(8, 1000))
+    header_timeout: float = setting(
+        10.0, "seconds a request may take to send its headers (slowloris); later: 408", check=TIMEOUT
+    )
+    max_body_bytes: int = setting(1024 * 1024, "request body; more: 413", check=between(0, 1024**3))
+    body_timeout: float = setting(30.0, "seconds a request body may take after its headers; later: 408", check=TIMEOUT)
+    min_body_rate: int = setting(
+        1024, "bytes per second a request body must average; slower: 408", check=between(1, 1024**3)
+    )
+    write_timeout: float = setting(
+        30.0,
+        "seconds an answer may wait for a client that does not read it; then the connection is dropped",
+        check=TIMEOUT,
+    )
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):

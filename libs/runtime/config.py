@@ -1,31 +1,39 @@
-"""One configuration surface for our processes: command-line flags with environment-variable fallbacks.
+"""What every process of ours is configured with, declared once (libs/runtime/settings.py).
 
-Every flag `--some-flag` of a service with prefix `RECOMMENDATIONS` falls back to the environment
-variable `RECOMMENDATIONS_SOME_FLAG`, and `--help` names both. Invalid values are reported all at once
-by `ConfigError`, before the process binds any port.
+`ProcessConfig` is what any serving process takes (address, processes, event loop, logs, mTLS and how to
+reach each service it calls); `ServerConfig` adds gRPC's limits, libs/runtime/web.py's `HttpConfig` those
+of HTTP. `add_config_flags` makes their flags, each with its environment variable (`--some-flag` of
+prefix RECOMMENDATIONS → RECOMMENDATIONS_SOME_FLAG), and `read_config` checks them all at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import TypeVar
 
 from libs.runtime.event_loop import DEFAULT as DEFAULT_EVENT_LOOP
 from libs.runtime.event_loop import EVENT_LOOPS
-from libs.runtime.logs import FORMATS
+from libs.runtime.logs import FORMATS, configure_logging
+from libs.runtime.settings import (
+    PORT,
+    ConfigError,
+    above,
+    add_flag,
+    add_settings,
+    at_least,
+    between,
+    read_settings,
+    setting,
+)
 from libs.runtime.supervisor import parse_processes
 from libs.runtime.tls import TlsConfigError, TlsFiles
-
-_TRUE = {"1", "true", "yes", "on"}
-
-
-class ConfigError(ValueError):
-    """One or more configuration values are invalid; the message lists each."""
 
 
 def user_path(text: str) -> Path:
@@ -35,25 +43,6 @@ def user_path(text: str) -> Path:
     if path.is_absolute():
         return path
     return Path(os.environ.get("BUILD_WORKING_DIRECTORY", ".")) / path
-
-
-def env_name(prefix: str, flag: str) -> str:
-    """`--tls-cert` of `MARKETPLACE` → MARKETPLACE_TLS_CERT; a flag already named after the prefix
-    keeps its name: `--recommendations-addr` of `RECOMMENDATIONS` → RECOMMENDATIONS_ADDR."""
-    name = flag.lstrip("-").upper().replace("-", "_")
-    return name if name.startswith(f"{prefix}_") else f"{prefix}_{name}"
-
-
-def add_flag(parser: argparse.ArgumentParser, prefix: str, flag: str, default: Any, help: str, **kwargs: Any) -> None:
-    """Adds `flag` whose default comes from its environment variable, then `default`."""
-    env = env_name(prefix, flag)
-    if kwargs.get("action") in ("store_true", argparse.BooleanOptionalAction):
-        value: Any = os.environ.get(env, str(default)).strip().lower() in _TRUE
-    else:
-        value = os.environ.get(env, default)  # a string from the environment is parsed by `type`
-    # argparse %-formats help texts: a literal % (in the text or a default) must reach it as %%.
-    text = f"{help} (env {env}; default: {default})".replace("%", "%%")
-    parser.add_argument(flag, default=value, help=text, **kwargs)
 
 
 def flag_environment(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -66,19 +55,51 @@ def flag_environment(parser: argparse.ArgumentParser) -> dict[str, str]:
     return found
 
 
-def add_tls_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
-    add_flag(parser, prefix, "--tls-cert", "", "PEM certificate of this service")
-    add_flag(parser, prefix, "--tls-key", "", "PEM private key of this service")
-    add_flag(parser, prefix, "--tls-ca", "", "PEM CA certificate that signs trusted peers")
-    add_flag(
-        parser, prefix, "--insecure", False, "use plaintext instead of mTLS (local work only)", action="store_true"
-    )
+@dataclass(frozen=True)
+class TlsSettings:
+    """The mTLS files every process presents and checks its peers with."""
+
+    tls_cert: str = setting("", "PEM certificate of this service")
+    tls_key: str = setting("", "PEM private key of this service")
+    tls_ca: str = setting("", "PEM CA certificate that signs trusted peers")
+    insecure: bool = setting(False, "use plaintext instead of mTLS (local work only)")
+
+    def files(self, problems: list[str]) -> TlsFiles | None:
+        """The files, or None with --insecure; appends to `problems` what is wrong."""
+        given = {"tls_cert": self.tls_cert, "tls_key": self.tls_key, "tls_ca": self.tls_ca}
+        if self.insecure:
+            if any(given.values()):
+                problems.append("--insecure and --tls-* exclude each other")
+            return None
+        missing = [f"--{name.replace('_', '-')}" for name, value in given.items() if not value]
+        if missing:
+            problems.append(f"mTLS needs {', '.join(missing)} (or --insecure for plaintext local work)")
+            return None
+        files = TlsFiles(user_path(self.tls_cert), user_path(self.tls_key), user_path(self.tls_ca))
+        try:
+            files.read()
+        except TlsConfigError as error:
+            problems.append(str(error))
+            return None
+        return files
+
+
+@dataclass(frozen=True)
+class Callee:
+    """How this process reaches one gRPC service it calls."""
+
+    address: str
+    tls_name: str
+    timeout: float
+
+
+DEFAULT_CALL_TIMEOUT = 0.3
 
 
 def add_callee_flags(parser: argparse.ArgumentParser, callees: Mapping[str, int]) -> None:
-    """How this process reaches each gRPC service it calls (name → default port): `--<callee>-addr` and
-    `--<callee>-tls-name`, with the callee's own prefix (ORDER_HISTORY_ADDR, ORDER_HISTORY_TLS_NAME), the
-    names //:dev and the Kubernetes manifests set for every service a process calls (services/services.bzl)."""
+    """How this process reaches each gRPC service it calls (name → default port): `--<callee>-addr`,
+    `--<callee>-tls-name` and `--<callee>-timeout`, with the callee's own prefix (ORDER_HISTORY_ADDR, ...),
+    the names //:dev and the Kubernetes manifests set for every service a process calls (services/services.bzl)."""
     for callee, default_port in callees.items():
         prefix = callee.replace("-", "_").upper()
         add_flag(
@@ -89,298 +110,189 @@ def add_callee_flags(parser: argparse.ArgumentParser, callees: Mapping[str, int]
             "gRPC target: host:port, dns:///name:port (balanced over every address) or ip:port,ip:port",
         )
         add_flag(parser, prefix, f"--{callee}-tls-name", callee, f"name the {callee} certificate must carry")
+        add_flag(
+            parser,
+            prefix,
+            f"--{callee}-timeout",
+            DEFAULT_CALL_TIMEOUT,
+            f"seconds each request may spend on {callee} (a deadline its callers' own can only shorten)",
+            type=float,
+        )
 
 
-def add_log_flags(parser: argparse.ArgumentParser, prefix: str) -> None:
-    add_flag(parser, prefix, "--log-format", "json", "log lines as 'json' objects or 'text'", choices=FORMATS)
+def read_callees(args: argparse.Namespace, callees: Sequence[str], problems: list[str]) -> dict[str, Callee]:
+    from libs.runtime.channel import normalize_target  # grpc only where a process calls one
+
+    found = {}
+    for callee in callees:
+        dest = callee.replace("-", "_")
+        address, timeout = getattr(args, f"{dest}_addr"), getattr(args, f"{dest}_timeout")
+        try:
+            normalize_target(address)
+        except ValueError as error:
+            problems.append(f"--{callee}-addr: {error}")
+        if not timeout > 0:
+            problems.append(f"--{callee}-timeout must be positive, got {timeout}")
+        found[callee] = Callee(address, getattr(args, f"{dest}_tls_name"), timeout)
+    return found
 
 
-def tls_files(args: argparse.Namespace, problems: list[str]) -> TlsFiles | None:
-    """The mTLS files, or None with --insecure; appends to `problems` what is wrong."""
-    given = {name: getattr(args, name) for name in ("tls_cert", "tls_key", "tls_ca")}
-    if args.insecure:
-        if any(given.values()):
-            problems.append("--insecure and --tls-* exclude each other")
-        return None
-    missing = [f"--{name.replace('_', '-')}" for name, value in given.items() if not value]
-    if missing:
-        problems.append(f"mTLS needs {', '.join(missing)} (or --insecure for plaintext local work)")
-        return None
-    files = TlsFiles(user_path(args.tls_cert), user_path(args.tls_key), user_path(args.tls_ca))
-    try:
-        files.read()
-    except TlsConfigError as error:
-        problems.append(str(error))
-        return None
-    return files
-
-
-def parse_allow(entries: Sequence[str], problems: list[str]) -> dict[str, frozenset[str]]:
-    """`Method=id1,id2` entries (also ';'-separated in one string) → {method: identities}."""
-    rules: dict[str, frozenset[str]] = {}
-    for entry in (part.strip() for text in entries for part in text.split(";")):
-        if not entry:
-            continue
-        method, sep, identities = entry.partition("=")
-        names = frozenset(name.strip() for name in identities.split(",") if name.strip())
-        if not sep or not method.strip():
-            problems.append(f"--allow {entry!r} must look like Method=identity[,identity]")
-            continue
-        rules[method.strip()] = names
-    return rules
+PROCESSES_HELP = (
+    "processes serving the same ports (SO_REUSEPORT), one core each; 'auto' = the CPUs this process may use, "
+    "cgroup quota included"
+)
 
 
 @dataclass(frozen=True)
-class ServerConfig:
-    host: str = "[::]"
-    port: int = 50051
-    health_port: int = 0
+class ProcessConfig:
+    """What every serving process takes, gRPC or HTTP. `tls` and `callees` come from their own flags."""
+
+    host: str = setting("0.0.0.0", "address to listen on")
+    port: int = setting(8080, "port; 0 picks a free one", check=PORT)
+    processes: int = setting(1, PROCESSES_HELP, parse=parse_processes)
+    event_loop: str = setting(DEFAULT_EVENT_LOOP, "the event loop the server runs on", choices=EVENT_LOOPS)
+    log_format: str = setting("json", "log lines as 'json' objects or 'text'", choices=FORMATS)
+    drain_seconds: float = setting(
+        5.0, "on SIGTERM, seconds to keep serving while the readiness probe says no", check=at_least(0)
+    )
+    shutdown_grace: float = setting(10.0, "then seconds in-flight requests get to finish", check=at_least(0))
     tls: TlsFiles | None = None
-    max_message_bytes: int = 4 * 1024 * 1024
-    max_concurrent_rpcs: int = 1000
-    max_pending_calls: int = 300
-    keepalive_time: float = 30.0
-    keepalive_timeout: float = 3.0
-    max_connection_idle: float = 300.0
-    max_connection_age: float = 600.0
-    max_connection_age_grace: float = 30.0
-    max_streams_per_connection: int = 200
-    handshake_timeout: float = 10.0
-    settings_timeout: float = 2.0
-    max_health_watches: int = 100
-    drain_seconds: float = 5.0
-    shutdown_grace: float = 10.0
-    blocking_workers: int = 4
-    metrics_port: int = 0
-    access_log_interval: float = 0.05
-    processes: int = 1
-    event_loop: str = DEFAULT_EVENT_LOOP
-    allow: dict[str, frozenset[str]] = field(default_factory=dict)
+    callees: Mapping[str, Callee] = field(default_factory=lambda: MappingProxyType({}))
+
+    def problems(self) -> list[str]:
+        """What is wrong between settings that are each right on their own."""
+        return []
+
+
+def parse_allow(text: str) -> dict[str, frozenset[str]]:
+    """`Method=id1,id2` entries, ';'-separated → {method: identities}."""
+    rules: dict[str, frozenset[str]] = {}
+    for entry in (part.strip() for part in text.split(";")):
+        if not entry:
+            continue
+        method, sep, identities = entry.partition("=")
+        if not sep or not method.strip():
+            raise ValueError(f"{entry!r} must look like Method=identity[,identity]")
+        rules[method.strip()] = frozenset(name.strip() for name in identities.split(",") if name.strip())
+    return rules
+
+
+SECONDS = between(0.1, 86400, "seconds")
+
+
+@dataclass(frozen=True)
+class ServerConfig(ProcessConfig):
+    """A gRPC server's settings (libs/runtime/server.py); mostly gRPC's own limits (`server_options`)."""
+
+    host: str = setting("[::]", "address to listen on")
+    port: int = setting(50051, "gRPC port; 0 picks a free one", check=PORT)
+    health_port: int = setting(0, "extra plaintext port serving only grpc.health.v1 (for probes); 0 = off", check=PORT)
+    metrics_port: int = setting(0, "HTTP port serving Prometheus /metrics; 0 = off", check=PORT)
+    max_message_bytes: int = setting(4 * 1024 * 1024, "largest message in or out", check=between(1024, 2**31 - 1))
+    max_concurrent_rpcs: int = setting(
+        1000,
+        "calls in progress in this process; more are shed with RESOURCE_EXHAUSTED and a retry delay (0 = no limit)",
+        check=at_least(0),
+    )
+    max_pending_calls: int = setting(
+        300,
+        "calls waiting to be picked up before gRPC starts refusing new ones (RESOURCE_EXHAUSTED; all at twice this)",
+        check=between(1, 100_000),
+    )
+    keepalive_time: float = setting(30.0, "seconds between keepalive pings", check=at_least(1, "second"))
+    keepalive_timeout: float = setting(
+        3.0,
+        "seconds to wait for a ping ack; also how long a client that floods pings and reads nothing is kept",
+        check=above(0),
+    )
+    max_connection_idle: float = setting(300.0, "seconds a connection without calls stays open", check=SECONDS)
+    max_connection_age: float = setting(
+        600.0,
+        "seconds (±10 %) before a connection is asked to go, so clients rebalance over new replicas",
+        check=SECONDS,
+    )
+    max_connection_age_grace: float = setting(
+        30.0,
+        "then seconds its calls get before it is closed (bounds calls that never finish)",
+        check=between(0, 3600, "seconds"),
+    )
+    max_streams_per_connection: int = setting(
+        200, "calls open at once on one connection; a client queues the rest", check=between(1, 10_000)
+    )
+    handshake_timeout: float = setting(
+        10.0, "seconds a new connection has to complete TLS and HTTP/2 setup", check=SECONDS
+    )
+    settings_timeout: float = setting(
+        2.0,
+        "seconds a client has to acknowledge our HTTP/2 settings before it is disconnected "
+        "(until it does, gRPC applies none of our metadata limits)",
+        check=SECONDS,
+    )
+    max_health_watches: int = setting(
+        100, "grpc.health.v1 Watch streams open at once; more get RESOURCE_EXHAUSTED", check=between(1, 10_000)
+    )
+    blocking_workers: int = setting(4, "threads for blocking work (SQLite, CPU)", check=between(1, 256))
+    access_log_interval: float = setting(
+        0.05,
+        "seconds between writes of the batched access log (longer: less CPU, later lines)",
+        check=above(0, 60, "seconds"),
+    )
+    allow: Mapping[str, frozenset[str]] = setting(
+        MappingProxyType({}),
+        "who may call a method, replacing the service's default rule: 'Method=identity[,identity]'; "
+        "repeatable, or ';'-separated",
+        parse=parse_allow,
+        repeatable=True,
+    )
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-
-def add_server_flags(parser: argparse.ArgumentParser, prefix: str, default_port: int) -> None:
-    """The flags every gRPC server of ours takes; read them back with `server_config`."""
-    defaults = ServerConfig()
-    add_flag(parser, prefix, "--host", "[::]", "address to listen on")
-    add_flag(parser, prefix, "--port", default_port, "gRPC port; 0 picks a free one", type=int)
-    add_flag(
-        parser,
-        prefix,
-        "--health-port",
-        0,
-        "extra plaintext port serving only grpc.health.v1 (for probes); 0 = off",
-        type=int,
-    )
-    add_tls_flags(parser, prefix)
-    add_flag(parser, prefix, "--max-message-bytes", defaults.max_message_bytes, "largest message in or out", type=int)
-    add_flag(
-        parser,
-        prefix,
-        "--max-concurrent-rpcs",
-        defaults.max_concurrent_rpcs,
-        "calls in progress in this process; more are shed with RESOURCE_EXHAUSTED and a retry delay (0 = no limit)",
-        type=int,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--max-pending-calls",
-        defaults.max_pending_calls,
-        "calls waiting to be picked up before gRPC starts refusing new ones (RESOURCE_EXHAUSTED; all at twice this)",
-        type=int,
-    )
-    add_flag(parser, prefix, "--keepalive-time", defaults.keepalive_time, "seconds between keepalive pings", type=float)
-    add_flag(
-        parser,
-        prefix,
-        "--keepalive-timeout",
-        defaults.keepalive_timeout,
-        "seconds to wait for a ping ack; also how long a client that floods pings and reads nothing is kept",
-        type=float,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--max-connection-idle",
-        defaults.max_connection_idle,
-        "seconds a connection without calls stays open",
-        type=float,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--max-connection-age",
-        defaults.max_connection_age,
-        "seconds (±10 %) before a connection is asked to go, so clients rebalance over new replicas",
-        type=float,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--max-connection-age-grace",
-        defaults.max_connection_age_grace,
-        "then seconds its calls get before it is closed (bounds calls that never finish)",
-        type=float,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--max-streams-per-connection",
-        defaults.max_streams_per_connection,
-        "calls open at once on one connection; a client queues the rest",
-        type=int,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--handshake-timeout",
-        defaults.handshake_timeout,
-        "seconds a new connection has to complete TLS and HTTP/2 setup",
-        type=float,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--settings-timeout",
-        defaults.settings_timeout,
-        "seconds a client has to acknowledge our HTTP/2 settings before it is disconnected "
-        "(until it does, gRPC applies none of our metadata limits)",
-        type=float,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--max-health-watches",
-        defaults.max_health_watches,
-        "grpc.health.v1 Watch streams open at once; more get RESOURCE_EXHAUSTED",
-        type=int,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--drain-seconds",
-        defaults.drain_seconds,
-        "on SIGTERM, seconds to keep serving while health says NOT_SERVING",
-        type=float,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--shutdown-grace",
-        defaults.shutdown_grace,
-        "then seconds in-flight calls get to finish",
-        type=float,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--blocking-workers",
-        defaults.blocking_workers,
-        "threads for blocking work (SQLite, CPU)",
-        type=int,
-    )
-    add_flag(parser, prefix, "--metrics-port", 0, "HTTP port serving Prometheus /metrics; 0 = off", type=int)
-    add_flag(
-        parser,
-        prefix,
-        "--processes",
-        "1",
-        "processes serving the same ports (SO_REUSEPORT), one core each; 'auto' = the CPUs this process "
-        "may use, cgroup quota included",
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--event-loop",
-        defaults.event_loop,
-        "the event loop the server runs on",
-        choices=EVENT_LOOPS,
-    )
-    add_flag(
-        parser,
-        prefix,
-        "--access-log-interval",
-        defaults.access_log_interval,
-        "seconds between writes of the batched access log (longer: less CPU, later lines)",
-        type=float,
-    )
-    add_log_flags(parser, prefix)
-    allow_env = env_name(prefix, "--allow")
-    parser.add_argument(
-        "--allow",
-        action="append",
-        default=[os.environ[allow_env]] if os.environ.get(allow_env) else [],
-        help="who may call a method, replacing the service's default rule: 'Method=identity[,identity]'; "
-        f"repeatable, or ';'-separated (env {allow_env}; default: the service's rules)",
-    )
+    def problems(self) -> list[str]:
+        extra_ports = [port for port in (self.health_port, self.metrics_port) if port]
+        if len(set(extra_ports)) != len(extra_ports) or self.port in extra_ports:
+            return ["--port, --health-port and --metrics-port must differ"]
+        return []
 
 
-def server_config(args: argparse.Namespace) -> ServerConfig:
-    """Validates the parsed flags; raises ConfigError listing every problem."""
+Config = TypeVar("Config", bound=ProcessConfig)
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser,
+    cls: type[ProcessConfig],
+    prefix: str,
+    port: int | None = None,
+    callees: Mapping[str, int] | None = None,
+) -> None:
+    """The flags of `cls` (`port`: this service's default), of mTLS, and of each service it calls
+    (name → default port)."""
+    add_settings(parser, cls, prefix, {"port": port} if port is not None else None)
+    add_settings(parser, TlsSettings, prefix)
+    add_callee_flags(parser, callees or {})
+
+
+def read_config(cls: type[Config], args: argparse.Namespace, callees: Sequence[str] = ()) -> Config:
+    """The checked configuration; raises ConfigError listing every problem."""
     problems: list[str] = []
-
-    def check(name: str, ok: Callable[[Any], bool], rule: str) -> None:
-        value = getattr(args, name)
-        if not ok(value):
-            problems.append(f"--{name.replace('_', '-')} {rule}, got {value}")
-
-    check("port", lambda v: 0 <= v <= 65535, "must be between 0 and 65535")
-    check("health_port", lambda v: 0 <= v <= 65535, "must be between 0 and 65535")
-    check("metrics_port", lambda v: 0 <= v <= 65535, "must be between 0 and 65535")
-    check("max_message_bytes", lambda v: 1024 <= v <= 2**31 - 1, "must be between 1024 and 2147483647")
-    check("max_concurrent_rpcs", lambda v: v >= 0, "must be 0 or more")
-    check("max_pending_calls", lambda v: 1 <= v <= 100_000, "must be between 1 and 100000")
-    check("keepalive_time", lambda v: v >= 1, "must be at least 1 second")
-    check("keepalive_timeout", lambda v: v > 0, "must be positive")
-    for name in ("max_connection_idle", "max_connection_age", "handshake_timeout", "settings_timeout"):
-        check(name, lambda v: 0.1 <= v <= 86400, "must be from 0.1 to 86400 seconds")
-    check("max_connection_age_grace", lambda v: 0 <= v <= 3600, "must be from 0 to 3600 seconds")
-    check("max_streams_per_connection", lambda v: 1 <= v <= 10000, "must be between 1 and 10000")
-    check("max_health_watches", lambda v: 1 <= v <= 10000, "must be between 1 and 10000")
-    check("drain_seconds", lambda v: v >= 0, "must be 0 or more")
-    check("shutdown_grace", lambda v: v >= 0, "must be 0 or more")
-    check("blocking_workers", lambda v: 1 <= v <= 256, "must be between 1 and 256")
-    check("access_log_interval", lambda v: 0 < v <= 60, "must be more than 0 and at most 60 seconds")
-    check("event_loop", lambda v: v in EVENT_LOOPS, f"must be one of {', '.join(EVENT_LOOPS)}")
-    extra_ports = [port for port in (args.health_port, args.metrics_port) if port]
-    if len(set(extra_ports)) != len(extra_ports) or args.port in extra_ports:
-        problems.append("--port, --health-port and --metrics-port must differ")
-    tls = tls_files(args, problems)
-    allow = parse_allow(args.allow, problems)
-    processes = 1
-    try:
-        processes = parse_processes(str(args.processes))
-    except ValueError as error:
-        problems.append(str(error))
+    config: Config = read_settings(cls, args, problems)
+    tls = read_settings(TlsSettings, args, problems).files(problems)
+    config = dataclasses.replace(config, tls=tls, callees=MappingProxyType(read_callees(args, callees, problems)))
+    problems += config.problems()
     if problems:
         raise ConfigError("; ".join(problems))
-    return ServerConfig(
-        host=args.host,
-        port=args.port,
-        health_port=args.health_port,
-        tls=tls,
-        max_message_bytes=args.max_message_bytes,
-        max_concurrent_rpcs=args.max_concurrent_rpcs,
-        max_pending_calls=args.max_pending_calls,
-        keepalive_time=args.keepalive_time,
-        keepalive_timeout=args.keepalive_timeout,
-        max_connection_idle=args.max_connection_idle,
-        max_connection_age=args.max_connection_age,
-        max_connection_age_grace=args.max_connection_age_grace,
-        max_streams_per_connection=args.max_streams_per_connection,
-        handshake_timeout=args.handshake_timeout,
-        settings_timeout=args.settings_timeout,
-        max_health_watches=args.max_health_watches,
-        drain_seconds=args.drain_seconds,
-        shutdown_grace=args.shutdown_grace,
-        blocking_workers=args.blocking_workers,
-        metrics_port=args.metrics_port,
-        access_log_interval=args.access_log_interval,
-        processes=processes,
-        event_loop=args.event_loop,
-        allow=allow,
-    )
+    return config
+
+
+def parse_config(
+    parser: argparse.ArgumentParser, cls: type[Config], argv: Sequence[str] | None = None, callees: Sequence[str] = ()
+) -> Config:
+    """A program's start: parses `argv`, sets up logging as the flags say, and returns the checked
+    configuration, or exits with code 2, the usage line and every problem, before binding anything."""
+    args = parser.parse_args(argv)
+    configure_logging(args.log_format)
+    try:
+        return read_config(cls, args, callees)
+    except ConfigError as error:
+        parser.error(str(error))

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from libs.runtime.config import (
     ConfigError,
-    add_flag,
-    add_server_flags,
-    env_name,
+    ProcessConfig,
+    ServerConfig,
+    add_config_flags,
     flag_environment,
-    server_config,
+    read_config,
     user_path,
 )
+from libs.runtime.settings import add_settings, env_name, between, read_settings, setting
+from libs.runtime.web import HttpConfig
 
 
 @pytest.mark.parametrize(
@@ -34,31 +37,39 @@ def test_flags_fall_back_to_the_environment_and_flags_win(monkeypatch: pytest.Mo
     monkeypatch.setenv("RECOMMENDATIONS_ADDR", "dns:///recommendations:50051")
     monkeypatch.setenv("RECOMMENDATIONS_TIMEOUT", "0.5")
     parser = argparse.ArgumentParser()
-    add_flag(parser, "RECOMMENDATIONS", "--recommendations-addr", "localhost:50051", "target")
-    add_flag(parser, "RECOMMENDATIONS", "--recommendations-timeout", 0.3, "seconds", type=float)
+    add_config_flags(parser, ProcessConfig, "SHOP", callees={"recommendations": 50051})
     args = parser.parse_args([])
     assert (args.recommendations_addr, args.recommendations_timeout) == ("dns:///recommendations:50051", 0.5)
     assert parser.parse_args(["--recommendations-timeout", "0.2"]).recommendations_timeout == 0.2
-    assert "env RECOMMENDATIONS_ADDR" in parser.format_help()
+    assert "env RECOMMENDATIONS_ADDR" in " ".join(parser.format_help().split())
+    config = read_config(ProcessConfig, parser.parse_args(["--insecure"]), ["recommendations"])
+    assert config.callees["recommendations"].address == "dns:///recommendations:50051"
+    assert config.callees["recommendations"].timeout == 0.5
 
 
 def test_boolean_flags_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ECHO_INSECURE", "true")
+    monkeypatch.setenv("ECHO_ACCESS_LOG", "off")
     parser = argparse.ArgumentParser()
-    add_server_flags(parser, "ECHO", 0)
-    assert parser.parse_args([]).insecure is True
+    add_config_flags(parser, HttpConfig, "ECHO", 0)
+    args = parser.parse_args([])
+    assert (args.insecure, args.access_log) == (True, False)
+    assert parser.parse_args(["--access-log"]).access_log is True
 
 
-def parse(*argv: str) -> argparse.Namespace:
+def parse(*argv: str, cls: type[ProcessConfig] = ServerConfig) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_server_flags(parser, "ECHO", 0)
+    add_config_flags(parser, cls, "ECHO", 0, {"orders": 50060})
     return parser.parse_args(list(argv))
 
 
-def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    args = parse("--port", "-1", "--keepalive-time", "0", "--blocking-workers", "0", "--allow", "nonsense")
+def test_every_problem_is_reported_at_once() -> None:
+    args = parse(
+        "--port", "-1", "--keepalive-time", "0", "--blocking-workers", "0", "--allow", "nonsense",
+        "--processes", "many", "--orders-addr", " ", "--orders-timeout", "0",
+    )  # fmt: skip
     with pytest.raises(ConfigError) as raised:
-        server_config(args)
+        read_config(ServerConfig, args, ["orders"])
     message = str(raised.value)
     for expected in (
         "--port must be between 0 and 65535, got -1",
@@ -66,20 +77,55 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "--blocking-workers must be between 1 and 256, got 0",
         "mTLS needs --tls-cert, --tls-key, --tls-ca (or --insecure for plaintext local work)",
         "--allow 'nonsense' must look like Method=identity[,identity]",
+        "--processes must be 'auto' or a number, got 'many'",
+        "--orders-addr: empty gRPC target",
+        "--orders-timeout must be positive, got 0.0",
     ):
         assert expected in message
 
 
+def test_a_value_from_the_environment_is_checked_like_a_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECHO_EVENT_LOOP", "trio")  # argparse checks `choices` of flags, not of defaults
+    monkeypatch.setenv("ECHO_MAX_HEADERS", "2")
+    with pytest.raises(ConfigError) as raised:
+        read_config(HttpConfig, parse("--insecure", cls=HttpConfig))
+    assert "--event-loop must be one of uvloop, asyncio, got trio" in str(raised.value)
+    assert "--max-headers must be between 8 and 1000, got 2" in str(raised.value)
+
+
 def test_insecure_excludes_tls_files_and_ports_must_differ() -> None:
     with pytest.raises(ConfigError) as raised:
-        server_config(parse("--insecure", "--tls-cert", "x.pem", "--port", "9000", "--metrics-port", "9000"))
+        read_config(
+            ServerConfig, parse("--insecure", "--tls-cert", "x.pem", "--port", "9000", "--metrics-port", "9000")
+        )
     assert "--insecure and --tls-* exclude each other" in str(raised.value)
     assert "--port, --health-port and --metrics-port must differ" in str(raised.value)
 
 
-def test_allow_rules_are_parsed() -> None:
-    config = server_config(parse("--insecure", "--allow", "Recommend=marketplace, admin;RecommendEach=*"))
+def test_allow_rules_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
+    config = read_config(ServerConfig, parse("--insecure", "--allow", "Recommend=marketplace, admin;RecommendEach=*"))
     assert config.allow == {"Recommend": frozenset({"marketplace", "admin"}), "RecommendEach": frozenset({"*"})}
+    monkeypatch.setenv("ECHO_ALLOW", "Recommend=admin")
+    assert read_config(ServerConfig, parse("--insecure")).allow == {"Recommend": frozenset({"admin"})}
+
+
+def test_a_setting_is_one_declaration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flag, variable, help, default, check and the dataclass value all come from one field."""
+
+    @dataclass(frozen=True)
+    class Shelf:
+        shelf_size: int = setting(12, "books per shelf", check=between(1, 100))
+
+    parser = argparse.ArgumentParser()
+    add_settings(parser, Shelf, "LIBRARY")
+    assert "books per shelf (env LIBRARY_SHELF_SIZE; default: 12)" in " ".join(parser.format_help().split())
+    assert read_settings(Shelf, parser.parse_args([])) == Shelf(12)
+    assert read_settings(Shelf, parser.parse_args(["--shelf-size", "30"])).shelf_size == 30
+    monkeypatch.setenv("LIBRARY_SHELF_SIZE", "0")
+    parser = argparse.ArgumentParser()
+    add_settings(parser, Shelf, "LIBRARY")
+    with pytest.raises(ConfigError, match="--shelf-size must be between 1 and 100, got 0"):
+        read_settings(Shelf, parser.parse_args([]))
 
 
 def test_relative_paths_are_taken_from_where_bazel_run_was_typed(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -92,7 +138,7 @@ def test_relative_paths_are_taken_from_where_bazel_run_was_typed(monkeypatch: py
 
 def test_flag_environment_lists_every_variable_a_parser_reads() -> None:
     parser = argparse.ArgumentParser()
-    add_server_flags(parser, "ORDERS", 50052)
+    add_config_flags(parser, ServerConfig, "ORDERS", 50052)
     found = flag_environment(parser)
     assert found["ORDERS_PORT"] == "port"
     assert found["ORDERS_HEALTH_PORT"] == "health_port"

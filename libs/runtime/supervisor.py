@@ -56,22 +56,23 @@ def parse_processes(text: str) -> int:
     try:
         count = int(text)
     except ValueError:
-        raise ValueError(f"--processes must be 'auto' or a number, got {text!r}") from None
+        raise ValueError(f"must be 'auto' or a number, got {text!r}") from None
     if not 1 <= count <= MAX_PROCESSES:
-        raise ValueError(f"--processes must be between 1 and {MAX_PROCESSES}, got {count}")
+        raise ValueError(f"must be between 1 and {MAX_PROCESSES}, got {count}")
     return count
 
 
-def reserve_port(host: str, port: int) -> socket.socket:
+def reserve_port(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
     """A bound (not listening) SO_REUSEPORT socket holding `port` (0: a free one) for the children to
     share: it fails now, in one place, when the port is taken, and keeps it ours while children restart.
-    The kernel gives connections only to listening sockets, so this one never takes a call."""
+    The kernel gives connections only to listening sockets, so this one never takes a call. `[::]` binds
+    both families, as gRPC does. Without `reuse_port`, a socket of this process alone (SO_REUSEADDR)."""
     family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT if reuse_port else socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # as gRPC binds [::]: both families
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         sock.bind(address)
     except OSError:
         sock.close()

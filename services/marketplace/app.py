@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,24 +19,20 @@ from typing import cast
 
 import grpc
 import jinja2
-import prometheus_client
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from libs.http.app import web_app
 from libs.interceptors.deadlines import deadline_scope
 from libs.interceptors.errors import FieldViolation, field_violations
-from libs.interceptors.request_id import HTTP_HEADER, use_request_id
-from libs.runtime.metrics_sum import read_sums
 
 HERE = Path(__file__).parent
 HOME_MAX_RESULTS = 3
@@ -49,22 +44,6 @@ INVALID_NOTICE = "We could not show recommendations for this request:"
 RECOMMENDATIONS_SERVICE = recommendations_pb2.DESCRIPTOR.services_by_name["RecommendationService"].full_name
 
 logger = logging.getLogger("marketplace")
-CONTENT_SECURITY_POLICY = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-KNOWN_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
-# The RED signals of the HTTP server. Labels stay bounded: `route` is the route's template, `method` one of
-# KNOWN_METHODS or "other", `status` one of the few codes the app answers, `status_class` 2xx..5xx (for
-# error ratios without regular expressions).
-HTTP_REQUESTS = prometheus_client.Counter(
-    "http_requests",
-    "HTTP requests answered by the app, by method, route and status.",
-    ["method", "route", "status", "status_class"],
-)
-HTTP_DURATION = prometheus_client.Histogram(
-    "http_request_duration_seconds", "Time to answer an HTTP request, by method and route.", ["method", "route"]
-)
-HTTP_IN_FLIGHT = prometheus_client.Gauge("http_requests_in_flight", "HTTP requests being answered now.")
 
 
 @dataclass(frozen=True)
@@ -104,94 +83,6 @@ class BadParameters(Exception):
     def __init__(self, violations: list[FieldViolation]) -> None:
         super().__init__("; ".join(str(v) for v in violations))
         self.violations = violations
-
-
-class SecurityHeaders:
-    """The headers every response carries: a Content-Security-Policy that allows only our own stylesheet
-    (the pages have no script), no MIME sniffing, no framing, no referrer beyond our origin, and HSTS when
-    the request came over HTTPS."""
-
-    HEADERS = [
-        (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
-        (b"x-content-type-options", b"nosniff"),
-        (b"x-frame-options", b"DENY"),
-        (b"referrer-policy", b"same-origin"),
-        (b"cross-origin-opener-policy", b"same-origin"),
-    ]
-    HSTS = (b"strict-transport-security", b"max-age=31536000")
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        extra = self.HEADERS + [self.HSTS] if scope.get("scheme") == "https" else self.HEADERS
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
-class RequestMetrics:
-    """`http_requests_total{method, route, status, status_class}`, `http_request_duration_seconds{method,
-    route}` and `http_requests_in_flight`: every answer the app gives, refusals (4xx) and failures (5xx)
-    included. `route` is the route's template (/category/{name}), so the labels stay few whatever paths
-    clients ask for."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # if the app raises before answering, uvicorn answers 500
-        HTTP_IN_FLIGHT.inc()
-
-        async def send_and_see(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_see)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            method = scope["method"] if scope["method"] in KNOWN_METHODS else "other"
-            HTTP_IN_FLIGHT.dec()
-            HTTP_REQUESTS.labels(method, template, str(status), f"{status // 100}xx").inc()
-            HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)
-
-
-class RequestIdMiddleware:
-    """Takes X-Request-ID from the request (or makes one), keeps it for logs and gRPC calls, and
-    returns it in the response. Plain ASGI: no per-request task, unlike BaseHTTPMiddleware."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        header = HTTP_HEADER.lower().encode()
-        given = next((value for key, value in scope["headers"] if key == header), b"")
-        request_id = use_request_id(given.decode("latin-1")).encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (header, request_id)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
 
 
 INT32 = (-(2**31), 2**31 - 1)
@@ -378,11 +269,7 @@ async def api_recommendations(request: Request) -> Response:
     return JSONResponse({"category": category.slug, "user_id": user, "recommendations": books})
 
 
-async def healthz(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
-
-
-async def readyz(request: Request) -> Response:
+async def readiness(request: Request) -> dict[str, str]:
     # Ready means this process serves requests. A backend outage does not make it unready: pages
     # degrade gracefully, and taking every marketplace out of rotation would turn that into errors.
     backend = backend_of(request)
@@ -394,21 +281,7 @@ async def readyz(request: Request) -> Response:
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
         except grpc.aio.AioRpcError as error:
             status = error.code().name
-    return JSONResponse({"status": "ready", "recommendations": status})
-
-
-async def metrics(request: Request) -> Response:
-    """This process's figures, or with --workers N the sum over every worker (libs/runtime/metrics_sum.py)."""
-    sums: Path | None = request.app.state.metrics_sums
-    if sums is None:
-        body = prometheus_client.generate_latest()
-    else:
-        try:
-            body = await read_sums(sums)
-        except (TimeoutError, OSError) as error:
-            logger.error("no metrics from the supervisor at %s: %s", sums, error)
-            return PlainTextResponse("metrics unavailable\n", status_code=503)
-    return Response(body, media_type=prometheus_client.CONTENT_TYPE_LATEST)
+    return {"recommendations": status}
 
 
 async def not_found(request: Request, exc: Exception) -> Response:
@@ -422,9 +295,6 @@ ROUTES = [
     Route("/", home),
     Route("/category/{name}", category_page),
     Route("/api/recommendations", api_recommendations),
-    Route("/healthz", healthz),
-    Route("/readyz", readyz),
-    Route("/metrics", metrics),
     # Runfiles and image layers hold symlinks; paths are still confined to the directory.
     Mount("/static", StaticFiles(directory=HERE / "static", follow_symlink=True), name="static"),
 ]
@@ -434,24 +304,14 @@ def create_app(
     recommendations: recommendations_pb2_grpc.RecommendationServiceAsyncStub,
     timeout: float,
     health: health_pb2_grpc.HealthStub | None = None,
-    metrics_sums: Path | None = None,
 ) -> Starlette:
     """The ASGI app; `timeout` is each request's budget in seconds for its calls to Recommendations;
-    `health` (the backend's health service) feeds /readyz; `metrics_sums`, with several workers, is
-    where /metrics gets the sum over all of them."""
+    `health` (the backend's health service) is reported by /readyz."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
-    app = Starlette(
-        middleware=[Middleware(RequestMetrics), Middleware(SecurityHeaders), Middleware(RequestIdMiddleware)],
-        routes=ROUTES,
-        exception_handlers={404: not_found},
-    )
-    # No redirect from /static to /static/: Starlette builds it from the Host header, which the client
-    # chooses (a redirect to any host); such a path is simply not found.
-    app.router.redirect_slashes = False
+    app = web_app(ROUTES, readiness=readiness, exception_handlers={404: not_found})
     app.state.backend = Backend(recommendations, timeout, health, Jinja2Templates(env=environment))
-    app.state.metrics_sums = metrics_sums
     return app
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +47,7 @@ class Marketplace(ChildProcess):
             f"--port={port}",
             f"--recommendations-addr=127.0.0.1:{free_port()}",
             "--log-format=text",
+            "--drain-seconds=0",
             *flags,
         ]
         self.port = port
@@ -354,7 +357,7 @@ def served_pages(text: str, route: str) -> float:
 
 def test_workers_answer_metrics_with_the_sum_over_every_worker() -> None:
     with contextlib.ExitStack() as stack:
-        marketplace = stack.enter_context(contextlib.contextmanager(start_marketplace)("--workers=2"))
+        marketplace = stack.enter_context(contextlib.contextmanager(start_marketplace)("--processes=2"))
         pages = 40
         for _ in range(pages):  # a new connection each: the kernel hands them to either worker
             with urllib.request.urlopen(f"http://127.0.0.1:{marketplace.port}/healthz", timeout=SOCKET_TIMEOUT):
@@ -365,3 +368,27 @@ def test_workers_answer_metrics_with_the_sum_over_every_worker() -> None:
                 text = r.read().decode()
             assert served_pages(text, "/healthz") == pages
             assert re.search(r"^supervised_processes 2\.0$", text, re.M)
+
+
+def get_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=SOCKET_TIMEOUT) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_on_sigterm_it_drains_unready_then_stops_cleanly() -> None:
+    """libs/runtime/web.py: /readyz says 503 for --drain-seconds while requests are still served, so a load
+    balancer moves away before the port closes; then it stops with exit code 0."""
+    drain = 3.0
+    with contextlib.ExitStack() as stack:
+        marketplace = stack.enter_context(contextlib.contextmanager(start_marketplace)(f"--drain-seconds={drain}"))
+        url = f"http://127.0.0.1:{marketplace.port}"
+        assert get_status(f"{url}/readyz") == 200
+        marketplace.signal(signal.SIGTERM)
+        marketplace.wait_for_log("draining 3.0s")
+        assert get_status(f"{url}/readyz") == 503
+        assert get_status(f"{url}/healthz") == 200
+        assert marketplace.poll() is None, "stopped before its drain was over"
+        assert marketplace.wait(timeout=drain + CLOSE_WITHIN) == 0

@@ -6,21 +6,15 @@ import argparse
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from books.recommendations.v1 import recommendations_pb2_grpc
 from libs.interceptors.core import Middleware
 from libs.interceptors.tracing import configure_tracing
-from libs.runtime.config import (
-    ConfigError,
-    ServerConfig,
-    add_callee_flags,
-    add_flag,
-    add_server_flags,
-    server_config,
-    user_path,
-)
-from libs.runtime.logs import configure_logging
+from libs.runtime.config import ServerConfig, add_config_flags, parse_config, user_path
 from libs.runtime.server import GrpcServer, serve
+from libs.runtime.settings import setting
 from services.recommendations.catalog import DEFAULT_CATALOG, Catalog, CatalogError
 from services.recommendations.servicer import SERVICE_NAME, RecommendationServicer, category_names
 from services.registry import REGISTRY
@@ -29,18 +23,19 @@ SERVICE = REGISTRY["recommendations"]
 logger = logging.getLogger("recommendations")
 
 
+@dataclass(frozen=True)
+class RecommendationsConfig(ServerConfig):
+    """A gRPC server's settings and this service's own."""
+
+    catalog: Path = setting(DEFAULT_CATALOG, "books CSV: id,category,title,author,year", parse=user_path)
+
+
 def parser() -> argparse.ArgumentParser:
+    """Every flag, each with its RECOMMENDATIONS_* environment variable, and the address of every service
+    it calls (none today; services/services.bzl says who calls whom)."""
     result = argparse.ArgumentParser(description=__doc__)
-    add_server_flags(result, SERVICE.env_prefix, SERVICE.port)
-    # The address of every service it calls (none today; services/services.bzl says who calls whom).
-    add_callee_flags(result, REGISTRY.callee_ports(SERVICE.name))
-    add_flag(
-        result,
-        SERVICE.env_prefix,
-        "--catalog",
-        str(DEFAULT_CATALOG),
-        "books CSV: id,category,title,author,year",
-        type=user_path,
+    add_config_flags(
+        result, RecommendationsConfig, SERVICE.env_prefix, SERVICE.port, REGISTRY.callee_ports(SERVICE.name)
     )
     return result
 
@@ -59,20 +54,14 @@ def build_server(config: ServerConfig, catalog: Catalog, middleware: Sequence[Mi
 
 
 def main(argv: list[str] | None = None) -> int:
-    argument_parser = parser()
-    args = argument_parser.parse_args(argv)
-    configure_logging(args.log_format)
+    config = parse_config(parser(), RecommendationsConfig, argv, REGISTRY.calls(SERVICE.name))
     configure_tracing(SERVICE.name)
     try:
-        config = server_config(args)
-    except ConfigError as error:
-        argument_parser.error(str(error))  # exits 2 with the usage line, before binding anything
-    try:
-        catalog = Catalog.from_csv(args.catalog, category_names())
+        catalog = Catalog.from_csv(config.catalog, category_names())
     except (OSError, CatalogError) as error:
         logger.error("cannot load catalog: %s", error)
         return 2
-    logger.info("loaded %d books from %s (pid %d)", catalog.count(), args.catalog, os.getpid())
+    logger.info("loaded %d books from %s (pid %d)", catalog.count(), config.catalog, os.getpid())
     # Loaded before any fork: with --processes N the children share the catalog's pages.
     return serve(SERVICE.name, config, lambda each: build_server(each, catalog), logger)
 

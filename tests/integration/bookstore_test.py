@@ -102,6 +102,8 @@ def bookstore(tmp_path: Path, certs: Path) -> Iterator[Bookstore]:
             web_port,
             "--recommendations-addr",
             f"127.0.0.1:{rec_port}",
+            "--drain-seconds",
+            "0",
             *service_flags(certs, "marketplace"),
         ],
     ).start()
@@ -275,8 +277,8 @@ def test_marketplace_workers_share_the_port_and_stop_cleanly(certs: Path, tmp_pa
     marketplace = ChildProcess(
         "marketplace",
         [
-            runfile(MARKETPLACE), "--host", "127.0.0.1", "--port", web_port, "--workers", "2",
-            "--recommendations-addr", f"127.0.0.1:{rec_port}", *service_flags(certs, "marketplace"),
+            runfile(MARKETPLACE), "--host", "127.0.0.1", "--port", web_port, "--processes", "2",
+            "--drain-seconds", "0", "--recommendations-addr", f"127.0.0.1:{rec_port}", *service_flags(certs, "marketplace"),
         ],
     ).start()  # fmt: skip
     try:

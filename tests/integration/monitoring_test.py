@@ -72,16 +72,18 @@ class Bed:
     def start_service(self, service: Service) -> None:
         """`service` as //:dev runs it, on the bed's ports, told where its callees listen."""
         argv = [runfile(service.binary), "--insecure", "--host=127.0.0.1", f"--port={self.ports[service.name]}"]
+        argv.append("--drain-seconds=0")
         for callee in REGISTRY.calls(service.name):
             argv.append(f"{REGISTRY[callee].address_flag()}=127.0.0.1:{self.ports[callee]}")
+            argv.append(f"--{callee}-timeout=1")  # a loaded CI machine is slower than the default budget
         if service.kind == "grpc":
-            argv += [f"--metrics-port={self.ports[service.name + '-metrics']}", "--drain-seconds=0"]
+            argv.append(f"--metrics-port={self.ports[service.name + '-metrics']}")
         on_line = None
         if service.name == "recommendations":  # the known mix compares the histogram with the access log
             argv.append("--access-log-interval=0.01")
             on_line = self.keep_duration
-        if service.name == "marketplace":
-            argv += ["--recommendations-timeout=1", "--no-access-log"]
+        if service.kind == "http":
+            argv.append("--no-access-log")
         self.start(service.name, argv, self.ports[service.name], on_line=on_line)
 
     def metrics_targets(self) -> dict[str, list[str]]:

@@ -51,7 +51,7 @@ class Bookstore:
         self.web = self.web_host.spawn(
             "web",
             [
-                runfile(MARKETPLACE), "--host", self.web_host.address, "--port", WEB_PORT, "--workers", 1,
+                runfile(MARKETPLACE), "--host", self.web_host.address, "--port", WEB_PORT, "--processes", 1,
                 "--no-access-log",
                 "--recommendations-addr", backends, "--recommendations-timeout", PAGE_BUDGET,
                 *service_flags(certs, "marketplace"),

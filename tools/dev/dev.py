@@ -77,11 +77,10 @@ def tls_flags(certs: Path | None, service: str) -> list[str | Path]:
 def command(service: Service, args: argparse.Namespace, certs: Path | None) -> list[str | Path]:
     """How //:dev runs `service`: its binary on its port, told where its callees listen."""
     argv: list[str | Path] = [runfile(service.binary), "--host", args.host, "--port", str(args.ports[service.name])]
-    argv += ["--log-format", "text", *tls_flags(certs, service.name)]
-    if service.kind == "grpc":
-        argv += ["--drain-seconds", "0"]  # nothing balances across a single local process: stop at once
-        if service.name in args.metrics_ports:
-            argv += ["--metrics-port", str(args.metrics_ports[service.name])]
+    # Nothing balances across a single local process: stop at once.
+    argv += ["--log-format", "text", "--drain-seconds", "0", *tls_flags(certs, service.name)]
+    if service.name in args.metrics_ports:
+        argv += ["--metrics-port", str(args.metrics_ports[service.name])]
     for callee in REGISTRY.calls(service.name):
         argv += [REGISTRY[callee].address_flag(), f"{args.host}:{args.ports[callee]}"]
     return argv

@@ -17,8 +17,7 @@ import time
 
 import grpc
 
-from libs.runtime.config import ConfigError, ServerConfig, add_server_flags, server_config
-from libs.runtime.logs import configure_logging
+from libs.runtime.config import ServerConfig, add_config_flags, parse_config
 from libs.runtime.server import GrpcServer, serve
 
 SERVICE = "test.v1.Echo"
@@ -41,13 +40,8 @@ def register(server: grpc.aio.Server) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    add_server_flags(parser, "ECHO", 0)
-    try:
-        args = parser.parse_args(argv)
-        config = server_config(args)
-    except ConfigError as error:
-        parser.error(str(error))
-    configure_logging(args.log_format)
+    add_config_flags(parser, ServerConfig, "ECHO", 0)
+    config = parse_config(parser, ServerConfig, argv)
     return serve("echo", config, build, logging.getLogger("echo"))
 
 

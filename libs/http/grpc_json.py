@@ -1,0 +1,119 @@
+"""Unary gRPC methods called with JSON and answered in JSON, from their descriptors: what a web service's
+JSON endpoint does with a service it calls, with no code per method.
+
+    methods = unary_methods("books.order_history.v1.OrderHistoryService")  # its _pb2 module imported
+    answer = await call_json(channel, methods["ListOrders"], {"userId": "7"})
+
+Requests are read with protobuf's own JSON mapping (json_format: field names in lowerCamelCase or as
+in the proto, numbers also as strings, enums by name); a field the message does not have, or a value
+of the wrong type, raises `BadJson` naming it. Answers are written with the same mapping. A failed call
+raises grpc.aio.AioRpcError; `http_status` gives the HTTP status of its code (google.rpc.Code's
+canonical mapping, as grpc-gateway and Envoy's transcoder use it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf import descriptor_pool, json_format, message, message_factory
+from google.protobuf.descriptor import MethodDescriptor
+
+
+class BadJson(ValueError):
+    """A request the method's message cannot hold; the message names the field and why."""
+
+
+@dataclass(frozen=True)
+class UnaryMethod:
+    name: str
+    path: str  # /package.Service/Method, as gRPC calls it
+    request: type[message.Message]
+    response: type[message.Message]
+    description: MethodDescriptor
+
+    def request_fields(self) -> list[str]:
+        """The request's fields by their JSON names, in declaration order."""
+        return [field.json_name for field in self.description.input_type.fields]
+
+
+def unary_methods(service: str) -> dict[str, UnaryMethod]:
+    """The unary methods of the proto service `service` (its full name; its _pb2 module must have been
+    imported), by name. Streaming methods are left out: one JSON answer cannot carry them."""
+    found = descriptor_pool.Default().FindServiceByName(service)
+    return {
+        method.name: UnaryMethod(
+            method.name,
+            f"/{found.full_name}/{method.name}",
+            message_factory.GetMessageClass(method.input_type),
+            message_factory.GetMessageClass(method.output_type),
+            method,
+        )
+        for method in found.methods
+        if not method.client_streaming and not method.server_streaming
+    }
+
+
+def query_fields(method: UnaryMethod, items: Iterable[tuple[str, str]]) -> dict[str, Any]:
+    """Query parameters (`?word=a&word=b&top=3`) as a JSON object for the request: a repeated field gets
+    every value given, any other field the last one."""
+    repeated = set()
+    for field in method.description.input_type.fields:
+        if field.is_repeated:
+            repeated |= {field.name, field.json_name}
+    fields: dict[str, Any] = {}
+    for key, value in items:
+        if key in repeated:
+            fields.setdefault(key, []).append(value)
+        else:
+            fields[key] = value
+    return fields
+
+
+def parse_request(method: UnaryMethod, fields: Mapping[str, Any]) -> message.Message:
+    """`fields` (a JSON object, or query parameters: a list for a repeated field) as the method's request."""
+    try:
+        return json_format.ParseDict(dict(fields), method.request())
+    except json_format.ParseError as error:
+        raise BadJson(str(error)) from None
+
+
+async def call_json(
+    channel: grpc.aio.Channel, method: UnaryMethod, fields: Mapping[str, Any], timeout: float | None = None
+) -> dict[str, Any]:
+    """Calls `method` with the request `fields` make and returns its answer as a JSON object."""
+    request = parse_request(method, fields)
+    call = channel.unary_unary(
+        method.path,
+        request_serializer=method.request.SerializeToString,
+        response_deserializer=method.response.FromString,
+    )
+    response = await call(request, timeout=timeout)
+    return json_format.MessageToDict(response)
+
+
+HTTP_STATUS = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+def http_status(code: grpc.StatusCode) -> int:
+    return HTTP_STATUS.get(code, 500)
