@@ -4,6 +4,10 @@ JSON endpoint does with a service it calls, with no code per method.
     methods = unary_methods("books.order_history.v1.OrderHistoryService")  # its _pb2 module imported
     answer = await call_json(channel, methods["ListOrders"], {"userId": "7"})
 
+`json_call` is that as a route, `/api/{service}/{method}` over the `Backend`s in `app.state.backends`:
+GET takes the request from query parameters, POST from a JSON object; errors are JSON with the HTTP
+status of their gRPC code, and the fields a BadRequest names.
+
 Requests are read with protobuf's own JSON mapping (json_format: field names in lowerCamelCase or as
 in the proto, numbers also as strings, enums by name); a field the message does not have, or a value
 of the wrong type, raises `BadJson` naming it. Answers are written with the same mapping. A failed call
@@ -13,13 +17,21 @@ canonical mapping, as grpc-gateway and Envoy's transcoder use it).
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from google.protobuf import descriptor_pool, json_format, message, message_factory
 from google.protobuf.descriptor import MethodDescriptor
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from libs.interceptors.errors import field_violations
+
+logger = logging.getLogger("http.grpc_json")
 
 
 class BadJson(ValueError):
@@ -117,3 +129,53 @@ HTTP_STATUS = {
 
 def http_status(code: grpc.StatusCode) -> int:
     return HTTP_STATUS.get(code, 500)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A gRPC service a web app calls: its channel, its unary methods, each call's time budget in seconds."""
+
+    channel: grpc.aio.Channel
+    methods: Mapping[str, UnaryMethod]
+    timeout: float
+
+
+def error(status: int, text: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": text, **extra}, status_code=status)
+
+
+async def request_fields(request: Request, method: UnaryMethod) -> Mapping[str, Any]:
+    """The request's fields: its query parameters (GET), or its JSON object body (POST)."""
+    if request.method == "GET":
+        return query_fields(method, request.query_params.multi_items())
+    try:
+        fields = json.loads(await request.body())
+    except (UnicodeDecodeError, json.JSONDecodeError) as problem:
+        raise BadJson(f"the body is not JSON: {problem}") from None
+    if not isinstance(fields, dict):
+        raise BadJson("the body must be a JSON object")
+    return fields
+
+
+async def json_call(request: Request) -> Response:
+    """GET or POST /api/{service}/{method}: calls a unary method of a service in `app.state.backends`."""
+    backends = cast(Mapping[str, Backend], request.app.state.backends)  # Starlette's state is untyped
+    service, name = request.path_params["service"], request.path_params["method"]
+    backend = backends.get(service)
+    if backend is None:
+        return error(404, f"no service {service!r} here", services=sorted(backends))
+    method = backend.methods.get(name)
+    if method is None:
+        return error(404, f"{service} has no unary method {name!r}", methods=sorted(backend.methods))
+    try:
+        return JSONResponse(
+            await call_json(backend.channel, method, await request_fields(request, method), backend.timeout)
+        )
+    except BadJson as problem:
+        return error(400, str(problem))
+    except grpc.aio.AioRpcError as failed:
+        status = http_status(failed.code())
+        log = logger.warning if status >= 500 else logger.info
+        log("%s %s/%s: %s: %s", request.method, service, name, failed.code().name, failed.details())
+        fields = [{"field": v.field, "description": v.description} for v in field_violations(failed)]
+        return error(status, failed.details() or failed.code().name, code=failed.code().name, fields=fields)

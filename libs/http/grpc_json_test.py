@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import httpx2 as httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Route
 
-from libs.http.grpc_json import BadJson, call_json, http_status, query_fields, unary_methods
+from libs.http.grpc_json import Backend, BadJson, call_json, http_status, json_call, query_fields, unary_methods
 from testdata import library_pb2
 
 SERVICE = "testdata.library.v1.LibraryService"
@@ -22,24 +27,45 @@ async def find_books(request: library_pb2.FindBooksRequest, context: grpc.aio.Se
     return library_pb2.FindBooksResponse(books=found[: request.limit or None])
 
 
+@contextlib.asynccontextmanager
+async def library_channel() -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to a grpc.aio server of LibraryService on loopback."""
+    server = grpc.aio.server()
+    handler = grpc.unary_unary_rpc_method_handler(
+        find_books,
+        request_deserializer=library_pb2.FindBooksRequest.FromString,
+        response_serializer=library_pb2.FindBooksResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"FindBooks": handler}),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            yield channel
+    finally:
+        await server.stop(0)
+
+
 def call(fields: dict[str, Any]) -> dict[str, Any]:
-    """FindBooks with `fields`, through call_json, against a grpc.aio server on loopback."""
+    """FindBooks with `fields`, through call_json."""
 
     async def scenario() -> dict[str, Any]:
-        server = grpc.aio.server()
-        handler = grpc.unary_unary_rpc_method_handler(
-            find_books,
-            request_deserializer=library_pb2.FindBooksRequest.FromString,
-            response_serializer=library_pb2.FindBooksResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {"FindBooks": handler}),))
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                return await call_json(channel, unary_methods(SERVICE)["FindBooks"], fields, timeout=10)
-        finally:
-            await server.stop(0)
+        async with library_channel() as channel:
+            return await call_json(channel, unary_methods(SERVICE)["FindBooks"], fields, timeout=10)
+
+    return asyncio.run(scenario())
+
+
+def over_http(*requests: tuple[str, str, bytes | None]) -> list[httpx.Response]:
+    """(method, path, body) requests to an app whose /api/{service}/{method} is json_call, calling the library."""
+
+    async def scenario() -> list[httpx.Response]:
+        async with library_channel() as channel:
+            app = Starlette(routes=[Route("/api/{service}/{method}", json_call, methods=["GET", "POST"])])
+            app.state.backends = {"library": Backend(channel, unary_methods(SERVICE), timeout=10)}
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return [await client.request(verb, path, content=body) for verb, path, body in requests]
 
     return asyncio.run(scenario())
 
@@ -98,3 +124,33 @@ def test_every_failure_is_an_http_error_and_the_callers_fault_a_4xx() -> None:
     assert http_status(grpc.StatusCode.UNAVAILABLE) == 503
     assert http_status(grpc.StatusCode.DEADLINE_EXCEEDED) == 504
     assert http_status(grpc.StatusCode.RESOURCE_EXHAUSTED) == 429
+
+
+def test_the_json_endpoint_calls_with_query_parameters_or_a_json_body() -> None:
+    by_query, by_body = over_http(
+        ("GET", "/api/library/FindBooks?authors=Jane%20Austen&limit=1", None),
+        ("POST", "/api/library/FindBooks", b'{"authors": ["Frank Herbert"], "format": "FORMAT_EBOOK"}'),
+    )
+    assert (by_query.status_code, by_query.json()) == (
+        200,
+        {"books": [{"title": "Emma", "author": "Jane Austen", "copiesSold": "7"}]},
+    )
+    assert by_body.json()["books"][0]["title"] == "Dune"
+
+
+def test_the_json_endpoint_answers_every_mistake_with_a_4xx_that_says_what() -> None:
+    answers = over_http(
+        ("GET", "/api/shop/FindBooks", None),
+        ("GET", "/api/library/FollowBooks", None),
+        ("GET", "/api/library/FindBooks?limit=lots", None),
+        ("POST", "/api/library/FindBooks", b"[1, 2]"),
+        ("POST", "/api/library/FindBooks", b"\xff{"),
+        ("GET", "/api/library/FindBooks?limit=-1", None),
+    )
+    assert [answer.status_code for answer in answers] == [404, 404, 400, 400, 400, 400]
+    assert answers[0].json()["services"] == ["library"]
+    assert answers[1].json()["methods"] == ["FindBooks"]  # a streaming method has no JSON endpoint
+    assert "limit" in answers[2].json()["error"]
+    assert answers[3].json()["error"] == "the body must be a JSON object"
+    assert answers[4].json()["error"].startswith("the body is not JSON")
+    assert answers[5].json() == {"error": "limit must not be negative", "code": "INVALID_ARGUMENT", "fields": []}

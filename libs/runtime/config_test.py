@@ -17,7 +17,7 @@ from libs.runtime.config import (
     read_config,
     user_path,
 )
-from libs.runtime.settings import add_settings, env_name, between, read_settings, setting
+from libs.runtime.settings import add_settings, between, env_name, read_settings, setting
 from libs.runtime.web import HttpConfig
 
 
