@@ -278,7 +278,8 @@ def test_marketplace_workers_share_the_port_and_stop_cleanly(certs: Path, tmp_pa
         "marketplace",
         [
             runfile(MARKETPLACE), "--host", "127.0.0.1", "--port", web_port, "--processes", "2",
-            "--drain-seconds", "0", "--recommendations-addr", f"127.0.0.1:{rec_port}", *service_flags(certs, "marketplace"),
+            "--drain-seconds", "0", "--recommendations-addr", f"127.0.0.1:{rec_port}",
+            *service_flags(certs, "marketplace"),
         ],
     ).start()  # fmt: skip
     try:
