@@ -56,6 +56,24 @@ def service_proto_libraries():
         if entry["kind"] == "grpc"
     ]
 
+def callee_proto_libraries(caller):
+    """The generated messages of every gRPC service a caller may call (whose `allow` lists it).
+
+    A web service calls them by their descriptors (libs/http/grpc_json.py).
+
+    Args:
+      caller: the calling service's name in services/services.bzl.
+
+    Returns:
+      `//proto/books/<package>/v1:<package>_py_pb2` of each such service, in list order.
+    """
+    found = []
+    for entry in SERVICES:
+        callers = [name for names in entry.get("allow", {}).values() for name in names]
+        if entry["kind"] == "grpc" and caller in callers:
+            found.append("//proto/books/%s/v1:%s_py_pb2" % (_package(entry["name"]), _package(entry["name"])))
+    return found
+
 def service_image(name, service, main = "main.py", **kwargs):
     """The py_image of a service, configured from its entry in services/services.bzl.
 

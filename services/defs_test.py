@@ -82,3 +82,11 @@ def test_the_image_is_named_and_configured_as_the_registry_says(service: Any) ->
 def test_an_unknown_service_fails() -> None:
     with pytest.raises(Fail, match="no service 'nope'"):
         DEFINITIONS["service_image"](name="image", service="nope")
+
+
+@pytest.mark.parametrize("caller", [*REGISTRY, "nobody"])
+def test_a_callers_proto_libraries_hold_the_modules_the_registry_names(caller: str) -> None:
+    modules = [REGISTRY[callee].proto_module for callee in REGISTRY.calls(caller)] if caller in REGISTRY else []
+    packages = [module.rsplit(".", 1) for module in modules]  # books.x.v1, x_pb2
+    labels = [f"//proto/{package.replace('.', '/')}:{name.removesuffix('_pb2')}_py_pb2" for package, name in packages]
+    assert DEFINITIONS["callee_proto_libraries"](caller) == labels

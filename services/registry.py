@@ -89,7 +89,7 @@ class Service:
     description: str
     grpc_service: str = ""
     allow: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    public: bool = False
+    public: tuple[str, ...] = ()
     settings: Mapping[str, str] = field(default_factory=dict)
     slo: Slo = field(default_factory=Slo)
 
@@ -132,6 +132,12 @@ class Service:
     def callers(self) -> tuple[str, ...]:
         """Every service allowed to call at least one of its methods, in list order of `allow`."""
         return tuple(dict.fromkeys(caller for callers in self.allow.values() for caller in callers))
+
+    @property
+    def proto_module(self) -> str:
+        """A gRPC service's generated messages: books.<package>.v1.<package>_pb2 (services/defs.bzl has
+        the Bazel label of the same convention)."""
+        return f"books.{self.package}.v1.{self.package}_pb2"
 
     def address_flag(self) -> str:
         """The flag a caller takes this service's address with: --order-history-addr (env ORDER_HISTORY_ADDR)."""
@@ -191,9 +197,40 @@ class Registry(Mapping[str, Service]):
         return {port: f"{s.name} ({role})" for s in self.values() for role, port in s.ports.items()}
 
 
+OPERATOR_PATHS = ("/healthz", "/readyz", "/metrics")
+"""What every web service serves its operators (libs/http/app.py's PROBES), never the public."""
+
+
+def routes(public_path: str, path: str) -> bool:
+    """Whether the Ingress sends `path` along `public_path`: "/" exactly, any other path as a prefix of
+    whole segments (Kubernetes' Exact and Prefix path types)."""
+    if public_path == "/":
+        return path == "/"
+    return path == public_path or path.startswith(public_path + "/")
+
+
+def _public_problems(service: Service, taken: dict[str, str]) -> list[str]:
+    """What is wrong with `service`'s public paths; `taken` (path → service) collects them across the list."""
+    where = f"service {service.name!r}"
+    if service.public and service.kind != "http":
+        return [f"{where}: only http services are public (a gRPC service is called by services)"]
+    problems = []
+    for path in service.public:
+        if not isinstance(path, str) or not path.startswith("/") or (path != "/" and path.endswith("/")):
+            problems.append(f"{where}: public path {path!r} must start with '/' and not end with one, like /api")
+        elif any(routes(path, operator) for operator in OPERATOR_PATHS):
+            problems.append(f"{where}: public path {path!r} would publish {', '.join(OPERATOR_PATHS)}")
+        elif path in taken:
+            problems.append(f"{where}: public path {path!r} is already {taken[path]}'s")
+        else:
+            taken[path] = service.name
+    return problems
+
+
 def _check(registry: Registry) -> None:
     problems: list[str] = []
     ports: dict[int, str] = {}
+    public: dict[str, str] = {}
     for service in registry.values():
         where = f"service {service.name!r}"
         problem = dns_label_problem(service.name)
@@ -215,6 +252,7 @@ def _check(registry: Registry) -> None:
             problems.append(f"{where}: grpc_service must be a full proto name like pkg.v1.Service")
         if service.kind != "grpc" and (service.grpc_service or service.allow):
             problems.append(f"{where}: only grpc services have grpc_service and allow")
+        problems += _public_problems(service, public)
         slo = service.slo
         for name in ("availability_percent", "latency_percent"):
             if not isinstance(getattr(slo, name), int | float) or not 0 < getattr(slo, name) < 100:
@@ -278,7 +316,7 @@ def parse(source: str) -> Registry:
                 description=entry["description"],
                 grpc_service=entry.get("grpc_service", ""),
                 allow=MappingProxyType({method: tuple(callers) for method, callers in entry.get("allow", {}).items()}),
-                public=bool(entry.get("public", False)),
+                public=tuple(entry.get("public", ())),
                 settings=MappingProxyType(dict(entry.get("settings", {}))),
                 slo=_slo(name, entry.get("kind", ""), entry.get("slo", {})),
             )

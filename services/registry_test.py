@@ -14,8 +14,9 @@ import importlib
 import pytest
 from google.protobuf import descriptor_pool
 
+from libs.http.app import PROBES
 from libs.runtime.config import flag_environment
-from services.registry import REGISTRY, RegistryError, Service, dns_label_problem, package_of, parse
+from services.registry import OPERATOR_PATHS, REGISTRY, RegistryError, Service, dns_label_problem, package_of, parse
 
 GRPC = [name for name, service in REGISTRY.items() if service.kind == "grpc"]
 
@@ -89,6 +90,11 @@ def entry(name: str = "a", base: int = 50100, **changes: object) -> dict:
     return {**fields, **changes}
 
 
+def web(name: str = "a", port: int = 8000, **changes: object) -> dict:
+    """A valid web entry, with `changes`."""
+    return {"name": name, "kind": "http", "ports": {"http": port}, "description": "A", **changes}
+
+
 def test_objectives_default_by_kind_and_field() -> None:
     web = {"name": "b", "kind": "http", "ports": {"http": 8000}, "description": "B"}
     registry = parse(f"SERVICES = {[entry(slo={'latency_percent': 95}), web]!r}")
@@ -114,12 +120,25 @@ def test_objectives_default_by_kind_and_field() -> None:
         ([entry(slo={"availability_percent": 100})], "slo availability_percent must be a number between 0 and 100"),
         ([entry(slo={"latency_percent": "99"})], "slo latency_percent must be a number between 0 and 100"),
         ([entry(slo={"latency_ms": 0.5})], "slo latency_ms must be a whole number of milliseconds"),
+        ([entry(public=["/"])], "only http services are public"),
+        ([web(public=["api"])], "public path 'api' must start with '/'"),
+        ([web(public=["/api/"])], "public path '/api/' must start with '/' and not end with one"),
+        ([web(public=["/metrics"])], "public path '/metrics' would publish"),
+        ([web(public=["/healthz/x"])], None),
+        ([web(public=["/", "/api"]), web("b", 8001, public=["/api"])], "public path '/api' is already a's"),
     ],
 )
-def test_a_malformed_entry_is_refused_with_a_message_naming_the_fault(entries: list, message: str) -> None:
+def test_a_malformed_entry_is_refused_with_a_message_naming_the_fault(entries: list, message: str | None) -> None:
+    if message is None:  # a path below a probe's is not the probe: accepted
+        assert parse(f"SERVICES = {entries!r}")
+        return
     with pytest.raises(RegistryError, match="services/services.bzl") as raised:
         parse(f"SERVICES = {entries!r}")
     assert message in str(raised.value)
+
+
+def test_operator_paths_are_the_probes_every_web_app_serves() -> None:
+    assert tuple(PROBES) == OPERATOR_PATHS
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,9 @@ Each entry:
   grpc_service grpc only: the full name of the proto service it serves (health probes, reflection).
   allow        grpc only: method → the services that may call it under mTLS. Who calls whom follows from
                it: a service listed here gets this one's address (//:dev, Kubernetes) and a NetworkPolicy.
-  public       optional: served to the outside world through the Ingress (prod overlay).
+  public       http only, optional: the paths the prod overlay's Ingress routes to it from the outside world
+               ("/" exactly, any other as a prefix of whole segments: "/api" routes /api/x). Never the
+               probes or /metrics; no path of two services.
   settings     optional: environment variables the Kubernetes ConfigMap sets besides the wiring.
   slo          optional: its objectives, from which monitoring/rules.py makes its SLO rules and alerts and
                monitoring/dashboards.py its burn-rate panels: availability_percent of calls without a
@@ -52,7 +54,12 @@ SERVICES = [
             "http": 8080,
         },
         "description": "The bookstore's web pages, backed by Recommendations",
-        "public": True,
+        "public": [
+            "/",
+            "/category",
+            "/api",
+            "/static",
+        ],
         "slo": {
             "availability_percent": 99.9,
             "latency_percent": 99,

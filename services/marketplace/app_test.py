@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from libs.http.app import PROBES
 from libs.interceptors.deadlines import time_remaining
 from libs.interceptors.errors import BadRequest, FieldViolation
 from services.marketplace.app import (
@@ -23,6 +24,7 @@ from services.marketplace.app import (
     UNAVAILABLE_NOTICE,
     create_app,
 )
+from services.registry import REGISTRY, routes
 
 BOOKS = [
     recommendations_pb2.BookRecommendation(
@@ -379,3 +381,15 @@ def test_requests_in_flight_and_their_duration_by_method_and_route() -> None:
     assert seen_in_flight == [1.0]  # the page being answered
     assert prometheus_client.REGISTRY.get_sample_value("http_requests_in_flight") == 0.0
     assert durations() == before + 1
+
+
+def test_the_ingress_publishes_exactly_the_sites_routes() -> None:
+    """The list's `public` paths (what the prod Ingress routes here) cover every route but the probes, and
+    each names one."""
+    app = create_app(as_stub(FakeRecommendations(BOOKS)), 0.3)
+    site = [re.sub(r"\{[^}]+\}", "x", route.path) for route in app.routes]  # type: ignore[attr-defined]
+    public = REGISTRY["marketplace"].public
+    for path in site:
+        assert any(routes(each, path) for each in public) == (path not in PROBES), path
+    for each in public:
+        assert any(routes(each, path) for path in site), each

@@ -1,9 +1,9 @@
-"""Creates a working gRPC service: `./bazelw run //tools/new_service -- NAME [--port P] [--callers a,b]`.
+"""Creates a working service: `./bazelw run //tools/new_service -- NAME [--kind grpc|http] [--port P] ...`.
 
 NAME is a lowercase DNS label (`order-history`); its Python package, Bazel package and proto package
 use it with "-" turned into "_" (`services/order_history/`, `books.order_history.v1`), its environment
 variables the upper-case form (`ORDER_HISTORY_PORT`), and its proto service the CamelCase form
-(`OrderHistoryService`). Written, all at once or not at all:
+(`OrderHistoryService`). Written, all at once or not at all, for `--kind grpc` (the default):
 
   proto/books/<package>/v1/<package>.proto   a unary and a server-streaming RPC, errors documented per RPC
   proto/books/<package>/v1/BUILD.bazel       proto_library → py_proto_library → py_grpc_library
@@ -12,7 +12,18 @@ variables the upper-case form (`ORDER_HISTORY_PORT`), and its proto service the 
   services/<package>/BUILD.bazel             library, binary, image (+ .tar, .digest, :push), tests
   services/<package>/servicer_test.py        unit tests of the handlers
   services/<package>/server_test.py          the server in-process over mTLS, by stub and by reflection
-  services/services.bzl                      the new entry: ports, allow rules (who calls it)
+  services/services.bzl                      the new entry: ports, allow rules (who calls it: --callers)
+
+and for `--kind http` (a web service, `--public` to serve it through the Ingress):
+
+  services/<package>/app.py                  a page and a JSON API over every gRPC service it calls
+  services/<package>/templates/index.html    the page (autoescaped)
+  services/<package>/main.py                 served by libs/runtime/web.py, flags with <PREFIX>_* variables
+  services/<package>/BUILD.bazel             library, binary, image (+ .tar, .digest, :push), tests
+  services/<package>/app_test.py             the app in-process: page, API, probes
+  services/<package>/server_test.py          the process: page and probes on its port, bad flags, SIGTERM
+  services/services.bzl                      the new entry, and the new service added to the `allow`
+                                             rules of every service it calls (--calls)
 
 Everything else follows from the list: //:dev starts it, //tools/certs mints its certificate, //k8s:render
 deploys it (base objects, mTLS, certificate, autoscaling, network policy), the container and manifest
@@ -38,15 +49,32 @@ from tools.lint.ruff import RUFF
 TEMPLATES = Path(__file__).with_name("templates")
 LIST = Path("services/services.bzl")
 FILES = {
-    "proto.tmpl": "proto/books/{package}/v1/{package}.proto",
-    "proto_BUILD.tmpl": "proto/books/{package}/v1/BUILD.bazel",
-    "servicer.py.tmpl": "services/{package}/servicer.py",
-    "main.py.tmpl": "services/{package}/main.py",
-    "BUILD.tmpl": "services/{package}/BUILD.bazel",
-    "servicer_test.py.tmpl": "services/{package}/servicer_test.py",
-    "server_test.py.tmpl": "services/{package}/server_test.py",
+    "grpc": {
+        "proto.tmpl": "proto/books/{package}/v1/{package}.proto",
+        "proto_BUILD.tmpl": "proto/books/{package}/v1/BUILD.bazel",
+        "servicer.py.tmpl": "services/{package}/servicer.py",
+        "main.py.tmpl": "services/{package}/main.py",
+        "BUILD.tmpl": "services/{package}/BUILD.bazel",
+        "servicer_test.py.tmpl": "services/{package}/servicer_test.py",
+        "server_test.py.tmpl": "services/{package}/server_test.py",
+    },
+    "http": {
+        "app.py.tmpl": "services/{package}/app.py",
+        "index.html.tmpl": "services/{package}/templates/index.html",
+        "main.py.tmpl": "services/{package}/main.py",
+        "BUILD.tmpl": "services/{package}/BUILD.bazel",
+        "app_test.py.tmpl": "services/{package}/app_test.py",
+        "server_test.py.tmpl": "services/{package}/server_test.py",
+    },
 }
 FIRST_GRPC_PORT = 50051
+FIRST_HTTP_PORT = 8080
+# What --public publishes of a generated web service: its page and its API (templates/http/app.py.tmpl).
+PUBLIC_PATHS = """
+        "public": [
+            "/",
+            "/api",
+        ],"""
 FIRST_METRICS_PORT = 9090
 LIMITS = {"max_text": 10_000, "max_top": 50, "max_words": 1_000}
 
@@ -126,14 +154,65 @@ def choose_ports(port: int | None, metrics_port: int | None, registry: Registry)
 
 def insert_entry(source: str, entry: str) -> str:
     """`source` (services.bzl) with `entry` appended to the SERVICES list, before its closing bracket."""
-    for statement in ast.parse(source).body:
-        if isinstance(statement, ast.Assign) and [getattr(t, "id", None) for t in statement.targets] == ["SERVICES"]:
-            lines = source.splitlines(keepends=True)
-            closing = statement.value.end_lineno - 1  # type: ignore[operator]
-            if lines[closing].strip() != "]":
-                raise NewServiceError(f"{LIST}: SERVICES must end with ']' on a line of its own (buildifier's format)")
-            return "".join(lines[:closing]) + entry + "".join(lines[closing:])
+    services = _services_list(ast.parse(source))
+    lines = source.splitlines(keepends=True)
+    closing = services.end_lineno - 1  # type: ignore[operator]
+    if lines[closing].strip() != "]":
+        raise NewServiceError(f"{LIST}: SERVICES must end with ']' on a line of its own (buildifier's format)")
+    return "".join(lines[:closing]) + entry + "".join(lines[closing:])
+
+
+def _services_list(tree: ast.Module) -> ast.List:
+    for statement in tree.body:
+        targets = [getattr(t, "id", None) for t in getattr(statement, "targets", [])]
+        if isinstance(statement, ast.Assign) and targets == ["SERVICES"] and isinstance(statement.value, ast.List):
+            return statement.value
     raise NewServiceError(f"{LIST} has no SERVICES list")
+
+
+def add_caller(source: str, callee: str, caller: str) -> str:
+    """`source` (services.bzl) with `caller` added to every method's list in `callee`'s `allow`: the
+    rules that let it call, from which its address flags, certificates and network policy follow."""
+    data = source.encode()
+    starts = [0]
+    for line in data.splitlines(keepends=True):
+        starts.append(starts[-1] + len(line))
+    edits = []
+    for entry in _services_list(ast.parse(source)).elts:
+        if not isinstance(entry, ast.Dict):
+            continue
+        fields = {ast.literal_eval(key): value for key, value in zip(entry.keys, entry.values, strict=True) if key}
+        allow = fields.get("allow")
+        if ast.literal_eval(fields["name"]) != callee or not isinstance(allow, ast.Dict):
+            continue
+        for rule in allow.values:
+            names = ast.literal_eval(rule)
+            if caller not in names:
+                start = starts[rule.lineno - 1] + rule.col_offset
+                end = starts[rule.end_lineno - 1] + rule.end_col_offset  # type: ignore[operator]
+                edits.append((start, end, json.dumps([*names, caller]).encode()))
+    for start, end, text in sorted(edits, reverse=True):
+        data = data[:start] + text + data[end:]
+    return data.decode()
+
+
+def check_callees(calls: list[str], registry: Registry) -> None:
+    wrong = [name for name in calls if name not in registry or registry[name].kind != "grpc"]
+    if wrong:
+        grpc_services = [name for name, service in registry.items() if service.kind == "grpc"]
+        raise NewServiceError(
+            f"--calls {', '.join(wrong)}: not a gRPC service in {LIST} (there are {', '.join(grpc_services)})"
+        )
+
+
+def choose_http_port(port: int | None, registry: Registry) -> int:
+    used = registry.used_ports()
+    chosen = port if port is not None else _free(set(used), FIRST_HTTP_PORT)
+    if not 1024 <= chosen <= 65535:
+        raise NewServiceError(f"--port {chosen} is not a port from 1024 to 65535")
+    if chosen in used:
+        raise NewServiceError(f"--port {chosen} is already used by {used[chosen]}")
+    return chosen
 
 
 def plan(
@@ -143,6 +222,9 @@ def plan(
     metrics_port: int | None = None,
     callers: list[str] | None = None,
     description: str | None = None,
+    kind: str = "grpc",
+    public: bool = False,
+    calls: list[str] | None = None,
 ) -> Plan:
     """Everything to write for service `name`, checked; raises NewServiceError before anything is written."""
     source = (workspace / LIST).read_text()
@@ -151,38 +233,47 @@ def plan(
     except RegistryError as error:
         raise NewServiceError(f"fix the list first: {error}") from None
     package = check_name(name, registry, workspace)
-    callers = list(dict.fromkeys(callers or []))
-    check_callers(callers, registry)
-    grpc_port, health_port, metrics = choose_ports(port, metrics_port, registry)
     title = name.replace("-", " ").capitalize()
-    proto_package = f"books.{package}.v1"
-    description = description or f"{title} over gRPC ({proto_package})"
+    values: dict[str, object] = {"name": name, "package": package, "prefix": package.upper(), "title": title}
+    if kind == "grpc":
+        if public or calls:
+            raise NewServiceError("--public and --calls are for --kind http (a gRPC service is called: --callers)")
+        callers = list(dict.fromkeys(callers or []))
+        check_callers(callers, registry)
+        grpc_port, health_port, metrics = choose_ports(port, metrics_port, registry)
+        proto_package = f"books.{package}.v1"
+        description = description or f"{title} over gRPC ({proto_package})"
+        values |= {
+            "service": f"{camel_case(name)}Service",
+            "proto_package": proto_package,
+            "port": grpc_port,
+            "health_port": health_port,
+            "metrics_port": metrics,
+            "callers": json.dumps(callers),
+            **LIMITS,
+        }
+    else:
+        if callers or metrics_port is not None:
+            raise NewServiceError("--callers and --metrics-port are for --kind grpc (a web service calls: --calls)")
+        calls = list(dict.fromkeys(calls or []))
+        check_callees(calls, registry)
+        description = description or f"{title}, a web service"
+        values |= {"port": choose_http_port(port, registry), "public": PUBLIC_PATHS if public else ""}
+        for callee in calls:
+            source = add_caller(source, callee, name)
     if not description.isprintable():
         raise NewServiceError("--description must be one line of printable text")
-    values = {
-        "name": name,
-        "package": package,
-        "prefix": package.upper(),
-        "title": title,
-        "service": f"{camel_case(name)}Service",
-        "proto_package": proto_package,
-        "port": grpc_port,
-        "health_port": health_port,
-        "metrics_port": metrics,
-        "description": json.dumps(description, ensure_ascii=False),
-        "callers": json.dumps(callers),
-        **LIMITS,
-    }
-    entry = string.Template((TEMPLATES / "entry.tmpl").read_text()).substitute(values)
+    values["description"] = json.dumps(description, ensure_ascii=False)
+    entry = string.Template((TEMPLATES / kind / "entry.tmpl").read_text()).substitute(values)
     services_bzl = insert_entry(source, entry)
     try:
         parse(services_bzl)  # the list with the new entry must still hold together
     except RegistryError as error:
         raise NewServiceError(str(error)) from None
     files = {}
-    for template, target in FILES.items():
+    for template, target in FILES[kind].items():
         path = workspace / target.format(package=package)
-        text = string.Template((TEMPLATES / template).read_text()).substitute(values)
+        text = string.Template((TEMPLATES / kind / template).read_text()).substitute(values)
         files[path] = python_style(text, path, workspace) if path.suffix == ".py" else text
     return Plan(files, services_bzl, entry)
 
@@ -231,14 +322,26 @@ def write(plan: Plan, workspace: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="lowercase DNS label, e.g. order-history")
+    parser.add_argument("--kind", choices=("grpc", "http"), default="grpc", help="a gRPC service or a web service")
     parser.add_argument(
-        "--port", type=int, help="gRPC port (health: the next one); default: the first free pair from 50051"
+        "--port",
+        type=int,
+        help="gRPC port (health: the next one), default the first free pair from 50051; "
+        "or HTTP port, default the first free one from 8080",
     )
     parser.add_argument("--metrics-port", type=int, help="Prometheus port; default: the first free one from 9090")
     parser.add_argument(
         "--callers",
         default="",
-        help="comma-separated services allowed to call both RPCs under mTLS (default: none, every call refused)",
+        help="grpc: comma-separated services allowed to call both RPCs under mTLS (default: none, every call refused)",
+    )
+    parser.add_argument(
+        "--calls",
+        default="",
+        help="http: comma-separated gRPC services it calls (it is added to their allow rules)",
+    )
+    parser.add_argument(
+        "--public", action="store_true", help="http: its page (/) and API (/api) served to the world by the Ingress"
     )
     parser.add_argument("--description", help="one line for the image label (default: '<Name> over gRPC (...)')")
     parser.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
@@ -250,8 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     callers = [caller.strip() for caller in args.callers.split(",") if caller.strip()]
+    calls = [callee.strip() for callee in args.calls.split(",") if callee.strip()]
     try:
-        made = plan(args.name, args.workspace, args.port, args.metrics_port, callers, args.description)
+        made = plan(
+            args.name,
+            args.workspace,
+            args.port,
+            args.metrics_port,
+            callers,
+            args.description,
+            kind=args.kind,
+            public=args.public,
+            calls=calls,
+        )
         if not args.dry_run:
             write(made, args.workspace)
     except NewServiceError as error:
@@ -262,12 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{verb} {path.relative_to(args.workspace)}")
     print(f"{'would add' if args.dry_run else 'added'} to {LIST}:\n{made.entry}", end="")
     if not args.dry_run:
-        package = package_of(args.name)
         print(
-            f"next: ./bazelw test //services/{package}/... //services:registry_test //k8s:manifests_test //proto/..."
-            f"\n      ./bazelw run //:dev   (starts it with the others)"
-            f"\n      ./bazelw run //proto:accept_api_changes   (when its API is released: guards it from breaks)"
+            "next: ./bazelw test //...   (the whole suite: //:dev, the images, the manifests and monitoring cover it)"
         )
+        print("      ./bazelw run //:dev   (starts it with the others)")
+        if args.kind == "grpc":
+            print("      ./bazelw run //proto:accept_api_changes   (when its API is released: guards it from breaks)")
     return 0
 
 

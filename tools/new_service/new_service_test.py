@@ -8,6 +8,7 @@ tests, is in .ci/run (it generates one into a throwaway copy of the repository a
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_dry_run_lists_the_files_and_writes_nothing(workspace: Path, capsys) -> 
     assert main(["shelf", "--dry-run", "--workspace", str(workspace)]) == 0
     assert snapshot(workspace) == before
     printed = capsys.readouterr().out
-    for path in new_service.FILES.values():
+    for path in new_service.FILES["grpc"].values():
         assert f"would write {path.format(package='shelf')}" in printed
     assert "would add to services/services.bzl" in printed
 
@@ -92,6 +93,11 @@ def test_default_ports_are_the_first_free_ones(workspace: Path) -> None:
         (["shelf", "--callers", "marketplace,billing"], "--callers billing: not a service"),
         (["shelf", "--callers", "shelf"], "--callers shelf: not a service"),
         (["shelf", "--description", "two\nlines"], "--description must be one line"),
+        (["shelf", "--public"], "--public and --calls are for --kind http"),
+        (["shop", "--kind", "http", "--callers", "marketplace"], "--callers and --metrics-port are for --kind grpc"),
+        (["shop", "--kind", "http", "--calls", "marketplace"], "--calls marketplace: not a gRPC service"),
+        (["shop", "--kind", "http", "--port", "8080"], "--port 8080 is already used by marketplace (http)"),
+        (["shop", "--kind", "http", "--public"], "public path '/' is already marketplace's"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_nothing_is_written(
@@ -118,3 +124,28 @@ def test_a_failed_write_leaves_nothing_behind(workspace: Path) -> None:
     (workspace / "proto").unlink()
     assert snapshot(workspace) == before
     assert not (workspace / "services" / "shelf").exists()
+
+
+def test_a_web_service_is_written_and_wired_to_the_services_it_calls(workspace: Path, capsys) -> None:
+    assert main(["shop-front", "--kind", "http", "--calls", "recommendations", "--workspace", str(workspace)]) == 0
+    registry = parse((workspace / "services/services.bzl").read_text())
+    entry = registry["shop-front"]
+    assert (entry.kind, entry.ports, entry.public) == ("http", {"http": 8081}, ())
+    assert registry.calls("shop-front") == ("recommendations",)
+    assert all("shop-front" in callers for callers in registry["recommendations"].allow.values())
+    assert registry.calls("marketplace") == ("recommendations",)  # the other callers keep their rules
+    written = {str(path.relative_to(workspace)) for path in (workspace / "services/shop_front").rglob("*")}
+    assert {"services/shop_front/app.py", "services/shop_front/templates/index.html"} <= written
+    for path in (workspace / "services/shop_front").glob("*.py"):
+        ast.parse(path.read_text(), str(path))
+        assert "${" not in path.read_text(), path
+    assert 'callee_proto_libraries("shop-front")' in (workspace / "services/shop_front/BUILD.bazel").read_text()
+    assert "proto/" not in capsys.readouterr().out  # a web service has no API of its own
+
+
+def test_a_public_web_service_gets_its_page_and_api_published(workspace: Path) -> None:
+    source = (workspace / "services/services.bzl").read_text()
+    unpublished = re.sub(r'\n *"public": \[[^\]]*\],', "", source)  # no path is taken
+    (workspace / "services/services.bzl").write_text(unpublished)
+    made = plan("shop-front", workspace, kind="http", public=True)
+    assert parse(made.services_bzl)["shop-front"].public == ("/", "/api")
