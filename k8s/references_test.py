@@ -135,8 +135,8 @@ def monitor_port(objects: list[Object]) -> tuple[str, str]:
 def ingress_backend(objects: list[Object]) -> tuple[str, str]:
     ingress = first(objects, "Ingress")
     path = ingress["spec"]["rules"][0]["http"]["paths"][0]
-    path["backend"]["service"]["name"] = "storefront"
-    return f"Ingress/{ingress['metadata']['name']}", "Service/storefront"
+    path["backend"]["service"]["name"] = "no-such-service"
+    return f"Ingress/{ingress['metadata']['name']}", "Service/no-such-service"
 
 
 def ingress_port(objects: list[Object]) -> tuple[str, str]:
