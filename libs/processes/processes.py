@@ -23,7 +23,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def runfile(path: str) -> Path:
-    """The runfiles location of a workspace-relative path, e.g. 'services/marketplace/marketplace'.
+    """The runfiles location of a workspace-relative path, e.g. 'services/order_history/order_history'.
 
     This module is itself a runfile (<runfiles>/online_books/libs/processes/processes.py, a path
     Python does not resolve through symlinks), so its location gives the runfiles root.

@@ -3,7 +3,7 @@
 `ProcessConfig` is what any serving process takes (address, processes, event loop, logs, mTLS and how to
 reach each service it calls); `ServerConfig` adds gRPC's limits, libs/runtime/web.py's `HttpConfig` those
 of HTTP. `add_config_flags` makes their flags, each with its environment variable (`--some-flag` of
-prefix RECOMMENDATIONS → RECOMMENDATIONS_SOME_FLAG), and `read_config` checks them all at once.
+prefix ORDER_HISTORY → ORDER_HISTORY_SOME_FLAG), and `read_config` checks them all at once.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """A setting is declared once, as a field of a frozen dataclass, and everything else follows from it.
 
     @dataclass(frozen=True)
-    class CatalogSettings:
-        catalog: Path = setting(DEFAULT_CATALOG, "books CSV", parse=user_path)
-        max_books: int = setting(1000, "books kept in memory", check=between(1, 1_000_000))
+    class OrdersSettings:
+        orders_file: Path = setting(DEFAULT_ORDERS, "orders CSV", parse=user_path)
+        max_orders: int = setting(1000, "orders kept in memory", check=between(1, 1_000_000))
 
-`add_settings(parser, CatalogSettings, "RECOMMENDATIONS")` adds the flags --catalog and --max-books, each
-falling back to its environment variable (RECOMMENDATIONS_CATALOG, RECOMMENDATIONS_MAX_BOOKS: the keys a
+`add_settings(parser, OrdersSettings, "ORDER_HISTORY")` adds the flags --orders-file and --max-orders, each
+falling back to its environment variable (ORDER_HISTORY_ORDERS_FILE, ORDER_HISTORY_MAX_ORDERS: the keys a
 Kubernetes ConfigMap sets), with `--help` naming the variable and the default.
 `read_settings(CatalogSettings, args)` checks every value and raises ConfigError naming each flag that
 fails and why, before the process binds a port. Adding a setting is one field and its use.
@@ -108,8 +108,8 @@ def settings_group(cls: type) -> Any:
 
 
 def env_name(prefix: str, flag: str) -> str:
-    """`--tls-cert` of `MARKETPLACE` → MARKETPLACE_TLS_CERT; a flag already named after the prefix
-    keeps its name: `--recommendations-addr` of `RECOMMENDATIONS` → RECOMMENDATIONS_ADDR."""
+    """`--tls-cert` of `SHOP` → SHOP_TLS_CERT; a flag already named after the prefix keeps its name:
+    `--order-history-addr` of `ORDER_HISTORY` → ORDER_HISTORY_ADDR."""
     name = flag.lstrip("-").upper().replace("-", "_")
     return name if name.startswith(f"{prefix}_") else f"{prefix}_{name}"
 

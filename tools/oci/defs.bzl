@@ -207,7 +207,7 @@ oci_push = rule(
     implementation = _oci_push_impl,
     attrs = {
         "image": attr.label(mandatory = True),
-        "repository": attr.string(mandatory = True, doc = "Path in the registry, e.g. online-books/recommendations."),
+        "repository": attr.string(mandatory = True, doc = "Path in the registry, e.g. online-books/order-history."),
         "_push": attr.label(default = "//tools/oci:push", cfg = "target", executable = True),
     },
     executable = True,
@@ -257,7 +257,7 @@ def py_image(name, binary, main, repository, exposed_ports = [], env = {}, label
       name: the image target's name, conventionally "image".
       binary: the py_binary to run.
       main: the binary's main file, relative to this package.
-      repository: the image's name in registries, e.g. "online-books/recommendations".
+      repository: the image's name in registries, e.g. "online-books/order-history".
       exposed_ports: ports the process listens on.
       env: environment variables, added to the PYTHON* ones the layers need.
       labels: config labels, added to the standard org.opencontainers.image.* ones.
