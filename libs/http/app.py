@@ -66,7 +66,35 @@ def serving_state(app: Starlette) -> ServingState:
     return cast(ServingState, app.state.serving)  # set by web_app; Starlette's state is untyped
 
 
-class SecurityHeaders:
+def adding_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """`send` that adds `headers` to the response's."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), *headers]
+        await send(message)
+
+    return send_with_headers
+
+
+class HttpMiddleware:
+    """Plain ASGI middleware (no task per request, unlike Starlette's BaseHTTPMiddleware): `http` handles
+    each HTTP request; anything else (lifespan, websockets) passes through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.http(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class SecurityHeaders(HttpMiddleware):
     """The headers every response carries: a Content-Security-Policy that allows only the app's own
     stylesheets and images (no script), no MIME sniffing, no framing, no referrer beyond our origin,
     and HSTS when the request came over HTTPS."""
@@ -80,34 +108,16 @@ class SecurityHeaders:
     ]
     HSTS = (b"strict-transport-security", b"max-age=31536000")
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         extra = self.HEADERS + [self.HSTS] if scope.get("scheme") == "https" else self.HEADERS
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), *extra]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+        await self.app(scope, receive, adding_headers(send, extra))
 
 
-class RequestMetrics:
+class RequestMetrics(HttpMiddleware):
     """Counts and times every answer the app gives by method, route template (/category/{name}, so the
     labels stay few whatever paths clients ask for) and status."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500  # if the app raises before answering, uvicorn answers 500
         HTTP_IN_FLIGHT.inc()
@@ -129,27 +139,15 @@ class RequestMetrics:
             HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)
 
 
-class RequestIdMiddleware:
+class RequestIdMiddleware(HttpMiddleware):
     """Takes X-Request-ID from the request (or makes one), keeps it for logs and gRPC calls, and
-    returns it in the response. Plain ASGI: no per-request task, unlike BaseHTTPMiddleware."""
+    returns it in the response."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         header = HTTP_HEADER.lower().encode()
         given = next((value for key, value in scope["headers"] if key == header), b"")
         request_id = use_request_id(given.decode("latin-1")).encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (header, request_id)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+        await self.app(scope, receive, adding_headers(send, [(header, request_id)]))
 
 
 async def healthz(request: Request) -> Response:
