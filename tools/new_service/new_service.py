@@ -33,21 +33,21 @@ tests cover it. `--dry-run` prints what would be written and writes nothing.
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import keyword
 import os
 import string
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.registry import Registry, RegistryError, dns_label_problem, package_of, parse
 from tools.lint.ruff import RUFF
+from tools.service_list.list_edit import LIST, ListEditError, add_caller, insert_entry
 
 TEMPLATES = Path(__file__).with_name("templates")
-LIST = Path("services/services.bzl")
 FILES = {
     "grpc": {
         "proto.tmpl": "proto/books/{package}/v1/{package}.proto",
@@ -152,50 +152,6 @@ def choose_ports(port: int | None, metrics_port: int | None, registry: Registry)
     return grpc_port, grpc_port + 1, metrics
 
 
-def insert_entry(source: str, entry: str) -> str:
-    """`source` (services.bzl) with `entry` appended to the SERVICES list, before its closing bracket."""
-    services = _services_list(ast.parse(source))
-    lines = source.splitlines(keepends=True)
-    closing = services.end_lineno - 1  # type: ignore[operator]
-    if lines[closing].strip() != "]":
-        raise NewServiceError(f"{LIST}: SERVICES must end with ']' on a line of its own (buildifier's format)")
-    return "".join(lines[:closing]) + entry + "".join(lines[closing:])
-
-
-def _services_list(tree: ast.Module) -> ast.List:
-    for statement in tree.body:
-        targets = [getattr(t, "id", None) for t in getattr(statement, "targets", [])]
-        if isinstance(statement, ast.Assign) and targets == ["SERVICES"] and isinstance(statement.value, ast.List):
-            return statement.value
-    raise NewServiceError(f"{LIST} has no SERVICES list")
-
-
-def add_caller(source: str, callee: str, caller: str) -> str:
-    """`source` (services.bzl) with `caller` added to every method's list in `callee`'s `allow`: the
-    rules that let it call, from which its address flags, certificates and network policy follow."""
-    data = source.encode()
-    starts = [0]
-    for line in data.splitlines(keepends=True):
-        starts.append(starts[-1] + len(line))
-    edits = []
-    for entry in _services_list(ast.parse(source)).elts:
-        if not isinstance(entry, ast.Dict):
-            continue
-        fields = {ast.literal_eval(key): value for key, value in zip(entry.keys, entry.values, strict=True) if key}
-        allow = fields.get("allow")
-        if ast.literal_eval(fields["name"]) != callee or not isinstance(allow, ast.Dict):
-            continue
-        for rule in allow.values:
-            names = ast.literal_eval(rule)
-            if caller not in names:
-                start = starts[rule.lineno - 1] + rule.col_offset
-                end = starts[rule.end_lineno - 1] + rule.end_col_offset  # type: ignore[operator]
-                edits.append((start, end, json.dumps([*names, caller]).encode()))
-    for start, end, text in sorted(edits, reverse=True):
-        data = data[:start] + text + data[end:]
-    return data.decode()
-
-
 def check_callees(calls: list[str], registry: Registry) -> None:
     wrong = [name for name in calls if name not in registry or registry[name].kind != "grpc"]
     if wrong:
@@ -213,6 +169,13 @@ def choose_http_port(port: int | None, registry: Registry) -> int:
     if chosen in used:
         raise NewServiceError(f"--port {chosen} is already used by {used[chosen]}")
     return chosen
+
+
+def _edited(edit: Callable[..., str], *args: str) -> str:
+    try:
+        return edit(*args)
+    except ListEditError as error:
+        raise NewServiceError(str(error)) from None
 
 
 def plan(
@@ -260,12 +223,12 @@ def plan(
         description = description or f"{title}, a web service"
         values |= {"port": choose_http_port(port, registry), "public": PUBLIC_PATHS if public else ""}
         for callee in calls:
-            source = add_caller(source, callee, name)
+            source = _edited(add_caller, source, callee, name)
     if not description.isprintable():
         raise NewServiceError("--description must be one line of printable text")
     values["description"] = json.dumps(description, ensure_ascii=False)
     entry = string.Template((TEMPLATES / kind / "entry.tmpl").read_text()).substitute(values)
-    services_bzl = insert_entry(source, entry)
+    services_bzl = _edited(insert_entry, source, entry)
     try:
         parse(services_bzl)  # the list with the new entry must still hold together
     except RegistryError as error:
