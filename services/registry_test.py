@@ -58,12 +58,6 @@ def test_callees_start_before_their_callers() -> None:
             assert order.index(callee) < order.index(name)
 
 
-def test_the_example_services_and_their_wiring() -> None:
-    assert "recommendations" in REGISTRY.calls("marketplace")
-    assert REGISTRY["recommendations"].callers == ("marketplace",)
-    assert REGISTRY["recommendations"].env_prefix == "RECOMMENDATIONS"
-
-
 @pytest.mark.parametrize(
     ("name", "package"), [("recommendations", "recommendations"), ("order-history", "order_history"), ("a1", "a1")]
 )
