@@ -4,7 +4,8 @@ Every directory of k8s/ that needs one object (or patch) per service gets a `ser
 hand-written kustomization.yaml, which lists it:
 
 - base/services.yaml: ServiceAccount, ConfigMap, Deployment and Service (templates/grpc.yaml or http.yaml); the
-  ConfigMap also carries the entry's `settings` and the address and TLS name of every service it calls.
+  ConfigMap also carries the entry's `settings` (as the variables their flags read) and the address and TLS
+  name of every service it calls.
 - components/mtls/services.yaml: the TLS Secret mounted at /certs and the TLS flags pointing there (mtls.yaml).
 - components/plaintext/services.yaml: <PREFIX>_INSECURE=true.
 - components/cert-manager/services.yaml: a Certificate with the names tools/certs uses (certificate.yaml).
@@ -30,6 +31,7 @@ from typing import Any
 import yaml
 
 from libs.processes.processes import runfile
+from libs.runtime.settings import env_name, flag_of
 from services.registry import REGISTRY, Registry, Service
 from tools.certs.certs import service_dns_names
 
@@ -62,12 +64,14 @@ def _tcp(port: int) -> dict:
 def base_objects(tree: Path, registry: Registry, service: Service, namespace: str) -> list[dict]:
     objects = _template(tree, f"{service.kind}.yaml", service)
     (config,) = [o for o in objects if o["kind"] == "ConfigMap"]
-    config["data"].update(service.settings)
+    data = config["data"]
+    data.update({env_name(service.env_prefix, flag_of(name)): str(value) for name, value in service.settings.items()})
     for callee in (registry[name] for name in registry.calls(service.name)):
-        config["data"][f"{callee.env_prefix}_ADDR"] = (
-            f"dns:///{callee.name}.{namespace}.svc.cluster.local:{callee.port}"  # every ready pod, balanced per call
+        # Every ready pod, balanced per call.
+        data[env_name(callee.env_prefix, f"--{callee.name}-addr")] = (
+            f"dns:///{callee.name}.{namespace}.svc.cluster.local:{callee.port}"
         )
-        config["data"][f"{callee.env_prefix}_TLS_NAME"] = callee.name
+        data[env_name(callee.env_prefix, f"--{callee.name}-tls-name")] = callee.name
     return objects
 
 

@@ -18,8 +18,7 @@ import pytest
 from libs.processes.processes import runfile
 
 BUF = "../buf/buf"  # in the runfiles
-SOURCES = ["books/catalog/v1/catalog.proto", "books/recommendations/v1/recommendations.proto"]
-API = "books/recommendations/v1/recommendations.proto"
+API = "books/shelf/v1/shelf.proto"  # where proto/testdata/shelf.proto goes in the tree buf builds
 
 
 def buf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -30,9 +29,8 @@ def buf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def image(root: Path, edit: Callable[[str], str] | None, name: str) -> Path:
     """The API's sources (edited by `edit`) built into a buf image."""
     tree = root / name
-    for source in SOURCES:
-        (tree / source).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(runfile(f"proto/{source}"), tree / source)
+    (tree / API).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(runfile("proto/testdata/shelf.proto"), tree / API)
     shutil.copy(runfile("proto/buf.yaml"), tree / "buf.yaml")
     if edit is not None:
         path = tree / API
@@ -51,33 +49,31 @@ def breaking(tmp_path: Path, edit: Callable[[str], str]) -> subprocess.Completed
     )
 
 
-REQUEST_USER_ID = "  int64 user_id = 1;\n  // The category to recommend from"
+READER_ID = "  int64 reader_id = 1;\n  // The shelf to list"
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (
-            lambda s: s.replace(REQUEST_USER_ID, REQUEST_USER_ID.replace("= 1", "= 4")),
-            'Previously present field "1" with name "user_id" on message "RecommendRequest" was deleted.',
+            lambda s: s.replace(READER_ID, READER_ID.replace("= 1", "= 4")),
+            'Previously present field "1" with name "reader_id" on message "ListBooksRequest" was deleted.',
         ),
         (
-            lambda s: s.replace(
-                "  int32 max_results = 3;\n}\n\nmessage RecommendEachRequest", "}\n\nmessage RecommendEachRequest"
-            ),
-            'Previously present field "3" with name "max_results" on message "RecommendRequest" was deleted.',
+            lambda s: s.replace("  int32 max_results = 3;\n}", "}"),
+            'Previously present field "3" with name "max_results" on message "ListBooksRequest" was deleted.',
         ),
         (
-            lambda s: s.replace(REQUEST_USER_ID, REQUEST_USER_ID.replace("int64", "string")),
-            'Field "1" with name "user_id" on message "RecommendRequest" changed type from "int64" to "string".',
+            lambda s: s.replace(READER_ID, READER_ID.replace("int64", "string")),
+            'Field "1" with name "reader_id" on message "ListBooksRequest" changed type from "int64" to "string".',
         ),
         (
-            lambda s: s.replace("rpc Recommend(", "rpc Suggest("),
-            'Previously present RPC "Recommend" on service "RecommendationService" was deleted.',
+            lambda s: s.replace("rpc ListBooks(", "rpc FindBooks("),
+            'Previously present RPC "ListBooks" on service "ShelfService" was deleted.',
         ),
         (
-            lambda s: re.sub(r"  rpc RecommendEach\(.*?;\n", "", s, flags=re.S),
-            'Previously present RPC "RecommendEach" on service "RecommendationService" was deleted.',
+            lambda s: re.sub(r"  rpc ListEach\(.*?;\n", "", s, flags=re.S),
+            'Previously present RPC "ListEach" on service "ShelfService" was deleted.',
         ),
     ],
     ids=["renumbered field", "removed field", "changed field type", "renamed RPC", "removed RPC"],
@@ -89,7 +85,6 @@ def test_a_change_that_breaks_clients_fails_with_buf_naming_it(tmp_path: Path, e
 
 
 def test_adding_a_field_passes(tmp_path: Path) -> None:
-    end_of_request = "  int32 max_results = 3;\n}\n\nmessage RecommendEachRequest"
-    added = "  int32 max_results = 3;\n  // The shopper's language, e.g. en-GB.\n  string locale = 4;\n}\n\n"
-    result = breaking(tmp_path, lambda s: s.replace(end_of_request, added + "message RecommendEachRequest"))
+    added = "  int32 max_results = 3;\n  // The reader's language, e.g. en-GB.\n  string locale = 4;\n}"
+    result = breaking(tmp_path, lambda s: s.replace("  int32 max_results = 3;\n}", added))
     assert result.returncode == 0, result.stdout + result.stderr

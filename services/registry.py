@@ -197,6 +197,7 @@ class Registry(Mapping[str, Service]):
         return {port: f"{s.name} ({role})" for s in self.values() for role, port in s.ports.items()}
 
 
+_SETTING_NAME = re.compile(r"[a-z][a-z0-9_]*")
 OPERATOR_PATHS = ("/healthz", "/readyz", "/metrics")
 """What every web service serves its operators (libs/http/app.py's PROBES), never the public."""
 
@@ -253,6 +254,9 @@ def _check(registry: Registry) -> None:
         if service.kind != "grpc" and (service.grpc_service or service.allow):
             problems.append(f"{where}: only grpc services have grpc_service and allow")
         problems += _public_problems(service, public)
+        for key in service.settings:
+            if not isinstance(key, str) or not _SETTING_NAME.fullmatch(key):
+                problems.append(f"{where}: settings key {key!r} must be a setting's name, like forwarded_allow_ips")
         slo = service.slo
         for name in ("availability_percent", "latency_percent"):
             if not isinstance(getattr(slo, name), int | float) or not 0 < getattr(slo, name) < 100:

@@ -120,6 +120,7 @@ def test_objectives_default_by_kind_and_field() -> None:
         ([web(public=["/metrics"])], "public path '/metrics' would publish"),
         ([web(public=["/healthz/x"])], None),
         ([web(public=["/", "/api"]), web("b", 8001, public=["/api"])], "public path '/api' is already a's"),
+        ([web(settings={"A_FORWARDED_ALLOW_IPS": "*"})], "settings key 'A_FORWARDED_ALLOW_IPS' must be a setting's"),
     ],
 )
 def test_a_malformed_entry_is_refused_with_a_message_naming_the_fault(entries: list, message: str | None) -> None:

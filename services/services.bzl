@@ -19,7 +19,8 @@ Each entry:
   public       http only, optional: the paths the prod overlay's Ingress routes to it from the outside world
                ("/" exactly, any other as a prefix of whole segments: "/api" routes /api/x). Never the
                probes or /metrics; no path of two services.
-  settings     optional: environment variables the Kubernetes ConfigMap sets besides the wiring.
+  settings     optional: values of its settings by name (forwarded_allow_ips: libs/runtime/settings.py), which
+               the Kubernetes ConfigMap sets as their variables (MARKETPLACE_FORWARDED_ALLOW_IPS).
   slo          optional: its objectives, from which monitoring/rules.py makes its SLO rules and alerts and
                monitoring/dashboards.py its burn-rate panels: availability_percent of calls without a
                server-side error (default 99.9), latency_percent of calls within latency_ms (default 99
@@ -67,7 +68,7 @@ SERVICES = [
         },
         "settings": {
             # Behind the Ingress (the only way in, by NetworkPolicy): believe its X-Forwarded-Proto.
-            "MARKETPLACE_FORWARDED_ALLOW_IPS": "*",
+            "forwarded_allow_ips": "*",
         },
     },
 ]

@@ -26,6 +26,7 @@ from typing import Any, cast
 import grpc
 from google.protobuf import descriptor_pool, json_format, message, message_factory
 from google.protobuf.descriptor import MethodDescriptor
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -133,11 +134,36 @@ def http_status(code: grpc.StatusCode) -> int:
 
 @dataclass(frozen=True)
 class Backend:
-    """A gRPC service a web app calls: its channel, its unary methods, each call's time budget in seconds."""
+    """A gRPC service a web app calls: its full name, its channel, its unary methods, each call's time
+    budget in seconds."""
 
+    service: str
     channel: grpc.aio.Channel
     methods: Mapping[str, UnaryMethod]
     timeout: float
+
+    @classmethod
+    def of(cls, service: str, channel: grpc.aio.Channel, timeout: float) -> Backend:
+        """The backend for the proto service `service` (its _pb2 module imported), reached over `channel`."""
+        return cls(service, channel, unary_methods(service), timeout)
+
+
+async def serving_status(channel: grpc.aio.Channel, service: str, timeout: float) -> str:
+    """What grpc.health.v1 says of `service` over `channel` (SERVING, NOT_SERVING...), or the code of the
+    failed check (UNAVAILABLE, DEADLINE_EXCEEDED...): for a web app's /readyz, which reports its callees."""
+    try:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
+    except grpc.aio.AioRpcError as failed:
+        return failed.code().name
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+async def backends_status(request: Request) -> dict[str, str]:
+    """A readiness for libs/http/app.py's web_app: the health of every backend in `app.state.backends`."""
+    backends = cast(Mapping[str, Backend], request.app.state.backends)
+    return {name: await serving_status(b.channel, b.service, min(b.timeout, 1.0)) for name, b in backends.items()}
 
 
 def error(status: int, text: str, **extra: Any) -> JSONResponse:

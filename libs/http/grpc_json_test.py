@@ -62,7 +62,7 @@ def over_http(*requests: tuple[str, str, bytes | None]) -> list[httpx.Response]:
     async def scenario() -> list[httpx.Response]:
         async with library_channel() as channel:
             app = Starlette(routes=[Route("/api/{service}/{method}", json_call, methods=["GET", "POST"])])
-            app.state.backends = {"library": Backend(channel, unary_methods(SERVICE), timeout=10)}
+            app.state.backends = {"library": Backend.of(SERVICE, channel, timeout=10)}
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
                 return [await client.request(verb, path, content=body) for verb, path, body in requests]

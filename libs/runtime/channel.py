@@ -109,7 +109,7 @@ def create_channel(
 
     `keepalive_timeout` is also the connection's TCP_USER_TIMEOUT on Linux (gRPC sets it): data left
     unacknowledged that long drops the connection, so a replica behind a silently cut link stops
-    receiving calls once the keepalive timeout has passed (tests/system measures it). Peers that are
+    receiving calls once the keepalive timeout has passed (services/marketplace:system_test measures it). Peers that are
     merely busy still acknowledge at the TCP level."""
     options: list[tuple[str, int | str]] = [
         ("grpc.enable_retries", 1),

@@ -31,6 +31,8 @@ from starlette.templating import Jinja2Templates
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.http.app import web_app
+from libs.http.grpc_json import Backend as GrpcBackend
+from libs.http.grpc_json import json_call
 from libs.interceptors.deadlines import deadline_scope
 from libs.interceptors.errors import FieldViolation, field_violations
 
@@ -295,6 +297,8 @@ ROUTES = [
     Route("/", home),
     Route("/category/{name}", category_page),
     Route("/api/recommendations", api_recommendations),
+    # Every unary method of the services it calls, as every web service of ours has it (libs/http/grpc_json.py).
+    Route("/api/{service}/{method}", json_call, methods=["GET", "POST"]),
     # Runfiles and image layers hold symlinks; paths are still confined to the directory.
     Mount("/static", StaticFiles(directory=HERE / "static", follow_symlink=True), name="static"),
 ]
@@ -304,14 +308,17 @@ def create_app(
     recommendations: recommendations_pb2_grpc.RecommendationServiceAsyncStub,
     timeout: float,
     health: health_pb2_grpc.HealthStub | None = None,
+    backends: Mapping[str, GrpcBackend] | None = None,
 ) -> Starlette:
     """The ASGI app; `timeout` is each request's budget in seconds for its calls to Recommendations;
-    `health` (the backend's health service) is reported by /readyz."""
+    `health` (the backend's health service) is reported by /readyz; `backends` are what
+    /api/{service}/{method} calls."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
     app = web_app(ROUTES, readiness=readiness, exception_handlers={404: not_found})
     app.state.backend = Backend(recommendations, timeout, health, Jinja2Templates(env=environment))
+    app.state.backends = dict(backends or {})
     return app
 
 

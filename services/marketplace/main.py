@@ -13,11 +13,12 @@ from grpc_health.v1 import health_pb2_grpc
 from starlette.applications import Starlette
 
 from books.recommendations.v1 import recommendations_pb2_grpc
+from libs.http.grpc_json import Backend
 from libs.interceptors.tracing import configure_tracing
 from libs.runtime.channel import ReloadingChannel
 from libs.runtime.config import add_config_flags, parse_config
 from libs.runtime.web import HttpConfig, serve_http
-from services.marketplace.app import create_app
+from services.marketplace.app import RECOMMENDATIONS_SERVICE, create_app
 from services.registry import REGISTRY
 
 SERVICE = REGISTRY["marketplace"]
@@ -46,8 +47,12 @@ async def make_app(config: HttpConfig) -> AsyncIterator[Starlette]:
     async with channel:
         logger.info("calling Recommendations at %s", recommendations.address)
         # A ReloadingChannel has the grpc.aio.Channel methods a stub calls, without being one (by type).
-        stub = recommendations_pb2_grpc.RecommendationServiceStub(cast(grpc.aio.Channel, channel))
-        yield create_app(stub, recommendations.timeout, health_pb2_grpc.HealthStub(channel))
+        as_channel = cast(grpc.aio.Channel, channel)
+        stub = recommendations_pb2_grpc.RecommendationServiceStub(as_channel)
+        backend = Backend.of(RECOMMENDATIONS_SERVICE, as_channel, recommendations.timeout)
+        yield create_app(
+            stub, recommendations.timeout, health_pb2_grpc.HealthStub(channel), {"recommendations": backend}
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,8 +2,8 @@
 pods (read-only root, every capability dropped, no privilege escalation, the non-root uid, PROCESSES
 serving processes under a supervisor that is pid 1): it answers on published loopback ports (a gRPC
 service: SERVING, its API by reflection, its allow rules under mTLS, metrics), and exits cleanly on
-SIGTERM; and the bookstore's two images together serve the page. //tests/kube runs the rendered
-overlays themselves.
+SIGTERM; and all the images together on one host serve, each web service reaching the services it calls.
+//tests/kube runs the rendered overlays themselves.
 
 Needs podman with runc (`.ci/run` and `bazelw` install them on Debian), as root or rootless (subordinate
 ids in /etc/subuid and /etc/subgid, newuidmap: the test is skipped naming what is missing). podman runs
@@ -17,7 +17,6 @@ import os
 import shutil
 import subprocess
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -139,42 +138,47 @@ def test_image_runs_as_a_pod_would_serves_on_published_loopback_ports_and_stops_
     assert podman("inspect", "--format", "{{.RestartCount}}", container) == "0"
 
 
-def test_both_images_serve_the_bookstore_page(images: dict[str, str], certs: Path, cleanup: list) -> None:
-    http_port, health_port = free_ports(2)
+def probe_port(service: Service) -> int:
+    """Where a test reaches a service from outside: a gRPC service's health port, a web service's port."""
+    return service.ports["health"] if service.kind == "grpc" else service.port
+
+
+def test_every_image_together_serves_and_each_web_service_reaches_its_callees(
+    images: dict[str, str], certs: Path, cleanup: list
+) -> None:
+    """The list's images in one network namespace, as //:dev runs the services on one host (each on its
+    own ports): every gRPC service is SERVING, every web service serves its page and its /readyz reports
+    each service it calls SERVING over mTLS, with its own certificate."""
+    order = REGISTRY.start_order()  # callees first
+    published = dict(zip([s.name for s in order], free_ports(len(order)), strict=True))
     suffix = uuid.uuid4().hex[:8]
-    recommendations, marketplace = f"obfy-recommendations-{suffix}", f"obfy-marketplace-{suffix}"
-    cleanup += [["rm", "--force", recommendations], ["rm", "--force", marketplace]]
-    # One network namespace for both, as in a pod (podman's pods start an infra container that
-    # rejects the ulimits this machine needs): the marketplace reaches localhost:50051.
-    podman(
-        *RUN,
-        f"--name={recommendations}",
-        f"--publish=127.0.0.1:{http_port}:8080",
-        f"--publish=127.0.0.1:{health_port}:50052",
-        mount(certs, REGISTRY["recommendations"]),
-        *tls_env(REGISTRY["recommendations"]),
-        images["recommendations"],
-    )
-    podman(
-        *RUN,
-        f"--name={marketplace}",
-        f"--network=container:{recommendations}",
-        mount(certs, REGISTRY["marketplace"]),
-        *tls_env(REGISTRY["marketplace"]),
-        "--env=RECOMMENDATIONS_ADDR=localhost:50051",
-        images["marketplace"],
-    )
-    wait_until_serving(f"127.0.0.1:{health_port}")
-
-    page = wait_for_http(f"http://127.0.0.1:{http_port}/").decode()
-    assert "<title>Online Books For You</title>" in page
-    assert "Mystery books you may like" in page
-    assert page.count("<li") >= 3
-    assert "unavailable" not in page
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/readyz", timeout=5) as response:
-        assert response.status == 200
-        assert b"SERVING" in response.read()
+    names = {service.name: f"obfy-{service.name}-{suffix}" for service in order}
+    cleanup += [["rm", "--force", name] for name in names.values()]
+    # podman's pods start an infra container that rejects the ulimits this machine needs: the first
+    # container holds the network namespace and publishes every service's probe port.
+    publish = [f"--publish=127.0.0.1:{published[s.name]}:{probe_port(s)}" for s in order]
+    for index, service in enumerate(order):
+        network = publish if index == 0 else [f"--network=container:{names[order[0].name]}"]
+        callees = [
+            f"--env={REGISTRY[c].env_prefix}_ADDR=localhost:{REGISTRY[c].port}" for c in REGISTRY.calls(service.name)
+        ]
+        podman(
+            *RUN,
+            f"--name={names[service.name]}",
+            *network,
+            mount(certs, service),
+            *tls_env(service),
+            *callees,
+            images[service.name],
+        )
+    for service in order:
+        if service.kind == "grpc":
+            wait_until_serving(f"127.0.0.1:{published[service.name]}")
+    for service in (s for s in order if s.kind == "http"):
+        url = f"http://127.0.0.1:{published[service.name]}"
+        wait_for_http(f"{url}/")
+        ready = json.loads(wait_for_http(f"{url}/readyz"))
+        assert ready == {"status": "ready", **{callee: "SERVING" for callee in REGISTRY.calls(service.name)}}
 
 
 @pytest.mark.parametrize("service", SERVICES)

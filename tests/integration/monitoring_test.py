@@ -1,16 +1,18 @@
 """Monitoring against real traffic: every service of the list, a real Prometheus scraping them with
 monitoring/rules.yaml and a real Alertmanager (Debian's, //tools/monitoring), all on loopback.
 
-A known mix of calls (900 OK, 100 INVALID_ARGUMENT) comes back from PromQL as that count and that error
-ratio, and the histogram's median lies in the bucket that holds the median the access log measured. Then
-Recommendations goes away, the marketplace answers 503, and the availability alert (its windows
-shortened from hours to seconds for the test) fires in Alertmanager; Recommendations comes back, and the
-alert resolves. Every dashboard of every service in the list (a generated one too) answers from traffic
-that every method of every service gets, with requests made from its descriptors.
+A known mix of calls to a gRPC service of the list (grpc.health.v1 Check, which every one serves: 900 OK,
+100 NOT_FOUND) comes back from PromQL as that count and that error ratio, and the histogram's median lies in
+the bucket that holds the median the access log measured. Then a gRPC service that a web service calls goes
+away, the web service's JSON API answers 503, and the availability alert (its windows shortened from hours
+to seconds for the test) fires in Alertmanager; the service comes back, and the alert resolves. Every
+dashboard of every service in the list (a generated one too) answers from traffic that every method of
+every service gets, with requests made from its descriptors.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -27,15 +29,22 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from books.catalog.v1 import catalog_pb2
-from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
+from libs.http.grpc_json import unary_methods
 from libs.processes.processes import ChildProcess, free_ports, runfile
 from libs.runtime.reflection_client import ReflectionClient
 from monitoring.dashboards import queries
 from monitoring.rules import CLIENT_ERROR_CODES
 from services.registry import REGISTRY, Service
 from tools.monitoring.local import RULES, alertmanager_command, prometheus_command, wait_until_ready
+
+GRPC = [service.name for service in REGISTRY.start_order() if service.kind == "grpc"]
+MIXED = GRPC[0] if GRPC else ""  # the gRPC service the known mix is sent to
+# A web service and a gRPC service it calls, for the alert: the callee goes away.
+CALLED = next(
+    ((web, callee) for web in REGISTRY for callee in REGISTRY.calls(web) if REGISTRY[web].kind == "http"), None
+)
 
 # The SLO windows of monitoring/rules.yaml, in seconds instead of minutes, hours and days; `for` likewise.
 SHORTER = {"5m": "4s", "30m": "8s", "1h": "8s", "2h": "15s", "6h": "15s", "1d": "20s", "3d": "20s"}
@@ -63,7 +72,7 @@ class Bed:
     ports: dict[str, int]
     directory: Path
     processes: dict[str, ChildProcess] = field(default_factory=dict)
-    recommend_ms: list[float] = field(default_factory=list)  # from Recommendations' access log
+    check_ms: list[float] = field(default_factory=list)  # health Checks, from the access log of MIXED
 
     def start(self, name: str, argv: list, port: int, on_line: Callable[[str], None] | None = None) -> None:
         self.processes[name] = ChildProcess(name, argv, on_line=on_line).start()
@@ -79,7 +88,7 @@ class Bed:
         if service.kind == "grpc":
             argv.append(f"--metrics-port={self.ports[service.name + '-metrics']}")
         on_line = None
-        if service.name == "recommendations":  # the known mix compares the histogram with the access log
+        if service.name == MIXED:  # the known mix compares the histogram with the access log
             argv.append("--access-log-interval=0.01")
             on_line = self.keep_duration
         if service.kind == "http":
@@ -94,8 +103,8 @@ class Bed:
         }
 
     def keep_duration(self, line: str) -> None:
-        if '"method":"/books.recommendations.v1.RecommendationService/Recommend"' in line:
-            self.recommend_ms.append(json.loads(line)["duration_ms"])
+        if '"method":"/grpc.health.v1.Health/Check"' in line:
+            self.check_ms.append(json.loads(line)["duration_ms"])
 
     def query(self, promql: str) -> list[dict]:
         query = urllib.parse.urlencode({"query": promql})
@@ -167,42 +176,39 @@ def bed(tmp_path: Path) -> Iterator[Bed]:
             process.stop()
 
 
+@pytest.mark.skipif(not MIXED, reason="the list has no gRPC service")
 def test_a_known_mix_of_calls_comes_back_from_promql(bed: Bed) -> None:
-    good = recommendations_pb2.RecommendRequest(user_id=1, category=catalog_pb2.MYSTERY, max_results=3)
-    bad = recommendations_pb2.RecommendRequest(user_id=1, category=catalog_pb2.MYSTERY, max_results=0)
+    good = health_pb2.HealthCheckRequest(service="")  # the server as a whole: SERVING
+    bad = health_pb2.HealthCheckRequest(service="no.such.Service")  # NOT_FOUND, the caller's fault
     codes: dict[str, int] = {}
-    with grpc.insecure_channel(f"127.0.0.1:{bed.ports['recommendations']}") as channel:
-        stub = recommendations_pb2_grpc.RecommendationServiceStub(channel)
-        for index in range(1000):  # every tenth call invalid: 900 OK, 100 INVALID_ARGUMENT
+    with grpc.insecure_channel(f"127.0.0.1:{bed.ports[MIXED]}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for index in range(1000):  # every tenth call for an unknown service: 900 OK, 100 NOT_FOUND
             try:
-                stub.Recommend(bad if index % 10 == 9 else good, timeout=10)
+                stub.Check(bad if index % 10 == 9 else good, timeout=10)
                 codes["OK"] = codes.get("OK", 0) + 1
             except grpc.RpcError as error:
                 codes[error.code().name] = codes.get(error.code().name, 0) + 1
             # Spread over a few seconds of 1 s scrapes, so that rates see the counters grow.
             time.sleep(0.004)
-    assert codes == {"OK": 900, "INVALID_ARGUMENT": 100}
+    assert codes == {"OK": 900, "NOT_FOUND": 100}
 
-    calls = 'sum(grpc_server_handled_total{job="recommendations",grpc_method="Recommend"})'
+    series = f'job="{MIXED}",grpc_service="grpc.health.v1.Health",grpc_method="Check"'
+    calls = f"sum(grpc_server_handled_total{{{series}}})"
     wait_for("Prometheus scraping all 1,000 calls", lambda: bed.value(calls) == 1000, 30)
-    invalid = (
-        'sum(grpc_server_handled_total{job="recommendations",grpc_method="Recommend",grpc_code="INVALID_ARGUMENT"})'
-    )
-    assert bed.value(invalid) == 100
-    assert bed.value(f"{invalid} / {calls}") == pytest.approx(0.1)
+    refused = f'sum(grpc_server_handled_total{{{series},grpc_code="NOT_FOUND"}})'
+    assert bed.value(refused) == 100
+    assert bed.value(f"{refused} / {calls}") == pytest.approx(0.1)
     # The recording rule of the client error ratio (over 5 minutes: every call of the mix is in it).
-    ratio = (
-        "job_grpc_method:grpc_server_errors:ratio_rate5m"
-        '{job="recommendations",grpc_method="Recommend",code_class="client"}'
-    )
+    ratio = f'job_grpc_method:grpc_server_errors:ratio_rate5m{{job="{MIXED}",grpc_method="Check",code_class="client"}}'
     # Evaluated every second: NaN (0/0) until two scrapes of the counters have seen them grow.
     wait_for("the recording rule", lambda: not math.isnan(bed.value(ratio) or math.nan), 30)
     assert bed.value(ratio) == pytest.approx(0.1, abs=0.01)
 
     # The median from the histogram lies in the bucket that holds the median the access log measured.
-    wait_for("every access line", lambda: len(bed.recommend_ms) >= 1000, 30)
-    measured = statistics.median(bed.recommend_ms) / 1000
-    buckets = 'grpc_server_handling_seconds_bucket{job="recommendations",grpc_method="Recommend"}'
+    wait_for("every access line", lambda: len(bed.check_ms) >= 1000, 30)
+    measured = statistics.median(bed.check_ms) / 1000
+    buckets = f"grpc_server_handling_seconds_bucket{{{series}}}"
     bounds = sorted(float(series["metric"]["le"]) for series in bed.query(buckets))
     upper = next(bound for bound in bounds if measured <= bound)
     lower = max([0.0, *(bound for bound in bounds if bound < upper)])
@@ -211,8 +217,13 @@ def test_a_known_mix_of_calls_comes_back_from_promql(bed: Bed) -> None:
     assert lower <= median <= upper, f"PromQL's median {median} s, measured {measured} s in ({lower}, {upper}]"
 
 
+@pytest.mark.skipif(CALLED is None, reason="no web service of the list calls a gRPC service")
 def test_availability_alert_fires_in_alertmanager_and_resolves(bed: Bed) -> None:
-    api = f"http://127.0.0.1:{bed.ports['marketplace']}/api/recommendations?category=mystery&user_id=1"
+    assert CALLED is not None
+    web, callee = CALLED
+    importlib.import_module(REGISTRY[callee].proto_module)
+    method = next(iter(unary_methods(REGISTRY[callee].grpc_service)))
+    api = f"http://127.0.0.1:{bed.ports[web]}/api/{callee}/{method}"
     alert = "SLOAvailabilityBudgetBurnFast"
 
     def status() -> int:
@@ -222,28 +233,28 @@ def test_availability_alert_fires_in_alertmanager_and_resolves(bed: Bed) -> None
         except urllib.error.HTTPError as error:
             return error.code
 
-    def answers(expected: int, until: Callable[[], bool], seconds: float) -> None:
-        """Calls the API (at most 20 a second, for at most `seconds`) until `until()`, each answered `expected`."""
+    def answers(server_error: bool, until: Callable[[], bool], seconds: float) -> None:
+        """Calls the API (at most 20 a second, for at most `seconds`) until `until()`: each answered 503 if
+        `server_error`, else without a server error (an empty request may be the caller's fault: a 4xx)."""
         deadline = time.monotonic() + seconds
         while not until():
             assert time.monotonic() < deadline, f"{alert}: not as expected within {seconds:.0f}s"
-            assert status() == expected
+            assert (status() == 503) if server_error else (status() < 500)
             time.sleep(0.05)
 
-    answers(200, lambda: (bed.value('sum(http_requests_total{job="marketplace",status="200"})') or 0) > 0, 30)
-    assert bed.alerts(alert) == []
-    bed.processes.pop("recommendations").stop()  # the backend goes away: the API answers 503
-    answers(503, lambda: any(a["labels"].get("job") == "marketplace" for a in bed.alerts(alert)), 90)
-    (firing,) = [a for a in bed.alerts(alert) if a["labels"]["job"] == "marketplace"]
-    assert firing["status"]["state"] == "active"
-    assert firing["labels"]["severity"] == "page"
-    assert "runbook" in firing["annotations"]
+    firing = lambda: [a for a in bed.alerts(alert) if a["labels"].get("job") == web]  # noqa: E731
+    answers(False, lambda: (bed.value(f'sum(http_requests_total{{job="{web}"}})') or 0) > 0, 30)
+    assert firing() == []
+    bed.processes.pop(callee).stop()  # the callee goes away: the API answers 503
+    answers(True, lambda: bool(firing()), 90)
+    (alerted,) = firing()
+    assert alerted["status"]["state"] == "active"
+    assert alerted["labels"]["severity"] == "page"
+    assert "runbook" in alerted["annotations"]
 
-    bed.start_service(
-        REGISTRY["recommendations"]
-    )  # back on the same port: the marketplace reconnects (within its backoff)
-    wait_for("the marketplace reaching Recommendations again", lambda: status() == 200, 30)
-    answers(200, lambda: not any(a["labels"].get("job") == "marketplace" for a in bed.alerts(alert)), 120)
+    bed.start_service(REGISTRY[callee])  # back on the same port: the web service reconnects (within its backoff)
+    wait_for(f"{web} reaching {callee} again", lambda: status() < 500, 30)
+    answers(False, lambda: not firing(), 120)
 
 
 def test_every_dashboard_query_answers_from_real_traffic(bed: Bed) -> None:

@@ -19,11 +19,43 @@ from services.registry import parse
 from tools.new_service import new_service
 from tools.new_service.new_service import NewServiceError, main, plan
 
+# A list of its own (the repository's may lose its examples): a gRPC service and a public web app calling it.
+LIST = """SERVICES = [
+    {
+        "name": "stock",
+        "kind": "grpc",
+        "ports": {
+            "grpc": 50051,
+            "health": 50052,
+            "metrics": 9090,
+        },
+        "description": "Stock",
+        "grpc_service": "shop.stock.v1.StockService",
+        "allow": {
+            "Get": ["shop"],
+            "Put": ["shop"],
+        },
+    },
+    {
+        "name": "shop",
+        "kind": "http",
+        "ports": {
+            "http": 8080,
+        },
+        "description": "Shop",
+        "public": [
+            "/",
+            "/api",
+        ],
+    },
+]
+"""
+
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     (tmp_path / "services").mkdir()
-    shutil.copy(runfile("services/services.bzl"), tmp_path / "services" / "services.bzl")
+    (tmp_path / "services" / "services.bzl").write_text(LIST)
     shutil.copy(runfile("ruff.toml"), tmp_path / "ruff.toml")
     return tmp_path
 
@@ -33,15 +65,15 @@ def snapshot(root: Path) -> dict[str, bytes]:
 
 
 def test_a_new_service_is_written_with_consistent_names_and_lands_in_the_list(workspace: Path, capsys) -> None:
-    argv = ["loyalty-points", "--port", "50461", "--metrics-port", "9461", "--callers", "marketplace"]
+    argv = ["loyalty-points", "--port", "50461", "--metrics-port", "9461", "--callers", "shop"]
     assert main([*argv, "--workspace", str(workspace)]) == 0
     registry = parse((workspace / "services/services.bzl").read_text())
     entry = registry["loyalty-points"]
     assert entry.package == "loyalty_points"
     assert entry.ports == {"grpc": 50461, "health": 50462, "metrics": 9461}
     assert entry.grpc_service == "books.loyalty_points.v1.LoyaltyPointsService"
-    assert dict(entry.allow) == {"CountWords": ("marketplace",), "SplitWords": ("marketplace",)}
-    assert "loyalty-points" in registry.calls("marketplace")
+    assert dict(entry.allow) == {"CountWords": ("shop",), "SplitWords": ("shop",)}
+    assert "loyalty-points" in registry.calls("shop")
     proto = (workspace / "proto/books/loyalty_points/v1/loyalty_points.proto").read_text()
     assert "package books.loyalty_points.v1;" in proto
     assert "service LoyaltyPointsService {" in proto
@@ -79,25 +111,25 @@ def test_default_ports_are_the_first_free_ones(workspace: Path) -> None:
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["recommendations"], "a service named 'recommendations' exists already"),
+        (["stock"], "a service named 'stock' exists already"),
         (["Order_History"], "is not a lowercase DNS label"),
         (["order--history"], "is not a lowercase DNS label"),
         (["x-"], "is not a lowercase DNS label"),
         (["9lives"], "is not a lowercase DNS label"),
         (["import"], "shadows Python's own"),
         (["json"], "shadows Python's own"),
-        (["shelf", "--port", "50051"], "--port 50051 is already used by recommendations (grpc)"),
-        (["shelf", "--port", "50050"], "--port + 1 (health) 50051 is already used by recommendations (grpc)"),
-        (["shelf", "--metrics-port", "8080"], "--metrics-port 8080 is already used by marketplace (http)"),
+        (["shelf", "--port", "50051"], "--port 50051 is already used by stock (grpc)"),
+        (["shelf", "--port", "50050"], "--port + 1 (health) 50051 is already used by stock (grpc)"),
+        (["shelf", "--metrics-port", "8080"], "--metrics-port 8080 is already used by shop (http)"),
         (["shelf", "--port", "80"], "--port 80 is not a port from 1024 to 65535"),
-        (["shelf", "--callers", "marketplace,billing"], "--callers billing: not a service"),
+        (["shelf", "--callers", "shop,billing"], "--callers billing: not a service"),
         (["shelf", "--callers", "shelf"], "--callers shelf: not a service"),
         (["shelf", "--description", "two\nlines"], "--description must be one line"),
         (["shelf", "--public"], "--public and --calls are for --kind http"),
-        (["shop", "--kind", "http", "--callers", "marketplace"], "--callers and --metrics-port are for --kind grpc"),
-        (["shop", "--kind", "http", "--calls", "marketplace"], "--calls marketplace: not a gRPC service"),
-        (["shop", "--kind", "http", "--port", "8080"], "--port 8080 is already used by marketplace (http)"),
-        (["shop", "--kind", "http", "--public"], "public path '/' is already marketplace's"),
+        (["till", "--kind", "http", "--callers", "shop"], "--callers and --metrics-port are for --kind grpc"),
+        (["till", "--kind", "http", "--calls", "shop"], "--calls shop: not a gRPC service"),
+        (["till", "--kind", "http", "--port", "8080"], "--port 8080 is already used by shop (http)"),
+        (["till", "--kind", "http", "--public"], "public path '/' is already shop's"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_nothing_is_written(
@@ -127,13 +159,13 @@ def test_a_failed_write_leaves_nothing_behind(workspace: Path) -> None:
 
 
 def test_a_web_service_is_written_and_wired_to_the_services_it_calls(workspace: Path, capsys) -> None:
-    assert main(["shop-front", "--kind", "http", "--calls", "recommendations", "--workspace", str(workspace)]) == 0
+    assert main(["shop-front", "--kind", "http", "--calls", "stock", "--workspace", str(workspace)]) == 0
     registry = parse((workspace / "services/services.bzl").read_text())
     entry = registry["shop-front"]
     assert (entry.kind, entry.ports, entry.public) == ("http", {"http": 8081}, ())
-    assert registry.calls("shop-front") == ("recommendations",)
-    assert all("shop-front" in callers for callers in registry["recommendations"].allow.values())
-    assert registry.calls("marketplace") == ("recommendations",)  # the other callers keep their rules
+    assert registry.calls("shop-front") == ("stock",)
+    assert all("shop-front" in callers for callers in registry["stock"].allow.values())
+    assert registry.calls("shop") == ("stock",)  # the other callers keep their rules
     written = {str(path.relative_to(workspace)) for path in (workspace / "services/shop_front").rglob("*")}
     assert {"services/shop_front/app.py", "services/shop_front/templates/index.html"} <= written
     for path in (workspace / "services/shop_front").glob("*.py"):

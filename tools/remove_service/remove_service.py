@@ -6,8 +6,9 @@ What goes, all at once or not at all:
   services/<package>/              its code, tests and image
   proto/books/<package>/           its API, unless a file outside it still imports or depends on it (then
                                    kept, and said)
-  proto/api_baseline.json          its files, and those only it imported, from the released API: removing
-                                   a service is a deliberate break of its API (buf breaking would refuse it)
+  proto/api_baseline.json          the released API keeps only what the remaining services' APIs are made
+                                   of: removing a service is a deliberate break of its API (buf breaking
+                                   would refuse it otherwise)
 
 Everything else that knows the services reads the list (//:dev, certificates, the Kubernetes objects,
 monitoring, the tests of every service). It refuses, naming them, while other services call it: remove
@@ -75,20 +76,18 @@ def users(workspace: Path, marks: tuple[str, ...], removed: list[Path]) -> list[
     return sorted(found)
 
 
-def pruned_baseline(text: str, package: str) -> str:
-    """The baseline (a FileDescriptorSet as JSON) without books/<package>/ and what nothing else imports."""
-    files = json.loads(text)["file"]
-    kept = {file["name"]: file for file in files if not file["name"].startswith(f"books/{package}/")}
-    imported = {dependency for file in kept.values() for dependency in file.get("dependency", [])}
-    removed_imports = {
-        dependency
-        for file in files
-        if file["name"].startswith(f"books/{package}/")
-        for dependency in file.get("dependency", [])
-    }
-    # A file the removed API alone imported (a shared enum, say) leaves the released API with it.
-    kept = {name: file for name, file in kept.items() if name not in removed_imports - imported}
-    return json.dumps({"file": list(kept.values())}, indent=1) + "\n"
+def pruned_baseline(text: str, packages: list[str]) -> str:
+    """The baseline (a FileDescriptorSet as JSON) with only what the APIs of `packages` (the gRPC services
+    that stay) are made of: their files and every file they import, directly or not."""
+    files = {file["name"]: file for file in json.loads(text)["file"]}
+    wanted = [name for name in files if any(name.startswith(f"books/{package}/") for package in packages)]
+    kept: set[str] = set()
+    while wanted:
+        name = wanted.pop()
+        if name not in kept and name in files:
+            kept.add(name)
+            wanted += files[name].get("dependency", [])
+    return json.dumps({"file": [file for name, file in files.items() if name in kept]}, indent=1) + "\n"
 
 
 def plan(name: str, workspace: Path) -> Removal:
@@ -108,6 +107,10 @@ def plan(name: str, workspace: Path) -> Removal:
     directories = [workspace / "services" / service.package]
     kept, baseline = [], None
     proto = workspace / "proto" / "books" / service.package
+    if service.kind == "grpc" and (workspace / BASELINE).exists():
+        # Its API leaves the released one (//proto:api is the services' APIs) even if its files stay.
+        staying = [s.package for s in registry.values() if s.kind == "grpc" and s.name != name]
+        baseline = pruned_baseline((workspace / BASELINE).read_text(), staying)
     if service.kind == "grpc" and proto.exists():
         marks = (f"books/{service.package}/", f"//proto/books/{service.package}", f"books.{service.package}.")
         proto_users = users(workspace, marks, [*directories, proto])
@@ -115,8 +118,6 @@ def plan(name: str, workspace: Path) -> Removal:
             kept.append(f"proto/books/{service.package}/ stays: {', '.join(proto_users)} use it")
         else:
             directories.append(proto)
-            if (workspace / BASELINE).exists():
-                baseline = pruned_baseline((workspace / BASELINE).read_text(), service.package)
     code = (f"//services/{service.package}", f"services.{service.package}", f"services/{service.package}/")
     leftovers = users(workspace, code, directories)
     return Removal(services_bzl, [d for d in directories if d.exists()], baseline, kept, leftovers)

@@ -1,8 +1,8 @@
 """The marketplace in headless Chromium (Debian's `chromium`, driven by Playwright): what a shopper sees.
 
 Needs /usr/bin/chromium (`apt-get install chromium`; .ci/run installs it), hence the `manual` tag:
-`./bazelw test //tests/browser:browser_test`. Screenshots go to the test's undeclared outputs
-(bazel-testlogs/tests/browser/browser_test/test.outputs/outputs.zip).
+`./bazelw test //services/marketplace:browser_test`. Screenshots go to the test's undeclared outputs
+(bazel-testlogs/services/marketplace/browser_test/test.outputs/outputs.zip).
 """
 
 from __future__ import annotations
