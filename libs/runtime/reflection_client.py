@@ -2,9 +2,9 @@
 
     with grpc.secure_channel(target, credentials) as channel:
         client = ReflectionClient(channel)
-        client.services()                                    # ['books.recommendations.v1.RecommendationService', ...]
-        client.call("books.recommendations.v1.RecommendationService", "Recommend",
-                    {"user_id": 1, "category": "MYSTERY", "max_results": 3})   # a dict, in proto3 JSON form
+        client.services()                                 # ['books.order_history.v1.OrderHistoryService', ...]
+        client.call("books.order_history.v1.OrderHistoryService", "CountWords",
+                    {"text": "a rose is a rose", "top": 2})   # a dict, in proto3 JSON form
 
 Request fields are given as proto3 JSON (json_format); responses come back the same way, a list of them
 for a server-streaming method. Client-streaming and bidi methods take a list of requests. Tests and

@@ -1,6 +1,6 @@
 """Pushes an OCI image layout to a registry by digest with skopeo, and prints REGISTRY/REPO@DIGEST.
 
-Run through an `oci_push` target: `./bazelw run //services/recommendations:push -- REGISTRY [--tag T]...
+Run through an `oci_push` target: `./bazelw run //services/order_history:push -- REGISTRY [--tag T]...
 [--insecure]`. The manifest is pushed as built (`--preserve-digests`), so the digest that comes out is
 the one `:image.digest` holds and that the Kubernetes manifests deploy; the script reads it back from
 the registry and fails if the registry holds anything else. Credentials are skopeo's

@@ -6,7 +6,7 @@ code Bazel generates from the protos (`books.*_pb2`, `.pyi` included, copied int
 `.pth` that puts the repository root and the generated code on `sys.path`, so `libs.*`, `services.*`,
 `tools.*` and `books.*` import as under Bazel. Run it again after changing a proto or the lock.
 
-    .venv/bin/python -m pytest services/recommendations/servicer_test.py
+    .venv/bin/python -m pytest libs/runtime/config_test.py
     VS Code: "python.defaultInterpreterPath": "${workspaceFolder}/.venv/bin/python"
     PyCharm: Settings → Project → Python Interpreter → Add → Existing: .venv/bin/python
 """
