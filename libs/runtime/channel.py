@@ -140,7 +140,26 @@ def create_channel(
     return BalancedChannel(make(health_checked=True), make(health_checked=False))
 
 
-class BalancedChannel:
+class _ChannelMethods:
+    """The grpc.aio.Channel methods a stub calls, each made by the subclass's `_multicallable(kind, ...)`."""
+
+    def _multicallable(self, kind: str, method: str, args: dict[str, Any]) -> Callable[..., Any]:
+        raise NotImplementedError
+
+    def unary_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryUnaryCall[Any, Any]]:
+        return self._multicallable("unary_unary", method, args)
+
+    def unary_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryStreamCall[Any, Any]]:
+        return self._multicallable("unary_stream", method, args)
+
+    def stream_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamUnaryCall[Any, Any]]:
+        return self._multicallable("stream_unary", method, args)
+
+    def stream_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamStreamCall[Any, Any]]:
+        return self._multicallable("stream_stream", method, args)
+
+
+class BalancedChannel(_ChannelMethods):
     """Calls go round robin over the replicas whose health says SERVING; when none does, over all of them.
 
     A replica that is draining says NOT_SERVING while it still serves for a few seconds (libs/runtime's
@@ -166,18 +185,6 @@ class BalancedChannel:
 
         return call
 
-    def unary_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryUnaryCall[Any, Any]]:
-        return self._multicallable("unary_unary", method, args)
-
-    def unary_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryStreamCall[Any, Any]]:
-        return self._multicallable("unary_stream", method, args)
-
-    def stream_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamUnaryCall[Any, Any]]:
-        return self._multicallable("stream_unary", method, args)
-
-    def stream_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamStreamCall[Any, Any]]:
-        return self._multicallable("stream_stream", method, args)
-
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return self.serving.get_state(try_to_connect)
 
@@ -194,7 +201,7 @@ class BalancedChannel:
         await self.close()
 
 
-class ReloadingChannel:
+class ReloadingChannel(_ChannelMethods):
     """A grpc.aio channel that follows certificate rotation on the client side.
 
     Every `check_every` seconds it looks at the TLS files; when they changed, new calls go to a
@@ -266,18 +273,6 @@ class ReloadingChannel:
             return made["callable"](request, **kwargs)
 
         return call
-
-    def unary_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryUnaryCall[Any, Any]]:
-        return self._multicallable("unary_unary", method, args)
-
-    def unary_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.UnaryStreamCall[Any, Any]]:
-        return self._multicallable("unary_stream", method, args)
-
-    def stream_unary(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamUnaryCall[Any, Any]]:
-        return self._multicallable("stream_unary", method, args)
-
-    def stream_stream(self, method: str, **args: Any) -> Callable[..., grpc.aio.StreamStreamCall[Any, Any]]:
-        return self._multicallable("stream_stream", method, args)
 
     async def channel_ready(self) -> None:
         await self._channel.channel_ready()

@@ -20,9 +20,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from libs.processes.processes import ChildProcess, free_ports, runfile
+from libs.processes.processes import ChildProcess, free_ports
 from libs.runtime.config import ServerConfig
 from libs.runtime.logs import RepeatLimit
+from libs.runtime.testing.echo import echo_command
 from libs.runtime.testing.raw_h2 import RawH2
 
 ECHO = "/test.v1.Echo/Echo"
@@ -59,16 +60,13 @@ def echo() -> Iterator[Echo]:
     lines: list[str] = []
     process = ChildProcess(
         "echo",
-        [
-            runfile("libs/runtime/echo_server"),
-            "--insecure",
-            "--host=127.0.0.1",
-            f"--port={port}",
+        echo_command(
+            port,
             f"--health-port={health_port}",
             f"--metrics-port={metrics_port}",
             "--access-log-interval=0.01",
             f"--settings-timeout={SETTINGS_TIMEOUT}",
-        ],
+        ),
         on_line=lines.append,
     ).start()
     try:

@@ -16,12 +16,12 @@ import signal
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import grpc
 import pytest
 
-from libs.processes.processes import ChildProcess, free_ports, runfile
+from libs.processes.processes import ChildProcess, free_ports
+from libs.runtime.testing.echo import echo_command
 
 ECHO = "/test.v1.Echo/Echo"
 PUSHBACK = "grpc-retry-pushback-ms"
@@ -32,9 +32,8 @@ class Echo:
 
     def __init__(self, *flags: str) -> None:
         self.port, self.metrics_port = free_ports(2)
-        argv: list[str | Path] = [runfile("libs/runtime/echo_server"), "--insecure", "--host", "127.0.0.1"]
-        argv += ["--port", str(self.port)]
-        argv += ["--metrics-port", str(self.metrics_port), "--log-format", "json", "--drain-seconds", "0", *flags]
+        argv = echo_command(self.port, f"--metrics-port={self.metrics_port}", "--log-format=json", "--drain-seconds=0")
+        argv += flags
         self.process = ChildProcess("echo", argv, on_line=lambda line: None).start()
         # The service port listens from the moment it is bound; /metrics opens a little later, just before
         # the server starts serving.

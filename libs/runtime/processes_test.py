@@ -25,6 +25,7 @@ from libs.processes.processes import ChildProcess, free_port, free_ports, runfil
 from libs.runtime.channel import BalancedChannel, create_channel
 from libs.runtime.metrics_sum import ChildrenMetrics, serve_child_metrics, socket_directory
 from libs.runtime.supervisor import RestartPolicy, Supervisor, available_cpus, parse_processes
+from libs.runtime.testing.echo import echo_command
 from tools.certs.certs import mint_all
 
 ECHO = "/test.v1.Echo/Echo"
@@ -84,15 +85,14 @@ def echo_server(*launcher: str) -> Iterator[Server]:
         "echo",
         [
             *launcher,
-            runfile("libs/runtime/echo_server"),
-            "--insecure",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            f"--health-port={health_port}",
-            f"--metrics-port={metrics_port}",
-            f"--processes={PROCESSES}",
-            "--drain-seconds=1",
-            "--access-log-interval=0.01",
+            *echo_command(
+                port,
+                f"--health-port={health_port}",
+                f"--metrics-port={metrics_port}",
+                f"--processes={PROCESSES}",
+                "--drain-seconds=1",
+                "--access-log-interval=0.01",
+            ),
         ],
         on_line=lambda line: events.append(line) if '"method":' not in line else None,
     ).start()

@@ -13,7 +13,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from libs.processes.processes import ChildProcess, free_ports, runfile
+from libs.processes.processes import ChildProcess, free_ports
+from libs.runtime.testing.echo import echo_command
 
 ECHO = "/test.v1.Echo/Echo"
 # The drain must hold the checks made during it on a loaded machine; the in-flight call must outlast it,
@@ -41,20 +42,7 @@ def test_sigterm_drains_then_finishes_in_flight_calls_and_exits_zero() -> None:
     port, metrics_port = free_ports(2)
     server = ChildProcess(
         "echo",
-        [
-            runfile("libs/runtime/echo_server"),
-            "--insecure",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            port,
-            "--metrics-port",
-            metrics_port,
-            "--drain-seconds",
-            DRAIN_SECONDS,
-            "--shutdown-grace",
-            "30",
-        ],
+        echo_command(port, f"--metrics-port={metrics_port}", f"--drain-seconds={DRAIN_SECONDS}", "--shutdown-grace=30"),
     ).start()
     try:
         server.wait_for_port(port)
