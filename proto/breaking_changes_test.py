@@ -18,7 +18,7 @@ import pytest
 from libs.processes.processes import runfile
 
 BUF = "../buf/buf"  # in the runfiles
-API = "books/shelf/v1/shelf.proto"  # where proto/testdata/shelf.proto goes in the tree buf builds
+API = "testdata/library/v1/library.proto"  # libs/http's test API, where buf builds it
 
 
 def buf(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -30,7 +30,7 @@ def image(root: Path, edit: Callable[[str], str] | None, name: str) -> Path:
     """The API's sources (edited by `edit`) built into a buf image."""
     tree = root / name
     (tree / API).parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(runfile("proto/testdata/shelf.proto"), tree / API)
+    shutil.copy(runfile("libs/http/testdata/library.proto"), tree / API)
     shutil.copy(runfile("proto/buf.yaml"), tree / "buf.yaml")
     if edit is not None:
         path = tree / API
@@ -49,31 +49,31 @@ def breaking(tmp_path: Path, edit: Callable[[str], str]) -> subprocess.Completed
     )
 
 
-READER_ID = "  int64 reader_id = 1;\n  // The shelf to list"
+LIMIT = "  int32 limit = 2;"
 
 
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
         (
-            lambda s: s.replace(READER_ID, READER_ID.replace("= 1", "= 4")),
-            'Previously present field "1" with name "reader_id" on message "ListBooksRequest" was deleted.',
+            lambda s: s.replace(LIMIT, LIMIT.replace("= 2", "= 4")),
+            'Previously present field "2" with name "limit" on message "FindBooksRequest" was deleted.',
         ),
         (
-            lambda s: s.replace("  int32 max_results = 3;\n}", "}"),
-            'Previously present field "3" with name "max_results" on message "ListBooksRequest" was deleted.',
+            lambda s: s.replace("  Format format = 3;\n}", "}"),
+            'Previously present field "3" with name "format" on message "FindBooksRequest" was deleted.',
         ),
         (
-            lambda s: s.replace(READER_ID, READER_ID.replace("int64", "string")),
-            'Field "1" with name "reader_id" on message "ListBooksRequest" changed type from "int64" to "string".',
+            lambda s: s.replace(LIMIT, LIMIT.replace("int32", "string")),
+            'Field "2" with name "limit" on message "FindBooksRequest" changed type from "int32" to "string".',
         ),
         (
-            lambda s: s.replace("rpc ListBooks(", "rpc FindBooks("),
-            'Previously present RPC "ListBooks" on service "ShelfService" was deleted.',
+            lambda s: s.replace("rpc FindBooks(", "rpc SearchBooks("),
+            'Previously present RPC "FindBooks" on service "LibraryService" was deleted.',
         ),
         (
-            lambda s: re.sub(r"  rpc ListEach\(.*?;\n", "", s, flags=re.S),
-            'Previously present RPC "ListEach" on service "ShelfService" was deleted.',
+            lambda s: re.sub(r"  rpc FollowBooks\(.*?;\n", "", s, flags=re.S),
+            'Previously present RPC "FollowBooks" on service "LibraryService" was deleted.',
         ),
     ],
     ids=["renumbered field", "removed field", "changed field type", "renamed RPC", "removed RPC"],
@@ -85,6 +85,6 @@ def test_a_change_that_breaks_clients_fails_with_buf_naming_it(tmp_path: Path, e
 
 
 def test_adding_a_field_passes(tmp_path: Path) -> None:
-    added = "  int32 max_results = 3;\n  // The reader's language, e.g. en-GB.\n  string locale = 4;\n}"
-    result = breaking(tmp_path, lambda s: s.replace("  int32 max_results = 3;\n}", added))
+    added = "  Format format = 3;\n  // The reader's language, e.g. en-GB.\n  string locale = 4;\n}"
+    result = breaking(tmp_path, lambda s: s.replace("  Format format = 3;\n}", added))
     assert result.returncode == 0, result.stdout + result.stderr

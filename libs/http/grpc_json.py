@@ -26,13 +26,14 @@ from typing import Any, cast
 import grpc
 from google.protobuf import descriptor_pool, json_format, message, message_factory
 from google.protobuf.descriptor import MethodDescriptor
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from libs.interceptors.errors import field_violations
 
 logger = logging.getLogger("http.grpc_json")
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 class BadJson(ValueError):
@@ -151,10 +152,13 @@ class Backend:
 async def serving_status(channel: grpc.aio.Channel, service: str, timeout: float) -> str:
     """What grpc.health.v1 says of `service` over `channel` (SERVING, NOT_SERVING...), or the code of the
     failed check (UNAVAILABLE, DEADLINE_EXCEEDED...): for a web app's /readyz, which reports its callees."""
+    check = channel.unary_unary(
+        HEALTH_CHECK,
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
     try:
-        reply = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=timeout
-        )
+        reply = await check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
     except grpc.aio.AioRpcError as failed:
         return failed.code().name
     return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))

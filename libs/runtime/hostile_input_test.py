@@ -15,18 +15,15 @@ import os
 import re
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
-from libs.processes.processes import ChildProcess, free_ports
 from libs.runtime.config import ServerConfig
 from libs.runtime.logs import RepeatLimit
-from libs.runtime.testing.echo import echo_command
+from libs.runtime.testing.echo import ECHO, EchoProcess, running_echo
 from libs.runtime.testing.raw_h2 import RawH2
 
-ECHO = "/test.v1.Echo/Echo"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 REPEATS = 30  # of each attack: three times the burst a place in the code may log a minute
 SETTINGS_TIMEOUT = 1.0
@@ -39,42 +36,10 @@ HOSTILE_METADATA = {
 }
 
 
-class Echo:
-    def __init__(self, process: ChildProcess, lines: list[str], port: int, health_port: int, metrics_port: int):
-        self.process, self.lines = process, lines
-        self.port, self.health_port, self.metrics_port = port, health_port, metrics_port
-
-    def metric(self, name: str, **labels: str) -> float:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as response:
-            text = response.read().decode()
-        total = 0.0
-        for found_labels, value in re.findall(rf"^{name}(?:{{(.*)}})? (\S+)$", text, re.M):
-            if all(f'{key}="{wanted}"' in found_labels for key, wanted in labels.items()):
-                total += float(value)
-        return total
-
-
 @pytest.fixture(scope="module")
-def echo() -> Iterator[Echo]:
-    port, health_port, metrics_port = free_ports(3)
-    lines: list[str] = []
-    process = ChildProcess(
-        "echo",
-        echo_command(
-            port,
-            f"--health-port={health_port}",
-            f"--metrics-port={metrics_port}",
-            "--access-log-interval=0.01",
-            f"--settings-timeout={SETTINGS_TIMEOUT}",
-        ),
-        on_line=lines.append,
-    ).start()
-    try:
-        process.wait_for_port(port)
-        process.wait_for_port(health_port)
-        yield Echo(process, lines, port, health_port, metrics_port)
-    finally:
-        process.stop()
+def echo() -> Iterator[EchoProcess]:
+    with running_echo("--access-log-interval=0.01", f"--settings-timeout={SETTINGS_TIMEOUT}") as running:
+        yield running
 
 
 def settle() -> None:
@@ -82,7 +47,7 @@ def settle() -> None:
 
 
 @pytest.fixture(scope="module")
-def attacked(echo: Echo) -> Echo:
+def attacked(echo: EchoProcess) -> EchoProcess:
     for metadata in HOSTILE_METADATA.values():
         for _ in range(REPEATS):
             with RawH2("127.0.0.1", echo.port) as client:
@@ -94,12 +59,12 @@ def attacked(echo: Echo) -> Echo:
     return echo
 
 
-def test_every_line_is_json_without_a_traceback(attacked: Echo) -> None:
+def test_every_line_is_json_without_a_traceback(attacked: EchoProcess) -> None:
     records = [json.loads(line) for line in attacked.lines]  # raises on any line that is not JSON
     assert not [r for r in records if "exception" in r]
 
 
-def test_each_place_in_the_code_logs_at_most_its_burst(attacked: Echo) -> None:
+def test_each_place_in_the_code_logs_at_most_its_burst(attacked: EchoProcess) -> None:
     records = [json.loads(line) for line in attacked.lines]
     per_logger = collections.Counter(r.get("logger") for r in records if r.get("level") in ("WARNING", "ERROR"))
     burst = RepeatLimit().burst
@@ -116,13 +81,13 @@ def test_each_place_in_the_code_logs_at_most_its_burst(attacked: Echo) -> None:
     assert {r["level"] for r in bad_bytes} == {"WARNING"}, "a client's bad bytes are not our errors"
 
 
-def test_a_request_id_with_a_newline_is_replaced(attacked: Echo) -> None:
+def test_a_request_id_with_a_newline_is_replaced(attacked: EchoProcess) -> None:
     access = [json.loads(line) for line in attacked.lines if '"method":"/test.v1.Echo/Echo"' in line]
     assert len(access) >= REPEATS
     assert all(re.fullmatch(r"[0-9a-f]{32}", line["request_id"]) for line in access if line["code"] == "OK")
 
 
-def test_the_probe_port_answers_an_undecodable_check_invalid_argument_and_counts_it(attacked: Echo) -> None:
+def test_the_probe_port_answers_an_undecodable_check_invalid_argument_and_counts_it(attacked: EchoProcess) -> None:
     with RawH2("127.0.0.1", attacked.health_port) as client:
         _, trailers, _ = client.answer(client.call(HEALTH_CHECK, b"\x0a\x02\xff\xfe"))
     assert trailers[b"grpc-status"] == b"3"  # INVALID_ARGUMENT, not UNKNOWN with the exception's text
@@ -138,7 +103,7 @@ def resident_mib(pid: int) -> float:
 
 
 @pytest.mark.parametrize(("port", "streams"), [("port", 48), ("health_port", 16)])
-def test_metadata_sent_before_acknowledging_settings_is_let_go(echo: Echo, port: str, streams: int) -> None:
+def test_metadata_sent_before_acknowledging_settings_is_let_go(echo: EchoProcess, port: str, streams: int) -> None:
     """gRPC applies no metadata limit of ours before the client acknowledges our SETTINGS (upstream):
     the client is sent away after --settings-timeout, not the minute gRPC gives, and the heap it
     took goes back to the kernel (glibc kept it: 33 -> 205 MB, 195 MB after the close)."""
@@ -177,7 +142,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 @pytest.mark.parametrize("port", ["port", "health_port"])
-def test_a_ping_flood_from_a_client_that_never_reads_is_cut_off(echo: Echo, port: str) -> None:
+def test_a_ping_flood_from_a_client_that_never_reads_is_cut_off(echo: EchoProcess, port: str) -> None:
     """PINGs as fast as the socket takes them, our SETTINGS acknowledged blindly, nothing ever read: gRPC
     sends the client away for pinging too often but waits for a ping acknowledgement (the keepalive
     timeout) before it closes, reading and answering the flood meanwhile. Before the 3 s keepalive

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -21,14 +20,13 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from libs.processes.processes import ChildProcess, free_port, free_ports, runfile
+from libs.processes.processes import ChildProcess, free_port, runfile
 from libs.runtime.channel import BalancedChannel, create_channel
 from libs.runtime.metrics_sum import ChildrenMetrics, serve_child_metrics, socket_directory
 from libs.runtime.supervisor import RestartPolicy, Supervisor, available_cpus, parse_processes
-from libs.runtime.testing.echo import echo_command
+from libs.runtime.testing.echo import ECHO, EchoProcess, running_echo, sample_sum
 from tools.certs.certs import mint_all
 
-ECHO = "/test.v1.Echo/Echo"
 PROCESSES = 2
 
 
@@ -38,89 +36,34 @@ def scrape(metrics_port: int) -> str:
     return text
 
 
-def value(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` that have `labels` (in any order), 0 without any."""
-    total = 0.0
-    for sample_labels, number in re.findall(rf"^{name}(?:{{(.*)}})? (\S+)$", text, re.M):
-        if all(f'{key}="{wanted}"' in sample_labels for key, wanted in labels.items()):
-            total += float(number)
-    return total
-
-
 def handled_echo_calls(metrics_port: int) -> float:
-    return value(scrape(metrics_port), "grpc_server_handled_total", grpc_method="Echo", grpc_code="OK")
+    return sample_sum(scrape(metrics_port), "grpc_server_handled_total", grpc_method="Echo", grpc_code="OK")
 
 
-class Server:
-    def __init__(
-        self, process: ChildProcess, events: list[str], port: int, health_port: int, metrics_port: int
-    ) -> None:
-        self.process, self.events = process, events
-        self.port, self.health_port, self.metrics_port = port, health_port, metrics_port
-
-    def pid_of_one_connection(self) -> int:
-        """The process serving a new connection (SO_REUSEPORT: the kernel picks one per connection)."""
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            answer: bytes = ch.unary_unary(ECHO, request_serializer=None, response_deserializer=None)(
-                b"pid", timeout=10
-            )
-        return int(answer.removeprefix(b"pid:"))
-
-    def serving_pids(self, expected: int, timeout: float = 30.0) -> set[int]:
-        """The pids answering, from new connections, until `expected` distinct ones have (or `timeout`)."""
-        seen: set[int] = set()
-        deadline = time.monotonic() + timeout
-        while len(seen) < expected:
-            assert time.monotonic() < deadline, f"only {sorted(seen)} answered within {timeout:.0f}s"
-            seen.add(self.pid_of_one_connection())
-        return seen
-
-
-@contextlib.contextmanager
-def echo_server(*launcher: str) -> Iterator[Server]:
-    """The echo server with --processes 2, started through `launcher` (a command prefix) if given."""
-    port, health_port, metrics_port = free_ports(3)
-    events: list[str] = []  # every line but the access log's (the process keeps only its last 1,000 lines)
-    process = ChildProcess(
-        "echo",
-        [
-            *launcher,
-            *echo_command(
-                port,
-                f"--health-port={health_port}",
-                f"--metrics-port={metrics_port}",
-                f"--processes={PROCESSES}",
-                "--drain-seconds=1",
-                "--access-log-interval=0.01",
-            ),
-        ],
-        on_line=lambda line: events.append(line) if '"method":' not in line else None,
-    ).start()
-    try:
-        process.wait_for_port(metrics_port)
-        process.wait_for_port(port)
-        yield Server(process, events, port, health_port, metrics_port)
-    finally:
-        process.stop(timeout=30)
+def echo_server(*launcher: str) -> contextlib.AbstractContextManager[EchoProcess]:
+    """The echo server with --processes 2, started through `launcher` (a command prefix) if given; it
+    keeps every line but the access log's."""
+    flags = (f"--processes={PROCESSES}", "--drain-seconds=1", "--access-log-interval=0.01")
+    return running_echo(*flags, launcher=launcher, keep=lambda line: '"method":' not in line, stop_timeout=30)
 
 
 @pytest.fixture
-def server() -> Iterator[Server]:
+def server() -> Iterator[EchoProcess]:
     with echo_server() as started:
         yield started
 
 
-def test_every_process_serves_the_port_and_the_health_port(server: Server) -> None:
+def test_every_process_serves_the_port_and_the_health_port(server: EchoProcess) -> None:
     pids = server.serving_pids(PROCESSES)
     assert server.process.pid not in pids  # the supervisor itself serves nothing
     with grpc.insecure_channel(f"127.0.0.1:{server.health_port}") as channel:
         answer = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
     text = scrape(server.metrics_port)
-    assert value(text, "supervised_processes") == PROCESSES
+    assert sample_sum(text, "supervised_processes") == PROCESSES
 
 
-def test_metrics_are_the_sum_over_processes_and_access_lines_stay_whole(server: Server) -> None:
+def test_metrics_are_the_sum_over_processes_and_access_lines_stay_whole(server: EchoProcess) -> None:
     calls = 60
     pids = []
     for _ in range(calls):  # each on a new connection: both processes answer some
@@ -133,9 +76,9 @@ def test_metrics_are_the_sum_over_processes_and_access_lines_stay_whole(server: 
         time.sleep(0.05)
     assert handled_echo_calls(server.metrics_port) == calls
     text = scrape(server.metrics_port)
-    one_process_memory = value(text, "process_resident_memory_bytes") / PROCESSES
+    one_process_memory = sample_sum(text, "process_resident_memory_bytes") / PROCESSES
     assert one_process_memory > 10e6  # summed: each child reports its own, tens of MB
-    assert value(text, "python_info") == 1  # an information metric is not multiplied
+    assert sample_sum(text, "python_info") == 1  # an information metric is not multiplied
     # Both processes write to one pipe; their lines never mix (libs/runtime/logs.py).
     deadline = time.monotonic() + 10
     while sum('"method":"/test.v1.Echo/Echo"' in line for line in list(server.process.lines)) < calls:
@@ -189,7 +132,7 @@ async def kill_one_during_load(
     return victim, counted, failures
 
 
-def test_a_process_killed_under_load_fails_no_call_and_is_replaced(server: Server) -> None:
+def test_a_process_killed_under_load_fails_no_call_and_is_replaced(server: EchoProcess) -> None:
     victim, counted, failures = asyncio.run(kill_one_during_load(server.port, server.metrics_port, 1500, 60))
     assert failures == []
     assert counted >= 500
@@ -197,17 +140,17 @@ def test_a_process_killed_under_load_fails_no_call_and_is_replaced(server: Serve
     assert victim not in replaced
     # The dead process's calls still count: the sum never goes back, so rate() sees no reset.
     assert handled_echo_calls(server.metrics_port) >= counted
-    assert value(scrape(server.metrics_port), "supervised_process_deaths_total") == 1
-    assert any(f"pid {victim}) was killed by SIGKILL; restarting it" in line for line in server.events)
+    assert sample_sum(scrape(server.metrics_port), "supervised_process_deaths_total") == 1
+    assert any(f"pid {victim}) was killed by SIGKILL; restarting it" in line for line in server.lines)
 
 
-def test_sigterm_drains_every_process_and_exits_zero(server: Server) -> None:
+def test_sigterm_drains_every_process_and_exits_zero(server: EchoProcess) -> None:
     pids = server.serving_pids(PROCESSES)
     server.process.signal(signal.SIGTERM)
     assert server.process.wait(timeout=60) == 0
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
-    draining = [line for line in server.events if "health NOT_SERVING; draining" in line]
+    draining = [line for line in server.lines if "health NOT_SERVING; draining" in line]
     assert len(draining) == PROCESSES
 
 
@@ -277,8 +220,8 @@ def test_as_pid_one_every_process_serves_and_none_dies() -> None:
         assert 1 not in pids  # pid 1 is the supervisor, which serves nothing
         time.sleep(1.5)  # a child that wrongly exits is noticed and restarted within 0.5 s
         text = scrape(server.metrics_port)
-        assert value(text, "supervised_process_deaths_total") == 0, server.events
-        assert value(text, "supervised_processes") == PROCESSES
+        assert sample_sum(text, "supervised_process_deaths_total") == 0, server.lines
+        assert sample_sum(text, "supervised_processes") == PROCESSES
         assert server.serving_pids(PROCESSES) == pids
         # As the container runtime stops it: SIGTERM to pid 1, whose exit code unshare returns.
         (pid_one,) = map(
@@ -286,7 +229,7 @@ def test_as_pid_one_every_process_serves_and_none_dies() -> None:
         )
         os.kill(pid_one, signal.SIGTERM)
         assert server.process.wait(timeout=30) == 0
-        assert any("SIGTERM received: draining 2 processes" in line for line in server.events), server.events
+        assert any("SIGTERM received: draining 2 processes" in line for line in server.lines), server.lines
 
 
 def test_gives_up_with_a_non_zero_exit_when_children_keep_dying() -> None:
@@ -330,7 +273,7 @@ def check_sums(directory: Path) -> None:
 
     def sample(name: str) -> float:
         text = prometheus_client.generate_latest(sums.registry).decode()
-        return value(text, name)
+        return sample_sum(text, name)
 
     assert sample("calls_total") == 3
     assert sample("in_flight") == 20

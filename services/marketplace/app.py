@@ -19,7 +19,6 @@ from typing import cast
 
 import grpc
 import jinja2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -32,7 +31,7 @@ from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.http.app import web_app
 from libs.http.grpc_json import Backend as GrpcBackend
-from libs.http.grpc_json import json_call
+from libs.http.grpc_json import backends_status, json_call
 from libs.interceptors.deadlines import deadline_scope
 from libs.interceptors.errors import FieldViolation, field_violations
 
@@ -138,7 +137,6 @@ class Backend:
 
     recommendations: recommendations_pb2_grpc.RecommendationServiceAsyncStub
     timeout: float  # each request's budget in seconds for its calls to Recommendations
-    health: health_pb2_grpc.HealthStub | None  # the backend's health service, for /readyz
     templates: Jinja2Templates
 
 
@@ -271,21 +269,6 @@ async def api_recommendations(request: Request) -> Response:
     return JSONResponse({"category": category.slug, "user_id": user, "recommendations": books})
 
 
-async def readiness(request: Request) -> dict[str, str]:
-    # Ready means this process serves requests. A backend outage does not make it unready: pages
-    # degrade gracefully, and taking every marketplace out of rotation would turn that into errors.
-    backend = backend_of(request)
-    status = "UNKNOWN"
-    if backend.health is not None:
-        try:
-            with deadline_scope(min(backend.timeout, 1.0)):
-                reply = await backend.health.Check(health_pb2.HealthCheckRequest(service=RECOMMENDATIONS_SERVICE))
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-        except grpc.aio.AioRpcError as error:
-            status = error.code().name
-    return {"recommendations": status}
-
-
 async def not_found(request: Request, exc: Exception) -> Response:
     if request.url.path.startswith("/api/"):
         return api_error(404, "no such resource")
@@ -307,17 +290,17 @@ ROUTES = [
 def create_app(
     recommendations: recommendations_pb2_grpc.RecommendationServiceAsyncStub,
     timeout: float,
-    health: health_pb2_grpc.HealthStub | None = None,
     backends: Mapping[str, GrpcBackend] | None = None,
 ) -> Starlette:
     """The ASGI app; `timeout` is each request's budget in seconds for its calls to Recommendations;
-    `health` (the backend's health service) is reported by /readyz; `backends` are what
-    /api/{service}/{method} calls."""
+    `backends`, every service it calls, are what /api/{service}/{method} calls and /readyz reports (it stays
+    ready while one is down: its pages degrade gracefully, and taking every marketplace out of rotation would
+    turn that into errors)."""
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True, lstrip_blocks=True
     )
-    app = web_app(ROUTES, readiness=readiness, exception_handlers={404: not_found})
-    app.state.backend = Backend(recommendations, timeout, health, Jinja2Templates(env=environment))
+    app = web_app(ROUTES, readiness=backends_status, exception_handlers={404: not_found})
+    app.state.backend = Backend(recommendations, timeout, Jinja2Templates(env=environment))
     app.state.backends = dict(backends or {})
     return app
 

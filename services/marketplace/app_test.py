@@ -14,6 +14,7 @@ from starlette.testclient import TestClient
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
 from libs.http.app import PROBES
+from libs.http.grpc_json import Backend
 from libs.interceptors.deadlines import time_remaining
 from libs.interceptors.errors import BadRequest, FieldViolation
 from services.marketplace.app import (
@@ -21,6 +22,7 @@ from services.marketplace.app import (
     CATEGORY_MAX_RESULTS,
     HOME_MAX_RESULTS,
     INVALID_NOTICE,
+    RECOMMENDATIONS_SERVICE,
     UNAVAILABLE_NOTICE,
     create_app,
 )
@@ -69,14 +71,21 @@ class FakeRecommendations:
         )
 
 
-class FakeHealth:
+class FakeHealthChannel:
+    """A channel to Recommendations on which only grpc.health.v1 answers: SERVING, or fails with `error`."""
+
     def __init__(self, error: grpc.aio.AioRpcError | None = None) -> None:
         self.error = error
 
-    async def Check(self, request, timeout=None):
-        if self.error:
-            raise self.error
-        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+    def unary_unary(self, method: str, **kwargs: Any) -> Any:
+        assert method == "/grpc.health.v1.Health/Check", method
+
+        async def check(request: Any, timeout: float | None = None, **options: Any) -> Any:
+            if self.error:
+                raise self.error
+            return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+        return check
 
 
 def rpc_error(code: grpc.StatusCode, details: str = "", trailers: tuple = ()) -> grpc.aio.AioRpcError:
@@ -96,8 +105,11 @@ def as_stub(fake: FakeRecommendations) -> recommendations_pb2_grpc.Recommendatio
     return cast("recommendations_pb2_grpc.RecommendationServiceAsyncStub", fake)  # a stub type: no runtime class
 
 
-def client(stub: FakeRecommendations, health: FakeHealth | None = None) -> TestClient:
-    return TestClient(create_app(as_stub(stub), timeout=0.25, health=health), raise_server_exceptions=True)
+def client(stub: FakeRecommendations, health: FakeHealthChannel | None = None) -> TestClient:
+    """The app; with `health`, the backend /readyz reports and /api/recommendations/{method} calls."""
+    channel = cast(grpc.aio.Channel, health)
+    backends = {"recommendations": Backend.of(RECOMMENDATIONS_SERVICE, channel, 0.25)} if health else {}
+    return TestClient(create_app(as_stub(stub), timeout=0.25, backends=backends), raise_server_exceptions=True)
 
 
 def section(body: str, slug: str) -> str:
@@ -278,10 +290,10 @@ def test_unknown_api_path_is_a_json_404() -> None:
 
 
 def test_probes_and_metrics() -> None:
-    web = client(FakeRecommendations(BOOKS), FakeHealth())
+    web = client(FakeRecommendations(BOOKS), FakeHealthChannel())
     assert web.get("/healthz").json() == {"status": "ok"}
     assert web.get("/readyz").json() == {"status": "ready", "recommendations": "SERVING"}
-    down = client(FakeRecommendations(BOOKS), FakeHealth(rpc_error(grpc.StatusCode.UNAVAILABLE)))
+    down = client(FakeRecommendations(BOOKS), FakeHealthChannel(rpc_error(grpc.StatusCode.UNAVAILABLE)))
     ready = down.get("/readyz")
     assert ready.status_code == 200  # degraded pages are still pages: stay in rotation
     assert ready.json() == {"status": "ready", "recommendations": "UNAVAILABLE"}

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 from collections.abc import AsyncIterator
 from typing import cast
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
 from starlette.applications import Starlette
 
 from books.recommendations.v1 import recommendations_pb2_grpc
@@ -18,7 +18,7 @@ from libs.interceptors.tracing import configure_tracing
 from libs.runtime.channel import ReloadingChannel
 from libs.runtime.config import add_config_flags, parse_config
 from libs.runtime.web import HttpConfig, serve_http
-from services.marketplace.app import RECOMMENDATIONS_SERVICE, create_app
+from services.marketplace.app import create_app
 from services.registry import REGISTRY
 
 SERVICE = REGISTRY["marketplace"]
@@ -35,24 +35,23 @@ def parser() -> argparse.ArgumentParser:
 
 @contextlib.asynccontextmanager
 async def make_app(config: HttpConfig) -> AsyncIterator[Starlette]:
-    """The app with its channel to Recommendations, in the process that serves it."""
+    """The app with a channel to every service it calls (Recommendations for its pages), in the process
+    that serves it."""
     configure_tracing(SERVICE.name)
-    recommendations = config.callees["recommendations"]
-    channel = ReloadingChannel(
-        recommendations.address,
-        tls=config.tls,
-        tls_server_name=recommendations.tls_name,
-        default_timeout=recommendations.timeout,
-    )
-    async with channel:
-        logger.info("calling Recommendations at %s", recommendations.address)
-        # A ReloadingChannel has the grpc.aio.Channel methods a stub calls, without being one (by type).
-        as_channel = cast(grpc.aio.Channel, channel)
-        stub = recommendations_pb2_grpc.RecommendationServiceStub(as_channel)
-        backend = Backend.of(RECOMMENDATIONS_SERVICE, as_channel, recommendations.timeout)
-        yield create_app(
-            stub, recommendations.timeout, health_pb2_grpc.HealthStub(channel), {"recommendations": backend}
-        )
+    async with contextlib.AsyncExitStack() as channels:
+        backends = {}
+        for name, callee in config.callees.items():
+            importlib.import_module(REGISTRY[name].proto_module)  # its descriptors, for its JSON API
+            channel = ReloadingChannel(
+                callee.address, tls=config.tls, tls_server_name=callee.tls_name, default_timeout=callee.timeout
+            )
+            await channels.enter_async_context(channel)
+            # A ReloadingChannel has the grpc.aio.Channel methods a stub calls, without being one (by type).
+            backends[name] = Backend.of(REGISTRY[name].grpc_service, cast(grpc.aio.Channel, channel), callee.timeout)
+            logger.info("calling %s at %s", name, callee.address)
+        recommendations = backends["recommendations"]
+        stub = recommendations_pb2_grpc.RecommendationServiceStub(recommendations.channel)
+        yield create_app(stub, recommendations.timeout, backends)
 
 
 def main(argv: list[str] | None = None) -> int:

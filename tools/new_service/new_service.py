@@ -45,7 +45,7 @@ from pathlib import Path
 
 from services.registry import Registry, RegistryError, dns_label_problem, package_of, parse
 from tools.lint.ruff import RUFF
-from tools.service_list.list_edit import LIST, ListEditError, add_caller, insert_entry
+from tools.service_list.list_edit import LIST, ListEditError, add_caller, add_workspace_flag, insert_entry
 
 TEMPLATES = Path(__file__).with_name("templates")
 FILES = {
@@ -308,12 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--description", help="one line for the image label (default: '<Name> over gRPC (...)')")
     parser.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        default=Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")),
-        help="the repository to write into (default: where `bazel run` was started)",
-    )
+    add_workspace_flag(parser, "write into")
     args = parser.parse_args(argv)
     callers = [caller.strip() for caller in args.callers.split(",") if caller.strip()]
     calls = [callee.strip() for callee in args.calls.split(",") if callee.strip()]

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.registry import Registry, RegistryError, parse
-from tools.service_list.list_edit import LIST, ListEditError, remove_caller, remove_entry
+from tools.service_list.list_edit import LIST, ListEditError, add_workspace_flag, remove_caller, remove_entry
 
 BASELINE = "proto/api_baseline.json"
 SEARCHED = (".py", ".proto", ".bzl", ".bazel")  # where a dependency on a proto is written
@@ -141,12 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", help="the service's name in services/services.bzl")
     parser.add_argument("--dry-run", action="store_true", help="print what would change; change nothing")
-    parser.add_argument(
-        "--workspace",
-        type=Path,
-        default=Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")),
-        help="the repository to change (default: where `bazel run` was started)",
-    )
+    add_workspace_flag(parser, "change")
     args = parser.parse_args(argv)
     try:
         removal = plan(args.name, args.workspace)

@@ -4,11 +4,24 @@ place with Python's parser (the list is a plain literal, services/registry.py) a
 
 from __future__ import annotations
 
+import argparse
 import ast
 import json
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 LIST = "services/services.bzl"
+
+
+def add_workspace_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """--workspace: the repository a tool changes, by default where `bazel run` was started."""
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        default=Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", ".")),
+        help=f"the repository to {what} (default: where `bazel run` was started)",
+    )
 
 
 class ListEditError(ValueError):
