@@ -24,7 +24,7 @@ from libs.processes.processes import runfile
 
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 # Where Bazel puts generated modules below the runfiles workspace: the import roots of our proto rules.
-GENERATED_ROOTS = ("proto", "tools/proto")
+GENERATED_ROOTS = ("proto", "tools/proto", "libs/http")
 
 
 def generated_files() -> dict[str, Path]:
