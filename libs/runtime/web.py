@@ -68,6 +68,7 @@ class DrainingServer(uvicorn.Server):
         self._drain_seconds = drain_seconds
         self._logger = logger
         self._stop_at: float | None = None
+        self._announced = False
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -84,9 +85,11 @@ class DrainingServer(uvicorn.Server):
             return
         self._state.draining = True
         self._stop_at = time.monotonic() + self._drain_seconds
-        self._logger.info("/readyz answers 503; draining %.1fs before stopping", self._drain_seconds)
 
     async def on_tick(self, counter: int) -> bool:
+        if self._stop_at is not None and not self._announced:  # logged here: not from the signal handler
+            self._announced = True
+            self._logger.info("/readyz answers 503; draining %.1fs before stopping", self._drain_seconds)
         if self._stop_at is not None and time.monotonic() >= self._stop_at:
             self.should_exit = True
         return await super().on_tick(counter)
