@@ -17,6 +17,7 @@ canonical mapping, as grpc-gateway and Envoy's transcoder use it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Iterable, Mapping
@@ -167,10 +168,16 @@ async def serving_status(channel: grpc.aio.Channel, service: str, timeout: float
 async def backends_status(request: Request) -> dict[str, str]:
     """A readiness for libs/http/app.py's web_app: the health of every backend in `app.state.backends`."""
     backends = cast(Mapping[str, Backend], request.app.state.backends)
-    return {name: await serving_status(b.channel, b.service, min(b.timeout, 1.0)) for name, b in backends.items()}
+    # At once, not one after another: a probe must answer within the kubelet's timeout however many are down.
+    checks = [serving_status(b.channel, b.service, min(b.timeout, 1.0)) for b in backends.values()]
+    return dict(zip(backends, await asyncio.gather(*checks), strict=True))
 
 
-def error(status: int, text: str, **extra: Any) -> JSONResponse:
+def error(status: int, text: str, request: Request, **extra: Any) -> JSONResponse:
+    """A refusal or failure as JSON, logged with the caller (and counted per route by web_app's metrics)."""
+    log = logger.warning if status >= 500 else logger.info
+    client = request.client.host if request.client else "?"
+    log("%s %s from %s: %d %s", request.method, request.url.path, client, status, text)
     return JSONResponse({"error": text, **extra}, status_code=status)
 
 
@@ -193,19 +200,17 @@ async def json_call(request: Request) -> Response:
     service, name = request.path_params["service"], request.path_params["method"]
     backend = backends.get(service)
     if backend is None:
-        return error(404, f"no service {service!r} here", services=sorted(backends))
+        return error(404, f"no service {service!r} here", request, services=sorted(backends))
     method = backend.methods.get(name)
     if method is None:
-        return error(404, f"{service} has no unary method {name!r}", methods=sorted(backend.methods))
+        return error(404, f"{service} has no unary method {name!r}", request, methods=sorted(backend.methods))
     try:
         return JSONResponse(
             await call_json(backend.channel, method, await request_fields(request, method), backend.timeout)
         )
     except BadJson as problem:
-        return error(400, str(problem))
+        return error(400, str(problem), request)
     except grpc.aio.AioRpcError as failed:
-        status = http_status(failed.code())
-        log = logger.warning if status >= 500 else logger.info
-        log("%s %s/%s: %s: %s", request.method, service, name, failed.code().name, failed.details())
         fields = [{"field": v.field, "description": v.description} for v in field_violations(failed)]
-        return error(status, failed.details() or failed.code().name, code=failed.code().name, fields=fields)
+        text = failed.details() or failed.code().name
+        return error(http_status(failed.code()), text, request, code=failed.code().name, fields=fields)
