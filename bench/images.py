@@ -44,7 +44,7 @@ def container_start_to_serving(samples: int) -> tuple[str, str]:
     if shutil.which("podman") is None:
         return "not measured", "podman missing (apt-get install podman runc)"
     service = "recommendations"
-    image = load(runfile(f"services/{service}/image.tar"), runfile(f"services/{service}/image"))
+    image = load(runfile(f"services/{service}/load/tarball.tar"), runfile(f"services/{service}/image"))
     times = []
     for _ in range(samples):
         port, name = free_port(), f"obfy-bench-{uuid.uuid4().hex[:8]}"

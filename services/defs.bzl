@@ -9,7 +9,7 @@
 A service's Bazel package is its name with "-" turned into "_" (services/registry.py `package_of`).
 """
 
-load("//tools/oci:defs.bzl", "py_image")
+load("//tools/oci:defs.bzl", "oci_image")
 load(":services.bzl", "SERVICES")
 
 IMAGE_PREFIX = "online-books"
@@ -74,17 +74,21 @@ def callee_proto_libraries(caller):
             found.append("//proto/books/%s/v1:%s_py_pb2" % (_package(entry["name"]), _package(entry["name"])))
     return found
 
-def service_image(name, service, main = "main.py", **kwargs):
-    """The py_image of a service, configured from its entry in services/services.bzl.
+def image_repository(service):
+    """The image's name in registries: `<IMAGE_PREFIX>/<name>`, as k8s/render.py names it."""
+    return "%s/%s" % (IMAGE_PREFIX, _entry(service)["name"])
 
-    Repository, exposed ports and description come from the entry; a gRPC service's image turns its
-    health and metrics ports on (<PREFIX>_HEALTH_PORT, <PREFIX>_METRICS_PORT).
+def service_image(name, service, tars, **kwargs):
+    """The oci_image of a service on the Python base, configured from its entry in services/services.bzl.
+
+    Exposed ports, description and title come from the entry; a gRPC service's image turns its health and
+    metrics ports on (<PREFIX>_HEALTH_PORT, <PREFIX>_METRICS_PORT).
 
     Args:
-      name: the image target, conventionally "image" (also `.tar`, `.digest` and `:push`).
+      name: the image target, conventionally "image" (and `<name>.digest`).
       service: the service's name in services/services.bzl.
-      main: the binary's main file, relative to the package.
-      **kwargs: passed to py_image (visibility, uid, ...).
+      tars: its layers, e.g. a py_layers target of its binary.
+      **kwargs: passed to oci_image (visibility, env, labels, ...).
     """
     entry = _entry(service)
     ports = entry["ports"]
@@ -95,13 +99,18 @@ def service_image(name, service, main = "main.py", **kwargs):
             prefix + "_HEALTH_PORT": str(ports["health"]),
             prefix + "_METRICS_PORT": str(ports["metrics"]),
         }
-    py_image(
+    described = {
+        "org.opencontainers.image.description": entry["description"],
+        "org.opencontainers.image.title": image_repository(service),
+        "org.opencontainers.image.vendor": "Online Books For You",
+    }
+    oci_image(
         name = name,
-        binary = ":" + _package(service),
-        main = main,
-        repository = "%s/%s" % (IMAGE_PREFIX, service),
-        exposed_ports = sorted(ports.values()),
-        env = env,
-        labels = {"org.opencontainers.image.description": entry["description"]},
+        base = "//tools/oci:python_base",
+        tars = tars,
+        exposed_ports = ["%d/tcp" % port for port in sorted(ports.values())],
+        env = dict(env, **kwargs.pop("env", {})),
+        labels = dict(described, **kwargs.pop("labels", {})),
+        annotations = described,
         **kwargs
     )

@@ -24,7 +24,7 @@ class Fail(Exception):
 
 def starlark_definitions() -> dict[str, Any]:
     """defs.bzl's globals, its load() statements left out and what they would bring stood in for:
-    SERVICES from the list, py_image recording its arguments."""
+    SERVICES from the list, oci_image recording its arguments."""
     tree = ast.parse(DEFS.read_text())
     tree.body = [
         node for node in tree.body if not (isinstance(node, ast.Expr) and ast.unparse(node).startswith("load("))
@@ -36,7 +36,7 @@ def starlark_definitions() -> dict[str, Any]:
 
     namespace: dict[str, Any] = {
         "SERVICES": services_literal(LIST_FILE.read_text()),
-        "py_image": lambda **kwargs: images.append(kwargs),
+        "oci_image": lambda **kwargs: images.append(kwargs),
         "fail": fail,
         "images": images,
     }
@@ -67,11 +67,12 @@ def test_target_labels_are_where_the_registry_says() -> None:
 @pytest.mark.parametrize("service", list(REGISTRY.values()), ids=list(REGISTRY))
 def test_the_image_is_named_and_configured_as_the_registry_says(service: Any) -> None:
     DEFINITIONS["images"].clear()
-    DEFINITIONS["service_image"](name="image", service=service.name)
+    DEFINITIONS["service_image"](name="image", service=service.name, tars=[":layers"])
     (image,) = DEFINITIONS["images"]
-    assert image["repository"] == service.repository
-    assert image["binary"] == f":{service.package}"
-    assert image["exposed_ports"] == sorted(service.ports.values())
+    assert DEFINITIONS["image_repository"](service.name) == service.repository
+    assert image["labels"]["org.opencontainers.image.title"] == service.repository
+    assert image["base"] == "//tools/oci:python_base"
+    assert image["exposed_ports"] == [f"{port}/tcp" for port in sorted(service.ports.values())]
     if service.kind == "grpc":
         assert image["env"] == {
             env_name(service.env_prefix, "--health-port"): str(service.ports["health"]),
@@ -81,7 +82,7 @@ def test_the_image_is_named_and_configured_as_the_registry_says(service: Any) ->
 
 def test_an_unknown_service_fails() -> None:
     with pytest.raises(Fail, match="no service 'nope'"):
-        DEFINITIONS["service_image"](name="image", service="nope")
+        DEFINITIONS["service_image"](name="image", service="nope", tars=[])
 
 
 @pytest.mark.parametrize("caller", [*REGISTRY, "nobody"])

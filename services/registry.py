@@ -124,6 +124,11 @@ class Service:
         return f"services/{self.package}/image"
 
     @property
+    def image_archive(self) -> str:
+        """The workspace path of the archive `podman load` takes (in the runfiles of services/<package>:load)."""
+        return f"services/{self.package}/load/tarball.tar"
+
+    @property
     def repository(self) -> str:
         """The image's repository name in registries."""
         return f"{IMAGE_PREFIX}/{self.name}"

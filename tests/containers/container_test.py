@@ -48,7 +48,7 @@ def images() -> dict[str, str]:
     missing = rootless_problem()
     if missing:
         pytest.skip(missing)
-    return {name: load(runfile(f"{s.image}.tar"), runfile(s.image)) for name, s in REGISTRY.items()}
+    return {name: load(runfile(s.image_archive), runfile(s.image)) for name, s in REGISTRY.items()}
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,8 @@ def test_image_runs_as_a_pod_would_serves_on_published_loopback_ports_and_stops_
     assert "restarting it" not in written, written
 
     podman("stop", "--time=30", container)  # SIGTERM to pid 1: every process drains, then exits
-    assert podman("inspect", "--format", "{{.State.ExitCode}}", container) == "0"
+    exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", container)
+    assert exit_code == "0", f"{name} exited {exit_code} on SIGTERM:\n{logs(container)[-4000:]}"
     assert podman("inspect", "--format", "{{.RestartCount}}", container) == "0"
 
 
@@ -188,14 +189,17 @@ def test_umoci_unpacks_the_layout_into_a_runtime_bundle(service: str, tmp_path: 
         pytest.fail("umoci is needed (Debian: apt-get install umoci; ./bazelw does this)")
     layout = tmp_path / "layout"
     shutil.copytree(runfile(REGISTRY[service].image), layout)  # umoci takes a lock file inside the layout
-    reference = read_layout(layout).index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    # umoci unpacks an image by name; oci_image's layout has none (as rules_oci's), so name the copy.
+    index = read_layout(layout).index
+    index["manifests"][0]["annotations"] = {"org.opencontainers.image.ref.name": "unpacked"}
+    (layout / "index.json").write_text(json.dumps(index))
     result = subprocess.run(
         [
             "umoci",
             "unpack",
             *(["--rootless"] if os.geteuid() else []),
             "--image",
-            f"{layout}:{reference}",
+            f"{layout}:unpacked",
             str(tmp_path / "bundle"),
         ],
         capture_output=True,

@@ -9,7 +9,7 @@ variables the upper-case form (`ORDER_HISTORY_PORT`), and its proto service the 
   proto/books/<package>/v1/BUILD.bazel       proto_library → py_proto_library → py_grpc_library
   services/<package>/servicer.py             validation with per-field BadRequest, both handlers
   services/<package>/main.py                 the server on libs/runtime, flags with <PREFIX>_* variables
-  services/<package>/BUILD.bazel             library, binary, image (+ .tar, .digest, :push), tests
+  services/<package>/BUILD.bazel             library, binary, image (+ .digest), :load, :push, tests
   services/<package>/servicer_test.py        unit tests of the handlers
   services/<package>/server_test.py          the server in-process over mTLS, by stub and by reflection
   services/services.bzl                      the new entry: ports, allow rules (who calls it: --callers)
@@ -19,7 +19,7 @@ and for `--kind http` (a web service, `--public` to serve it through the Ingress
   services/<package>/app.py                  a page and a JSON API over every gRPC service it calls
   services/<package>/templates/index.html    the page (autoescaped)
   services/<package>/main.py                 served by libs/runtime/web.py, flags with <PREFIX>_* variables
-  services/<package>/BUILD.bazel             library, binary, image (+ .tar, .digest, :push), tests
+  services/<package>/BUILD.bazel             library, binary, image (+ .digest), :load, :push, tests
   services/<package>/app_test.py             the app in-process: page, API, probes
   services/<package>/server_test.py          the process: page and probes on its port, bad flags, SIGTERM
   services/services.bzl                      the new entry, and the new service added to the `allow`

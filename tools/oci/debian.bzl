@@ -1,4 +1,4 @@
-"""Pinned Debian packages for image base layers (the part of rules_oci/rules_distroless we need).
+"""Pinned Debian packages: the one rule that fetches them, for image base layers, tools and rule sets.
 
 `debian_packages(name = "debian", lock = "//tools/oci:debian_packages.lock")` downloads every package
 of the lock with `apt-get download` at fetch time, checks each file's SHA256 against the lock (which

@@ -1,14 +1,18 @@
-"""Image rules: OCI images from pinned Debian packages and py_binary runfiles (rules_oci's shape).
+"""Image rules: OCI images from pinned Debian packages and py_binary runfiles, shaped like rules_oci's.
 
-    debian_base_layer(name = "python_base", debs = ["@debian//:debs"])
+    debian_base_layer(name = "python_base_layer", debs = ["@debian//:debs"])
+    oci_image(name = "python_base", tars = [":python_base_layer"], user = "65532:65532", workdir = "/app")
+
     py_layers(name = "layers", binary = ":server", main = "main.py")
-    oci_image(name = "image", layers = ["//tools/oci:python_base", ":layers"], repository = "books/server")
-    oci_push(name = "push", image = ":image", repository = "books/server")
+    oci_image(name = "image", base = "//tools/oci:python_base", tars = [":layers"], exposed_ports = ["50051/tcp"])
+    oci_load(name = "load", image = ":image", repo_tags = ["books/server:latest"])
+    oci_push(name = "push", image = ":image", repository = "books/server", remote_tags = ["latest"])
 
-`oci_image` writes the OCI layout directory `:image`, the loadable archive `:image.tar` and the manifest
-digest `:image.digest`. Every layer is a deterministic gzipped tar (tools/oci/oci.py), so the same sources
-give the same digest; `oci_reproducibility_test` proves it by rebuilding elsewhere. `py_image` (at the
-end) declares all of these for a service's py_binary.
+`oci_image`, `oci_load` and `oci_push` take rules_oci's attribute names where rules_oci has them (README,
+"Images", lists what still differs: `tars` takes our layer targets, not tar files; `oci_push` takes the
+registry when it runs). `oci_image` writes the OCI layout directory `:image` and the manifest digest
+`:image.digest`. Every layer is a deterministic gzipped tar (tools/oci/oci.py), so the same sources give
+the same digest; `oci_reproducibility_test` proves it by rebuilding elsewhere.
 """
 
 OciLayersInfo = provider(
@@ -21,8 +25,9 @@ OciLayersInfo = provider(
 )
 
 OciImageInfo = provider(
-    doc = "A built image: its layers (see OciLayersInfo), spec for image.py, digest file and layout.",
-    fields = ["layers", "spec", "digest", "layout"],
+    doc = "A built image: its layers (see OciLayersInfo), its config (inherited by images based on it), " +
+          "the spec image.py read, the digest file and the layout.",
+    fields = ["layers", "config", "spec", "digest", "layout"],
 )
 
 _TOOL = {"cfg": "exec", "executable": True}
@@ -132,71 +137,114 @@ py_layers = rule(
 )
 
 def _oci_image_impl(ctx):
-    layers, env, entrypoint = [], {}, ctx.attr.entrypoint or None
-    for target in ctx.attr.layers:
+    base = ctx.attr.base[OciImageInfo] if ctx.attr.base else None
+    config = dict(base.config) if base else {"env": {}, "user": "", "workdir": "", "entrypoint": [], "cmd": [], "exposed_ports": [], "labels": {}}
+    layers = list(base.layers) if base else []
+    for target in ctx.attr.tars:
         info = target[OciLayersInfo]
         layers += info.layers
-        env.update(info.env)
-        entrypoint = entrypoint or info.entrypoint
-    env.update(ctx.attr.env)
-    if not entrypoint:
-        fail("%s has no entrypoint: set `entrypoint` or use a py_layers target" % ctx.label)
+        config["env"] = dict(config["env"], **info.env)
+        config["entrypoint"] = info.entrypoint or config["entrypoint"]
+
+    # What this image sets overrides what it inherits, as a Dockerfile's lines override FROM's.
+    config["env"] = dict(config["env"], **ctx.attr.env)
+    config["labels"] = dict(config["labels"], **ctx.attr.labels)
+    config["exposed_ports"] = sorted({port: None for port in config["exposed_ports"] + ctx.attr.exposed_ports}.keys())
+    for key in ["user", "workdir", "entrypoint", "cmd"]:
+        config[key] = getattr(ctx.attr, key) or config[key]
+    if not layers:
+        fail("%s has no layers: set `base` or `tars`" % ctx.label)
 
     spec = ctx.actions.declare_file(ctx.label.name + ".spec.json")
     ctx.actions.write(spec, json.encode(struct(
         layers = [struct(blob = layer.blob.path, info = layer.info.path) for layer in layers],
         architecture = ctx.attr.architecture,
-        user = "%d:%d" % (ctx.attr.uid, ctx.attr.uid),
-        workdir = ctx.attr.workdir,
-        entrypoint = entrypoint,
-        env = env,
-        ports = ctx.attr.exposed_ports,
-        labels = ctx.attr.labels,
-        repository = ctx.attr.repository,
-        tag = ctx.attr.tag,
+        os = ctx.attr.os,
+        config = config,
+        annotations = ctx.attr.annotations,
     )))
     layout = ctx.actions.declare_directory(ctx.label.name)
     ctx.actions.run(
         executable = ctx.executable._image,
-        arguments = ["--spec", spec.path, "--layout", layout.path, "--archive", ctx.outputs.tar.path, "--digest", ctx.outputs.digest.path],
+        arguments = ["--spec", spec.path, "--layout", layout.path, "--digest", ctx.outputs.digest.path],
         inputs = [spec] + [file for layer in layers for file in [layer.blob, layer.info]],
-        outputs = [layout, ctx.outputs.tar, ctx.outputs.digest],
+        outputs = [layout, ctx.outputs.digest],
         mnemonic = "OciImage",
         progress_message = "Assembling image %s" % ctx.label,
     )
     return [
         DefaultInfo(files = depset([layout]), runfiles = ctx.runfiles([layout])),
-        OciImageInfo(layers = layers, spec = spec, digest = ctx.outputs.digest, layout = layout),
+        OciImageInfo(layers = layers, config = config, spec = spec, digest = ctx.outputs.digest, layout = layout),
     ]
 
 oci_image = rule(
     implementation = _oci_image_impl,
     attrs = {
-        "layers": attr.label_list(providers = [OciLayersInfo], mandatory = True, doc = "Base first."),
-        "entrypoint": attr.string_list(doc = "Defaults to the one py_layers gives."),
-        "env": attr.string_dict(),
-        "exposed_ports": attr.int_list(),
-        "labels": attr.string_dict(doc = "Config labels; the org.opencontainers.* ones also annotate the manifest."),
-        "uid": attr.int(default = 65532, doc = "User and group the process runs as; never root."),
-        "workdir": attr.string(default = "/app"),
+        "base": attr.label(providers = [OciImageInfo], doc = "The image this one starts from: its layers and config."),
+        "tars": attr.label_list(providers = [OciLayersInfo], doc = "Layers on top of the base (py_layers, debian_base_layer)."),
+        "entrypoint": attr.string_list(doc = "Defaults to the base's, or to the one py_layers gives."),
+        "cmd": attr.string_list(),
+        "env": attr.string_dict(doc = "Added to the base's and the layers'."),
+        "exposed_ports": attr.string_list(doc = 'e.g. ["50051/tcp"]; added to the base\'s.'),
+        "user": attr.string(doc = 'e.g. "65532:65532"; defaults to the base\'s.'),
+        "workdir": attr.string(doc = "Defaults to the base's."),
+        "labels": attr.string_dict(doc = "Config labels, added to the base's."),
+        "annotations": attr.string_dict(doc = "Manifest annotations."),
         "architecture": attr.string(default = "amd64"),
-        "repository": attr.string(mandatory = True, doc = "Name used by `podman load` and `docker load`."),
-        "tag": attr.string(default = "latest"),
+        "os": attr.string(default = "linux"),
         "_image": attr.label(default = "//tools/oci:image", **_TOOL),
     },
-    outputs = {"tar": "%{name}.tar", "digest": "%{name}.digest"},
-    doc = "An OCI image layout, its archive (`.tar`) and its manifest digest (`.digest`).",
+    outputs = {"digest": "%{name}.digest"},
+    doc = "An OCI image layout (the target's directory) and its manifest digest (`.digest`).",
+)
+
+def _oci_load_impl(ctx):
+    image = ctx.attr.image[OciImageInfo]
+    tarball = ctx.actions.declare_file(ctx.label.name + "/tarball.tar")
+    arguments = ["--layout", image.layout.path, "--output", tarball.path]
+    for tag in ctx.attr.repo_tags:
+        arguments += ["--repo-tag", tag]
+    ctx.actions.run(
+        executable = ctx.executable._tarball,
+        arguments = arguments,
+        inputs = [image.layout],
+        outputs = [tarball],
+        mnemonic = "OciTarball",
+        progress_message = "Writing the loadable archive of %s" % ctx.attr.image.label,
+    )
+    script = ctx.actions.declare_file(ctx.label.name + ".sh")
+    ctx.actions.write(
+        script,
+        "#!/bin/sh\nexec \"${LOADER:-podman}\" load --input %s \"$@\"\n" % tarball.short_path,
+        is_executable = True,
+    )
+    return [
+        DefaultInfo(executable = script, files = depset([script]), runfiles = ctx.runfiles([tarball])),
+        OutputGroupInfo(tarball = depset([tarball])),
+    ]
+
+oci_load = rule(
+    implementation = _oci_load_impl,
+    attrs = {
+        "image": attr.label(mandatory = True, providers = [OciImageInfo]),
+        "repo_tags": attr.string_list(doc = 'Names the loaded image gets, e.g. ["online-books/shop:latest"].'),
+        "_tarball": attr.label(default = "//tools/oci:tarball", **_TOOL),
+    },
+    executable = True,
+    doc = "`bazel run :load` loads the image into podman (or `LOADER=docker`); the archive is the " +
+          "`tarball` output group and in the runfiles as `<name>/tarball.tar`.",
 )
 
 def _oci_push_impl(ctx):
-    layout = ctx.attr.image[DefaultInfo].files.to_list()[0]
+    layout = ctx.attr.image[OciImageInfo].layout
     script = ctx.actions.declare_file(ctx.label.name)  # runs as its label path, like a py_binary
     ctx.actions.write(
         script,
-        "#!/bin/sh\nexec %s --layout %s --repository %s \"$@\"\n" % (
+        "#!/bin/sh\nexec %s --layout %s --repository %s %s \"$@\"\n" % (
             ctx.executable._push.short_path,
             layout.short_path,
             ctx.attr.repository,
+            " ".join(["--tag " + tag for tag in ctx.attr.remote_tags]),
         ),
         is_executable = True,
     )
@@ -206,12 +254,13 @@ def _oci_push_impl(ctx):
 oci_push = rule(
     implementation = _oci_push_impl,
     attrs = {
-        "image": attr.label(mandatory = True),
+        "image": attr.label(mandatory = True, providers = [OciImageInfo]),
         "repository": attr.string(mandatory = True, doc = "Path in the registry, e.g. online-books/order-history."),
+        "remote_tags": attr.string_list(doc = "Tags pointed at the pushed digest on every push (more with --tag)."),
         "_push": attr.label(default = "//tools/oci:push", cfg = "target", executable = True),
     },
     executable = True,
-    doc = "`bazel run :push -- REGISTRY [TAG...]`: pushes the image by digest and prints REGISTRY/REPO@DIGEST.",
+    doc = "`bazel run :push -- REGISTRY [--tag T...]`: pushes the image by digest and prints REGISTRY/REPO@DIGEST.",
 )
 
 def _oci_reproducibility_test_impl(ctx):
@@ -249,40 +298,3 @@ oci_reproducibility_test = rule(
     test = True,
     doc = "Rebuilds every layer and the image from the same inputs elsewhere, and expects the same digest.",
 )
-
-def py_image(name, binary, main, repository, exposed_ports = [], env = {}, labels = {}, visibility = None, **kwargs):
-    """`:<name>` (layout), `:<name>.tar`, `:<name>.digest`, `:push` and a reproducibility test.
-
-    Args:
-      name: the image target's name, conventionally "image".
-      binary: the py_binary to run.
-      main: the binary's main file, relative to this package.
-      repository: the image's name in registries, e.g. "online-books/order-history".
-      exposed_ports: ports the process listens on.
-      env: environment variables, added to the PYTHON* ones the layers need.
-      labels: config labels, added to the standard org.opencontainers.image.* ones.
-      visibility: of the image targets.
-      **kwargs: passed to oci_image (uid, workdir, tag, ...).
-    """
-    py_layers(name = name + "_layers", binary = binary, main = main)
-    oci_image(
-        name = name,
-        layers = ["//tools/oci:python_base", ":%s_layers" % name],
-        exposed_ports = exposed_ports,
-        env = env,
-        labels = dict({
-            "org.opencontainers.image.base.name": "debian:bookworm (tools/oci/debian_packages.lock)",
-            "org.opencontainers.image.title": repository,
-            "org.opencontainers.image.vendor": "Online Books For You",
-        }, **labels),
-        repository = repository,
-        visibility = visibility,
-        **kwargs
-    )
-    oci_push(
-        name = "push",
-        image = ":" + name,
-        repository = repository,
-        visibility = ["//tests:__subpackages__"],  # its --help is tested
-    )
-    oci_reproducibility_test(name = name + "_reproducible_test", image = ":" + name, size = "medium")

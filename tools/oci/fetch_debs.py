@@ -13,7 +13,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPIN = "run `apt-get update`, then `./bazelw run //tools/oci:update_packages` to re-pin tools/oci/debian_packages.lock"
+
+def repin_command(lock: Path) -> str:
+    """How to re-pin `lock`, as its header says (tools/oci/update_packages.py writes it)."""
+    for line in lock.read_text().splitlines():
+        if line.startswith("# Re-pin with: "):
+            return line.removeprefix("# Re-pin with: ")
+    return f"./bazelw run //tools/oci:update_packages (after `apt-get update`) to re-pin {lock.name}"
 
 
 def read_lock(path: Path) -> list[tuple[str, str, str, str]]:
@@ -37,6 +43,7 @@ def apt_sha256(name: str, version: str) -> str:
 
 def main(lock: Path, out_dir: Path) -> int:
     rows = read_lock(lock)
+    repin = repin_command(lock)
     problems = []
     for name, version, _arch, sha256 in rows:
         offered = apt_sha256(name, version)
@@ -45,7 +52,7 @@ def main(lock: Path, out_dir: Path) -> int:
         elif offered != sha256:
             problems.append(f"{name}={version}: apt's metadata says sha256 {offered}, the lock says {sha256}")
     if problems:
-        print("\n".join(problems) + f"\nTo fix: {REPIN}", file=sys.stderr)
+        print("\n".join(problems) + f"\nTo fix: {repin}", file=sys.stderr)
         return 1
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -58,7 +65,7 @@ def main(lock: Path, out_dir: Path) -> int:
             check=False,
         )
         if result.returncode != 0:
-            print(f"apt-get download failed:\n{result.stderr}\nTo fix: {REPIN}", file=sys.stderr)
+            print(f"apt-get download failed:\n{result.stderr}\nTo fix: {repin}", file=sys.stderr)
             return 1
         downloaded = {path.name.split("_", 1)[0]: path for path in Path(scratch).glob("*.deb")}
         for name, _version, _arch, sha256 in rows:
@@ -68,7 +75,7 @@ def main(lock: Path, out_dir: Path) -> int:
                 problems.append(f"{deb.name}: sha256 {actual}, the lock says {sha256}")
             deb.rename(out_dir / f"{name}.deb")
     if problems:
-        print("\n".join(problems) + f"\nTo fix: {REPIN}", file=sys.stderr)
+        print("\n".join(problems) + f"\nTo fix: {repin}", file=sys.stderr)
         return 1
     return 0
 

@@ -1,12 +1,10 @@
-"""Assembles an OCI image layout (and a loadable archive of it) from built layers.
+"""Assembles an OCI image layout from built layers (the `oci_image` rule).
 
-image.py --spec SPEC.json --layout DIR --archive IMAGE.tar --digest DIGEST_FILE
+image.py --spec SPEC.json --layout DIR --digest DIGEST_FILE
 
-SPEC holds the layers' blobs and info files (from layer.py) in order, and the image config: user,
-working directory, entrypoint, environment, exposed ports, labels and the reference name. The
-layout is what `skopeo copy oci:DIR` and `umoci` read; the archive is the same layout in one
-deterministic tar, with a Docker-style manifest.json beside index.json so that both `podman load`
-and `docker load` accept it.
+SPEC holds the layers' blobs and info files (from layer.py) in order, the image config (user, working
+directory, entrypoint, cmd, environment, exposed ports, labels) and the manifest's annotations. The
+layout is what `skopeo copy oci:DIR` reads; tarball.py makes the archive `podman load` takes.
 """
 
 from __future__ import annotations
@@ -16,7 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
-from tools.oci.oci import EPOCH, Tree, blob_path, canonical_json, digest
+from tools.oci.oci import EPOCH, blob_path, canonical_json, digest
 
 LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -33,18 +31,21 @@ def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, dict, str]:
         layers.append({"mediaType": LAYER, "digest": info["digest"], "size": info["size"]})
         diff_ids.append(info["diff_id"])
         history.append({"created": EPOCH, "created_by": info["created_by"], "comment": "; ".join(info["notes"])})
+    settings = spec["config"]
+    image_config = {
+        "User": settings["user"],
+        "WorkingDir": settings["workdir"],
+        "Entrypoint": settings["entrypoint"],
+        "Cmd": settings["cmd"],
+        "Env": [f"{key}={value}" for key, value in sorted(settings["env"].items())],
+        "ExposedPorts": {port if "/" in port else f"{port}/tcp": {} for port in sorted(settings["exposed_ports"])},
+        "Labels": settings["labels"],
+    }
     config = {
         "architecture": spec["architecture"],
-        "os": "linux",
+        "os": spec["os"],
         "created": EPOCH,
-        "config": {
-            "User": spec["user"],
-            "WorkingDir": spec["workdir"],
-            "Entrypoint": spec["entrypoint"],
-            "Env": [f"{key}={value}" for key, value in sorted(spec["env"].items())],
-            "ExposedPorts": {f"{port}/tcp": {} for port in sorted(spec["ports"])},
-            "Labels": spec["labels"],
-        },
+        "config": {key: value for key, value in image_config.items() if value},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
         "history": history,
     }
@@ -55,7 +56,7 @@ def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, dict, str]:
         "mediaType": MANIFEST,
         "config": {"mediaType": CONFIG, "digest": digest(config_bytes), "size": len(config_bytes)},
         "layers": layers,
-        "annotations": {key: value for key, value in spec["labels"].items() if key.startswith("org.opencontainers")},
+        "annotations": spec["annotations"],
     }
     manifest_bytes = canonical_json(manifest)
     manifest_digest = digest(manifest_bytes)
@@ -63,14 +64,7 @@ def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, dict, str]:
     index = {
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.index.v1+json",
-        "manifests": [
-            {
-                "mediaType": MANIFEST,
-                "digest": manifest_digest,
-                "size": len(manifest_bytes),
-                "annotations": {"org.opencontainers.image.ref.name": f"{spec['repository']}:{spec['tag']}"},
-            }
-        ],
+        "manifests": [{"mediaType": MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes)}],
     }
     return blobs, index, manifest, manifest_digest
 
@@ -79,38 +73,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, required=True)
     parser.add_argument("--layout", type=Path, required=True)
-    parser.add_argument("--archive", type=Path, required=True)
     parser.add_argument("--digest", type=Path, required=True)
     args = parser.parse_args()
 
-    spec = json.loads(args.spec.read_text())
-    blobs, index, manifest, manifest_digest = build(spec)
-    docker_manifest = [
-        {
-            "Config": blob_path(manifest["config"]["digest"]),
-            "RepoTags": [f"{spec['repository']}:{spec['tag']}"],
-            "Layers": [blob_path(layer["digest"]) for layer in manifest["layers"]],
-        }
-    ]
+    blobs, index, _manifest, manifest_digest = build(json.loads(args.spec.read_text()))
     files: dict[str, bytes | Path] = {
         "oci-layout": canonical_json({"imageLayoutVersion": "1.0.0"}),
         "index.json": canonical_json(index),
-        "manifest.json": canonical_json(docker_manifest),
     }
     files.update({blob_path(d): blob for d, blob in blobs.items()})
-
-    archive = Tree()
     for name, content in files.items():
         target = args.layout / name
         target.parent.mkdir(parents=True, exist_ok=True)
         if isinstance(content, Path):
             shutil.copyfile(content, target)
-            archive.file(name, source=content)
         else:
             target.write_bytes(content)
-            archive.file(name, data=content)
-    with args.archive.open("wb") as out:
-        archive.write_tar(out)
     args.digest.write_text(manifest_digest + "\n")
 
 

@@ -64,11 +64,12 @@ def test_a_pin_that_left_the_archive_fails_naming_the_update_command(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     lock = tmp_path / "debian_packages.lock"
-    lock.write_text("# header\nlibc6 0.0-gone-1 amd64 100 " + "0" * 64 + "\n")
+    repin = "./bazelw run //tools/oci:update_packages -- --input x.in --lock x.lock (after `apt-get update`)."
+    lock.write_text(f"# Pinned ...\n# Re-pin with: {repin}\nlibc6 0.0-gone-1 amd64 100 " + "0" * 64 + "\n")
     assert fetch_debs.main(lock, tmp_path / "debs") == 1
     message = capsys.readouterr().err
     assert "libc6=0.0-gone-1 is not offered by apt" in message
-    assert "./bazelw run //tools/oci:update_packages" in message
+    assert f"To fix: {repin}" in message  # the lock's own command, whichever lock it is
 
 
 def test_gzip_layers_decompress_to_the_reported_diff_id(tmp_path: Path) -> None:

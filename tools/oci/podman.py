@@ -49,7 +49,7 @@ def image_id(layout: Path) -> str:
 
 
 def load(archive: Path, layout: Path) -> str:
-    """Loads an `:image.tar`; returns the ID to run it by."""
+    """Loads the archive of an `oci_load` target (`<name>/tarball.tar`); returns the ID to run it by."""
     podman("load", "--quiet", "--input", str(archive))
     wanted = image_id(layout)
     if podman("image", "inspect", "--format", "{{.Id}}", wanted) != wanted:
