@@ -192,6 +192,7 @@ def test_umoci_unpacks_the_layout_into_a_runtime_bundle(service: str, tmp_path: 
     # umoci unpacks an image by name; oci_image's layout has none (as rules_oci's), so name the copy.
     index = read_layout(layout).index
     index["manifests"][0]["annotations"] = {"org.opencontainers.image.ref.name": "unpacked"}
+    (layout / "index.json").chmod(0o644)  # copied read-only, as Bazel's outputs are
     (layout / "index.json").write_text(json.dumps(index))
     result = subprocess.run(
         [
