@@ -25,10 +25,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(args.log_format)
     catalog = Catalog.from_csv(DEFAULT_CATALOG, category_names())
-    stack = server_middleware("recommendations", access_log_interval=args.access_log_interval)
+    config = read_config(ServerConfig, args)
+    # As libs/runtime/server.py builds it, load shedding included.
+    stack = server_middleware(
+        "recommendations", access_log_interval=args.access_log_interval, max_in_flight=config.max_concurrent_rpcs
+    )
     full = [m for m in stack if type(m).__name__ not in args.without]
     middleware = {"full": full, "bare": [], "noop": [Middleware()]}[args.variant]
-    server = build_server(read_config(ServerConfig, args), catalog, middleware=middleware)
+    server = build_server(config, catalog, middleware=middleware)
     asyncio.run(server.run())
     return 0
 

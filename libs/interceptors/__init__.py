@@ -1,9 +1,11 @@
 """Middleware shared by every gRPC service and client of the bookstore (grpc.aio and sync).
 
-A new service gets the whole stack with one call:
+A server gets the whole stack with one call; services register on what it returns:
 
-    grpc.aio.server(interceptors=server_interceptors("recommendations"))             # aio
-    grpc.server(executor, interceptors=server_interceptors("x", asynchronous=False))  # sync
+    server = instrument(grpc.aio.server(), "orders")                                # aio
+    server = instrument(grpc.server(executor), "orders", asynchronous=False)        # sync
+    add_OrderServiceServicer_to_server(servicer, server)
+    server.finish()  # after the last service: calls to methods none offers are counted too
 
 libs/runtime/server.py does this for our services, and libs/runtime/channel.py adds
 `client_interceptors(...)` to every channel.
@@ -14,14 +16,13 @@ from __future__ import annotations
 import logging
 from typing import Any, TypedDict, Unpack
 
-import grpc
 from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from libs.interceptors.access_log import FLUSH_INTERVAL, AccessLog
 from libs.interceptors.authz import AccessPolicy, Authorization
 from libs.interceptors.client import ASYNC_INTERCEPTORS, SyncClientInterceptor
-from libs.interceptors.core import AsyncServerInterceptor, Middleware, SyncServerInterceptor
+from libs.interceptors.core import InstrumentedServer, Middleware, Pipeline
 from libs.interceptors.deadlines import DeadlineRecorder
 from libs.interceptors.error_logging import ErrorLogging
 from libs.interceptors.exception_to_status import ExceptionToStatus
@@ -33,7 +34,7 @@ from libs.interceptors.tracing import Tracing
 __all__ = [
     "AccessPolicy",
     "client_interceptors",
-    "server_interceptors",
+    "instrument",
     "server_middleware",
 ]
 
@@ -88,13 +89,19 @@ class _MiddlewareOptions(TypedDict, total=False):
     max_in_flight: int
 
 
-def server_interceptors(
-    service_name: str, *, asynchronous: bool = True, **options: Unpack[_MiddlewareOptions]
-) -> list[grpc.ServerInterceptor[Any, Any] | grpc.aio.ServerInterceptor[Any, Any]]:
-    """The whole stack as one interceptor for `grpc.aio.server` (or, asynchronous=False, `grpc.server`).
-    `options` are those of `server_middleware`."""
-    middleware = server_middleware(service_name, **options)
-    return [AsyncServerInterceptor(middleware) if asynchronous else SyncServerInterceptor(middleware)]
+def instrument(
+    server: Any,
+    service_name: str,
+    *,
+    asynchronous: bool = True,
+    middleware: list[Middleware] | None = None,
+    **options: Unpack[_MiddlewareOptions],
+) -> InstrumentedServer:
+    """`server` (a `grpc.aio.server()`, or with asynchronous=False a `grpc.server(...)`) with the whole
+    stack around every call of the services registered on what this returns. `middleware` replaces the
+    standard stack; `options` are those of `server_middleware`."""
+    stack = server_middleware(service_name, **options) if middleware is None else middleware
+    return InstrumentedServer(server, Pipeline(stack), asynchronous=asynchronous)
 
 
 def client_interceptors(

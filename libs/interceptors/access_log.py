@@ -55,7 +55,7 @@ class AccessLog(Middleware):
         self._interval = interval
         _instances.add(self)
 
-    def end(self, call: Call) -> None:
+    def end(self, call: Call, state: None) -> None:
         context = call.context
         self._pending.append(
             (

@@ -1,46 +1,46 @@
 """One server pipeline for every concern, run by two thin adapters: grpc.aio and the sync grpc.server.
 
 Each concern (request ids, tracing, metrics, access log, exception → status, error log,
-authorisation, deadlines) is a `Middleware` with three hooks that know nothing of sync or async:
+authorisation, deadlines, load shedding) is a `Middleware` with three hooks that know nothing of sync
+or async:
 
-- `begin(call)` before the handler, in stack order (may raise, e.g. PermissionDenied);
+- `begin(call)` before the handler, in stack order (may raise, e.g. PermissionDenied); what it returns
+  is that middleware's own state for the call (a span, a metrics series), handed back to its `end`;
 - `fail(call, exc)` when the handler (or a `begin`) raised, in stack order: may return the `Abort`
   to answer with (the first one returned wins; every fail hook runs);
-- `end(call)` after the call, in reverse order, always, with the final status code in `call.code`.
+- `end(call, state)` after the call, in reverse order, always, with the final status code in
+  `call.code` and what its own `begin` returned (None if that begin raised).
+
+The `Call` holds facts about the call that every hook may read: the method, the status, the request
+id, the trace id, the verified caller, how many calls were in progress when it began. A concern that
+needs something between its begin and its end keeps it in its state, not on the call.
 
 A `Pipeline` wraps a method's handler once; the wrapper runs the hooks around each call, in the
-call's own form (sync or aio). It reaches the server in one of two ways:
-
-- `AsyncServerInterceptor` / `SyncServerInterceptor`: standard gRPC server interceptors, for any
-  server (`server_interceptors()` in __init__.py);
-- `InstrumentedServer(server, pipeline)`: wraps the handlers as services register them, which is
-  what libs/runtime does. Measured with bench/interceptors: grpc.aio's interceptor path costs 5-8 %
-  of Recommend throughput by itself (an extra coroutine and handler lookup per call, and no use of
-  the registered-method fast path), more than all our hooks together once tuned.
-
-Why not one grpc-interceptor `AsyncServerInterceptor` per concern, as that library suggests: every
-layer adds that interceptor cost again, eight times for this stack. We keep grpc-interceptor's named
-exceptions (one per status code), which the ExceptionToStatus hook understands.
+call's own form (sync or aio). One way attaches it to a server, grpc.aio's or the sync one:
+`InstrumentedServer(server, pipeline)` wraps the handlers as services register them
+(`instrument()` in __init__.py). Not grpc's server interceptors: measured with bench/interceptors,
+grpc.aio's interceptor path costs 5-8 % of Recommend throughput by itself (an extra coroutine and
+handler lookup per call, and no use of the registered-method fast path), more than all our hooks
+together once tuned. Nor one grpc-interceptor `AsyncServerInterceptor` per concern, as that library
+suggests: every layer adds that interceptor cost again. We keep grpc-interceptor's named exceptions
+(one per status code), which the ExceptionToStatus hook understands.
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
 from grpc_interceptor.exceptions import GrpcException, InvalidArgument
 
-if TYPE_CHECKING:  # grpc-stubs makes these classes generic; grpc's own take no type arguments at run time
-    _AioServerInterceptor = grpc.aio.ServerInterceptor[Any, Any]
-    _SyncServerInterceptor = grpc.ServerInterceptor[Any, Any]
+if TYPE_CHECKING:  # grpc-stubs makes this class generic; grpc's own takes no type arguments at run time
     _GenericRpcHandler = grpc.GenericRpcHandler[Any, Any]
 else:
-    _AioServerInterceptor = grpc.aio.ServerInterceptor
-    _SyncServerInterceptor = grpc.ServerInterceptor
     _GenericRpcHandler = grpc.GenericRpcHandler
 
 UNKNOWN = "unknown"
@@ -68,10 +68,10 @@ class Rpc:
 
 
 class Call:
-    """What the middleware knows of one RPC; hooks read it and add to it.
+    """The facts of one RPC that every hook may read; the concern that establishes one sets it, once.
 
-    The class attributes are the defaults: a call stores only what its hooks set, which keeps the
-    per-call price of the pipeline low (bench/RESULTS.md).
+    The class attributes are the defaults: a call stores only what is set, which keeps the per-call
+    price of the pipeline low (bench/RESULTS.md).
     """
 
     code = grpc.StatusCode.OK
@@ -79,15 +79,15 @@ class Call:
     exception: BaseException | None = None
     unexpected = False  # neither a GrpcException nor a deliberate abort
     duration = 0.0
-    request_id = ""
-    trace_id = ""
-    peer = ""  # the verified caller's name under mTLS (set by Authorization)
+    in_flight = 0  # calls in progress in this pipeline when this one began, itself included
+    request_id = ""  # set by RequestId
+    trace_id = ""  # set by Tracing
+    peer = ""  # the verified caller's name under mTLS, as Authorization established it
     address = ""  # where a call to an unregistered method came from (it has no context to ask)
-    begun: int | None = None  # if a begin raised: how many middleware began (only those are ended)
-    span: Any = None  # Tracing's
-    otel_token: Any = None
-    series: Any = None  # ServerMetrics'
-    admitted = False  # LoadShedding's: counted in its in-flight total
+    # The pipeline's own: the state each begin returned, in stack order; and if a begin raised, the
+    # index of its middleware in the stack (the middleware after it did not begin and are not ended).
+    states: list[Any]
+    raised_in = 1 << 30
 
     def __init__(self, rpc: Rpc, context: Any, metadata: Any) -> None:
         self.rpc = rpc
@@ -100,13 +100,15 @@ class Call:
 class Middleware:
     """Base class: override the hooks you need."""
 
-    def begin(self, call: Call) -> None:
+    def begin(self, call: Call) -> Any:
+        """Runs before the handler; returns this middleware's state for the call (given to `end`)."""
         return None
 
     def fail(self, call: Call, exc: BaseException) -> Abort | None:
         return None
 
-    def end(self, call: Call) -> None:
+    def end(self, call: Call, state: Any) -> None:
+        """Runs after the call, with what `begin` returned (None if it raised)."""
         return None
 
 
@@ -184,19 +186,36 @@ class Pipeline:
     def __init__(self, middleware: Sequence[Middleware]) -> None:
         self.middleware = tuple(middleware)
         # Only the hooks a middleware overrides are called: half of them are the base class's no-ops.
-        self._begins = [(i + 1, m.begin) for i, m in enumerate(self.middleware) if _overrides(m, "begin")]
+        began = [i for i, m in enumerate(self.middleware) if _overrides(m, "begin")]
+        self._begins = [self.middleware[i].begin for i in began]
+        self._began = began  # the stack index of each begin hook's middleware
         self._fails = [m.fail for m in self.middleware if _overrides(m, "fail")]
-        self._ends = [(i, m.end) for i, m in reversed(list(enumerate(self.middleware))) if _overrides(m, "end")]
-        self._all_ends = [end for _, end in self._ends]
+        # Each end, in reverse stack order, with its middleware's stack index and where its begin's state
+        # is in `call.states` (a position past the end for one without a begin hook: its state is None).
+        self._ends = [
+            (i, began.index(i) if i in began else len(began), m.end)
+            for i, m in reversed(list(enumerate(self.middleware)))
+            if _overrides(m, "end")
+        ]
+        self._in_flight = 0
+        self._lock = threading.Lock()  # sync servers run calls on many threads; uncontended on aio
+
+    @property
+    def in_flight(self) -> int:
+        """Calls begun and not yet closed: the one count of calls in progress."""
+        return self._in_flight
 
     def begin(self, call: Call) -> None:
-        begun = 0
+        self._lock.acquire()  # acquire()/release() rather than `with`: half the price, on every call
+        self._in_flight += 1
+        call.in_flight = self._in_flight
+        self._lock.release()
+        call.states = states = []
         try:
-            for count, hook in self._begins:
-                begun = count  # the middleware whose begin raises is ended too
-                hook(call)
+            for hook in self._begins:
+                states.append(hook(call))
         except BaseException:
-            call.begun = begun
+            call.raised_in = self._began[len(states)]  # it is ended too, with None: its state never came
             raise
 
     def failed(self, call: Call, exc: BaseException) -> Abort | None:
@@ -230,10 +249,13 @@ class Pipeline:
     def close(self, call: Call) -> None:
         call.duration = time.perf_counter() - call.started
         call.code_name = call.code._name_  # a documented member attribute of every Enum
-        begun = call.begun
-        ends = self._all_ends if begun is None else [end for index, end in self._ends if index < begun]
-        for end in ends:
-            end(call)
+        states, raised_in, began = call.states, call.raised_in, len(call.states)
+        for index, position, end in self._ends:
+            if index <= raised_in:
+                end(call, states[position] if position < began else None)
+        self._lock.acquire()
+        self._in_flight -= 1
+        self._lock.release()
 
     def unregistered(self, metadata: Any, address: str) -> None:
         """Counts a call to a method no service offers, from `address` (UnimplementedMethod answers it)."""
@@ -379,46 +401,6 @@ class _HandlerCache:
             if len(self._wrapped) < _HANDLER_CACHE_LIMIT:
                 self._wrapped[key] = found
         return found
-
-
-class AsyncServerInterceptor(_AioServerInterceptor):
-    """Runs a Pipeline around every call of a `grpc.aio` server, as a standard interceptor."""
-
-    def __init__(self, middleware: Sequence[Middleware]) -> None:
-        self.pipeline = Pipeline(middleware)
-        self._cache = _HandlerCache(self.pipeline.wrap_async)
-        self._unimplemented = UnimplementedMethod(self.pipeline, asynchronous=True).handler
-
-    # grpc-stubs has no None here, but grpc.aio's continuation gives None for a method no service registered,
-    # and an interceptor returns None to let gRPC answer UNIMPLEMENTED (as the sync stubs say).
-    async def intercept_service(  # type: ignore[override]
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(details)
-        if handler is None:
-            return self._unimplemented
-        return self._cache.get(details.method, handler)
-
-
-class SyncServerInterceptor(_SyncServerInterceptor):
-    """Runs a Pipeline around every call of a sync `grpc.server`, as a standard interceptor."""
-
-    def __init__(self, middleware: Sequence[Middleware]) -> None:
-        self.pipeline = Pipeline(middleware)
-        self._cache = _HandlerCache(self.pipeline.wrap_sync)
-        self._unimplemented = UnimplementedMethod(self.pipeline, asynchronous=False).handler
-
-    def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = continuation(details)
-        if handler is None:
-            return self._unimplemented
-        return self._cache.get(details.method, handler)
 
 
 class _WrappedGenericHandler(_GenericRpcHandler):

@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
-from libs.interceptors import AccessPolicy, client_interceptors, server_interceptors, server_middleware
+from libs.interceptors import AccessPolicy, client_interceptors, instrument, server_middleware
 from libs.interceptors.access_log import AccessLog, flush_all
-from libs.interceptors.core import AsyncServerInterceptor, Call, Middleware, SyncServerInterceptor
+from libs.interceptors.core import Call, Middleware
 from libs.interceptors.deadlines import time_remaining
 from libs.interceptors.errors import MAX_VIOLATIONS, BadRequest, FieldViolation, field_violations
 from libs.interceptors.exception_to_status import INTERNAL_ERROR_DETAILS, ExceptionToStatus
@@ -136,8 +136,10 @@ def _serve_sync(server: Server, name, options, target, middleware) -> Iterator[S
         outcome(request)
         yield b"second"
 
-    grpc_server = grpc.server(ThreadPoolExecutor(4), interceptors=_interceptors(name, False, options, middleware))
-    grpc_server.add_generic_rpc_handlers((_handlers(unary, stream),))
+    grpc_server = grpc.server(ThreadPoolExecutor(4))
+    instrumented = instrument(grpc_server, name, asynchronous=False, middleware=middleware, **options)
+    instrumented.add_generic_rpc_handlers((_handlers(unary, stream),))
+    instrumented.finish()
     server.port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
     try:
@@ -176,8 +178,10 @@ def _serve_aio(server: Server, name, options, target, middleware) -> Iterator[Se
     async def start() -> int:
         if target:
             state["downstream"] = grpc.aio.insecure_channel(target, interceptors=client_interceptors(**options))
-        aio_server = grpc.aio.server(interceptors=_interceptors(name, True, options, middleware))
-        aio_server.add_generic_rpc_handlers((_handlers(unary, stream),))
+        aio_server = grpc.aio.server()
+        instrumented = instrument(aio_server, name, middleware=middleware, **options)
+        instrumented.add_generic_rpc_handlers((_handlers(unary, stream),))
+        instrumented.finish()
         port = aio_server.add_insecure_port("127.0.0.1:0")
         await aio_server.start()
         state["server"] = aio_server
@@ -191,12 +195,6 @@ def _serve_aio(server: Server, name, options, target, middleware) -> Iterator[Se
         asyncio.run_coroutine_threadsafe(state["server"].stop(None), loop).result(WAIT)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(5)
-
-
-def _interceptors(name: str, asynchronous: bool, options: dict, middleware: list | None) -> list:
-    if middleware is None:
-        return server_interceptors(name, asynchronous=asynchronous, **options)
-    return [AsyncServerInterceptor(middleware) if asynchronous else SyncServerInterceptor(middleware)]
 
 
 def seconds(request: Duration, context: object) -> bytes:
@@ -559,13 +557,14 @@ class Recorder(Middleware):
     def __init__(self, name: str, log: list[str], refuse: bool = False) -> None:
         self.name, self.log, self.refuse = name, log, refuse
 
-    def begin(self, call: Call) -> None:
+    def begin(self, call: Call) -> str:
         self.log.append(f"begin {self.name}")
         if self.refuse:
             raise NotFound("refused")
+        return f"{self.name}'s state"
 
-    def end(self, call: Call) -> None:
-        self.log.append(f"end {self.name} {call.code_name}")
+    def end(self, call: Call, state: str | None) -> None:
+        self.log.append(f"end {self.name} {call.code_name} with {state}")
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -576,12 +575,16 @@ def test_ends_run_in_reverse_and_only_for_middleware_that_began(kind: str) -> No
     with serve(kind, middleware=stack) as server:
         assert fail(server, b"hello").code() == grpc.StatusCode.NOT_FOUND
         assert wait_for(lambda: len(log) >= 4)  # in case the server ends the call just after answering
-        assert log == ["begin a", "begin b", "end b NOT_FOUND", "end a NOT_FOUND"]
+        # Each end gets what its own begin returned; b's begin raised, so b gets None.
+        assert log == ["begin a", "begin b", "end b NOT_FOUND with None", "end a NOT_FOUND with a's state"]
         log.clear()
         refuser.refuse = False
         assert call(server, b"hello") == b"ok:hello"
         assert wait_for(lambda: len(log) >= 6)
-        assert log == ["begin a", "begin b", "begin c", "end c OK", "end b OK", "end a OK"]
+        assert log == [
+            "begin a", "begin b", "begin c",
+            "end c OK with c's state", "end b OK with b's state", "end a OK with a's state",
+        ]  # fmt: skip
 
 
 def test_access_lines_escape_what_they_must_and_null_what_is_unknown(caplog) -> None:

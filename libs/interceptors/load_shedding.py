@@ -13,7 +13,6 @@ Tracing, ServerMetrics and AccessLog began: the call is counted, traced and logg
 from __future__ import annotations
 
 import random
-import threading
 
 from grpc_interceptor.exceptions import ResourceExhausted
 
@@ -31,25 +30,15 @@ class Overloaded(ResourceExhausted):
 
 
 class LoadShedding(Middleware):
-    """Admits a call while fewer than `limit` are in progress (0: no limit)."""
+    """Admits a call while at most `limit` are in progress, itself included (0: no limit).
+
+    It keeps no count of its own: the pipeline counts every call from its begin to its end
+    (`call.in_flight`), so a refused call leaves the count as soon as it is answered."""
 
     def __init__(self, limit: int, pushback_ms: tuple[int, int] = (20, 100)) -> None:
         self._limit = limit
         self._pushback_ms = pushback_ms  # jittered, so refused callers do not come back together
-        self._in_flight = 0
-        self._lock = threading.Lock()  # sync servers run hooks on many threads; uncontended on aio
 
     def begin(self, call: Call) -> None:
-        with self._lock:
-            if self._limit and self._in_flight >= self._limit:
-                busy = self._in_flight
-            else:
-                self._in_flight += 1
-                call.admitted = True
-                return
-        raise Overloaded(busy, random.randint(*self._pushback_ms))
-
-    def end(self, call: Call) -> None:
-        if call.admitted:
-            with self._lock:
-                self._in_flight -= 1
+        if self._limit and call.in_flight > self._limit:
+            raise Overloaded(call.in_flight - 1, random.randint(*self._pushback_ms))

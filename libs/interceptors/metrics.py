@@ -126,16 +126,17 @@ class ServerMetrics(Middleware):
         self.metrics = RpcMetrics.of("server", registry)
         self._by_rpc: dict[Rpc, Series] = {}  # one entry per wrapped method: Rpc hashes by identity
 
-    def begin(self, call: Call) -> None:
+    def begin(self, call: Call) -> Series:
+        """Counts the call as started; returns the series its end is counted in."""
         series = self._by_rpc.get(call.rpc)
         if series is None:
             rpc = call.rpc
             series = self._by_rpc.setdefault(rpc, self.metrics.series((rpc.service, rpc.name, rpc.kind)))
-        call.series = series
         self.metrics.started(series)
+        return series
 
-    def end(self, call: Call) -> None:
-        self.metrics.finished(call.series, call.code_name, call.duration)
+    def end(self, call: Call, series: Series) -> None:
+        self.metrics.finished(series, call.code_name, call.duration)
 
 
 def start_metrics_server(port: int, host: str = "0.0.0.0", registry: CollectorRegistry = REGISTRY) -> None:

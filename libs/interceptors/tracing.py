@@ -70,25 +70,26 @@ class Tracing(Middleware):
             self._recheck_at = now + 1.0
         return self._recording
 
-    def begin(self, call: Call) -> None:
+    def begin(self, call: Call) -> tuple[trace.Span, object] | None:
+        """The call's SERVER span and the token that detaches it from the context (None: no span)."""
         traced = "traceparent" in call.metadata
         if not traced and not self._records(call.started):
-            return  # nothing to continue and nothing to record: skip the no-op span's cost
+            return None  # nothing to continue and nothing to record: skip the no-op span's cost
         parent = PROPAGATOR.extract(call.metadata, getter=_GETTER) if traced else None
         rpc = call.rpc
         span = self._tracer.start_span(
             f"{rpc.service}/{rpc.name}", context=parent, kind=SpanKind.SERVER,
             attributes=rpc_attributes(rpc.service, rpc.name),
         )  # fmt: skip
-        call.span = span
-        call.otel_token = otel_context.attach(trace.set_span_in_context(span, parent))
         call.trace_id = trace_id_of(span)
+        return span, otel_context.attach(trace.set_span_in_context(span, parent))
 
-    def end(self, call: Call) -> None:
-        if call.span is None:
+    def end(self, call: Call, state: tuple[trace.Span, object] | None) -> None:
+        if state is None:
             return
-        end_span(call.span, call.code_name, call.code.value[0], call.exception if call.unexpected else None)
-        otel_context.detach(call.otel_token)
+        span, token = state
+        end_span(span, call.code_name, call.code.value[0], call.exception if call.unexpected else None)
+        otel_context.detach(token)  # type: ignore[arg-type]
 
 
 def configure_tracing(service_name: str) -> bool:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from libs.interceptors import server_interceptors
+from libs.interceptors import instrument
 from libs.interceptors.deadlines import deadline_scope
 from libs.runtime.channel import BalancedChannel, RetryPolicy, create_channel, normalize_target
 
@@ -31,19 +31,16 @@ class Backend:
         self.attempts: collections.Counter[bytes] = collections.Counter()
         self.remaining: list[float | None] = []
         self.front_channel: BalancedChannel | None = None
-        # server_interceptors is typed for both kinds of server; asynchronous (the default) gives aio ones.
-        interceptors = cast(
-            "Sequence[grpc.aio.ServerInterceptor[Any, Any]]",  # generic in grpc-stubs only
-            server_interceptors("backend", registry=CollectorRegistry()),
-        )
-        self.server = grpc.aio.server(interceptors=interceptors)
+        self.server = grpc.aio.server()
+        instrumented = instrument(self.server, "backend", registry=CollectorRegistry())
         handlers = {
             "Call": grpc.unary_unary_rpc_method_handler(self.call),
             "Forward": grpc.unary_unary_rpc_method_handler(self.forward),
         }
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        instrumented.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs' grpc_health has no aio
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, instrumented)
+        instrumented.finish()
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
     async def call(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
