@@ -24,9 +24,9 @@ from libs.runtime.web import HttpConfig
 @pytest.mark.parametrize(
     ("prefix", "flag", "env"),
     [
-        ("MARKETPLACE", "--tls-cert", "MARKETPLACE_TLS_CERT"),
-        ("RECOMMENDATIONS", "--port", "RECOMMENDATIONS_PORT"),
-        ("RECOMMENDATIONS", "--recommendations-addr", "RECOMMENDATIONS_ADDR"),
+        ("SHOP", "--tls-cert", "SHOP_TLS_CERT"),
+        ("ORDERS", "--port", "ORDERS_PORT"),
+        ("ORDERS", "--orders-addr", "ORDERS_ADDR"),
     ],
 )
 def test_env_names(prefix: str, flag: str, env: str) -> None:
@@ -34,17 +34,17 @@ def test_env_names(prefix: str, flag: str, env: str) -> None:
 
 
 def test_flags_fall_back_to_the_environment_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RECOMMENDATIONS_ADDR", "dns:///recommendations:50051")
-    monkeypatch.setenv("RECOMMENDATIONS_TIMEOUT", "0.5")
+    monkeypatch.setenv("ORDERS_ADDR", "dns:///orders:50051")
+    monkeypatch.setenv("ORDERS_TIMEOUT", "0.5")
     parser = argparse.ArgumentParser()
-    add_config_flags(parser, ProcessConfig, "SHOP", callees={"recommendations": 50051})
+    add_config_flags(parser, ProcessConfig, "SHOP", callees={"orders": 50051})
     args = parser.parse_args([])
-    assert (args.recommendations_addr, args.recommendations_timeout) == ("dns:///recommendations:50051", 0.5)
-    assert parser.parse_args(["--recommendations-timeout", "0.2"]).recommendations_timeout == 0.2
-    assert "env RECOMMENDATIONS_ADDR" in " ".join(parser.format_help().split())
-    config = read_config(ProcessConfig, parser.parse_args(["--insecure"]), ["recommendations"])
-    assert config.callees["recommendations"].address == "dns:///recommendations:50051"
-    assert config.callees["recommendations"].timeout == 0.5
+    assert (args.orders_addr, args.orders_timeout) == ("dns:///orders:50051", 0.5)
+    assert parser.parse_args(["--orders-timeout", "0.2"]).orders_timeout == 0.2
+    assert "env ORDERS_ADDR" in " ".join(parser.format_help().split())
+    config = read_config(ProcessConfig, parser.parse_args(["--insecure"]), ["orders"])
+    assert config.callees["orders"].address == "dns:///orders:50051"
+    assert config.callees["orders"].timeout == 0.5
 
 
 def test_boolean_flags_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,10 +103,10 @@ def test_insecure_excludes_tls_files_and_ports_must_differ() -> None:
 
 
 def test_allow_rules_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = read_config(ServerConfig, parse("--insecure", "--allow", "Recommend=marketplace, admin;RecommendEach=*"))
-    assert config.allow == {"Recommend": frozenset({"marketplace", "admin"}), "RecommendEach": frozenset({"*"})}
-    monkeypatch.setenv("ECHO_ALLOW", "Recommend=admin")
-    assert read_config(ServerConfig, parse("--insecure")).allow == {"Recommend": frozenset({"admin"})}
+    config = read_config(ServerConfig, parse("--insecure", "--allow", "Place=shop, admin;PlaceEach=*"))
+    assert config.allow == {"Place": frozenset({"shop", "admin"}), "PlaceEach": frozenset({"*"})}
+    monkeypatch.setenv("ECHO_ALLOW", "Place=admin")
+    assert read_config(ServerConfig, parse("--insecure")).allow == {"Place": frozenset({"admin"})}
 
 
 def test_a_setting_is_one_declaration(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -78,7 +78,7 @@ def _serve_on_unix_socket(path: Path, body: Callable[[], bytes]) -> None:
 
 
 async def read_sums(path: Path) -> bytes:
-    """In a child serving /metrics itself (the marketplace's workers): the supervisor's sums, in
+    """In a child serving /metrics itself (a web service's processes): the supervisor's sums, in
     Prometheus text format, from its Unix socket `path` (`ChildrenMetrics.sums`)."""
     reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), SCRAPE_TIMEOUT)
     try:

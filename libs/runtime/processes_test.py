@@ -166,19 +166,19 @@ def pid_over_a_new_connection(port: int, credentials: grpc.ChannelCredentials) -
 def client_credentials(certs: Path, ca: Path | None = None) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(
         (ca or certs / "ca.pem").read_bytes(),
-        (certs / "marketplace.key").read_bytes(),
-        (certs / "marketplace.pem").read_bytes(),
+        (certs / "shop.key").read_bytes(),
+        (certs / "shop.pem").read_bytes(),
     )
 
 
 def test_every_process_picks_up_rotated_certificates(tmp_path: Path) -> None:
     certs, rotated = tmp_path / "certs", tmp_path / "rotated"
-    mint_all(certs, services=("recommendations", "marketplace"))
-    mint_all(rotated, services=("recommendations", "marketplace"))  # a whole new CA
+    mint_all(certs, services=("orders", "shop"))
+    mint_all(rotated, services=("orders", "shop"))  # a whole new CA
     port = free_port()
     tls = [
         f"--tls-{kind}={certs / name}"
-        for kind, name in (("cert", "recommendations.pem"), ("key", "recommendations.key"), ("ca", "ca.pem"))
+        for kind, name in (("cert", "orders.pem"), ("key", "orders.key"), ("ca", "ca.pem"))
     ]
     with ChildProcess(
         "echo",
@@ -187,13 +187,13 @@ def test_every_process_picks_up_rotated_certificates(tmp_path: Path) -> None:
         process.wait_for_port(port)
         before = {pid_over_a_new_connection(port, client_credentials(certs)) for _ in range(40)}
         assert len(before) == PROCESSES
-        for name in ("recommendations.pem", "recommendations.key", "ca.pem"):
+        for name in ("orders.pem", "orders.key", "ca.pem"):
             shutil.copyfile(rotated / name, certs / f".{name}")
             os.replace(certs / f".{name}", certs / name)
         # Every process now wants the new CA on new connections: a client of it reaches both, the old one neither.
         after = {pid_over_a_new_connection(port, client_credentials(rotated)) for _ in range(40)}
         assert after == before
-        stale = client_credentials(certs, ca=rotated / "ca.pem")  # certs/marketplace.* are of the old CA
+        stale = client_credentials(certs, ca=rotated / "ca.pem")  # certs/shop.* are of the old CA
         for _ in range(20):  # new connections, to either process
             with pytest.raises(grpc.RpcError) as refused:
                 pid_over_a_new_connection(port, stale)

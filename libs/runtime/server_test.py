@@ -41,7 +41,7 @@ ECHO = f"/{SERVICE}/Echo"
 def certs(tmp_path: Path) -> Path:
     """A CA with certificates for the server, an allowed caller and a caller with no rights."""
     out = tmp_path / "certs"
-    ca = mint_all(out, services=("recommendations", "marketplace"))
+    ca = mint_all(out, services=("orders", "shop"))
     write_leaf(out, "intruder", mint_leaf(ca, "intruder"))
     return out
 
@@ -60,7 +60,7 @@ def credentials(certs: Path, service: str | None, ca: Path | None = None) -> grp
 
 def serve(config: ServerConfig, scenario: Callable[[GrpcServer], Awaitable[None]]) -> None:
     async def main() -> None:
-        server = GrpcServer(config, {"Echo": ["marketplace"]})
+        server = GrpcServer(config, {"Echo": ["shop"]})
         server.add_service(SERVICE, register)
         await server.start()
         try:
@@ -72,7 +72,7 @@ def serve(config: ServerConfig, scenario: Callable[[GrpcServer], Awaitable[None]
 
 
 def mtls_config(certs: Path, **overrides) -> ServerConfig:
-    values = {"host": "127.0.0.1", "port": 0, "tls": files(certs, "recommendations"), "drain_seconds": 0}
+    values = {"host": "127.0.0.1", "port": 0, "tls": files(certs, "orders"), "drain_seconds": 0}
     return ServerConfig(**{**values, **overrides})
 
 
@@ -92,7 +92,7 @@ async def expect_failure(port: int, creds: grpc.ChannelCredentials | None) -> gr
 
 def test_allowed_identity_succeeds(certs: Path) -> None:
     async def scenario(server: GrpcServer) -> None:
-        assert await call_echo(server.port, credentials(certs, "marketplace")) == b"echo:hi"
+        assert await call_echo(server.port, credentials(certs, "shop")) == b"echo:hi"
 
     serve(mtls_config(certs), scenario)
 
@@ -115,10 +115,10 @@ def test_client_without_certificate_fails_the_handshake(certs: Path) -> None:
 
 def test_client_certificate_from_another_ca_fails_the_handshake(certs: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
-    mint_all(other, services=("marketplace",))  # same name, different CA
+    mint_all(other, services=("shop",))  # same name, different CA
 
     async def scenario(server: GrpcServer) -> None:
-        error = await expect_failure(server.port, credentials(other, "marketplace", ca=certs / "ca.pem"))
+        error = await expect_failure(server.port, credentials(other, "shop", ca=certs / "ca.pem"))
         assert error.code() == grpc.StatusCode.UNAVAILABLE
 
     serve(mtls_config(certs), scenario)
@@ -141,8 +141,8 @@ def test_logs_name_the_caller_by_the_identity_authorisation_went_by(certs: Path,
         cast(ec.EllipticCurvePrivateKey, serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)),
         x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes()),
     )
-    write_leaf(certs, "disguised", mint_leaf(ca, "marketplace", common_name="root-admin"))
-    write_leaf(certs, "impostor", mint_leaf(ca, "intruder", common_name="marketplace"))
+    write_leaf(certs, "disguised", mint_leaf(ca, "shop", common_name="root-admin"))
+    write_leaf(certs, "impostor", mint_leaf(ca, "intruder", common_name="shop"))
 
     async def scenario(server: GrpcServer) -> None:
         assert await call_echo(server.port, credentials(certs, "disguised")) == b"echo:hi"
@@ -154,19 +154,19 @@ def test_logs_name_the_caller_by_the_identity_authorisation_went_by(certs: Path,
     flush_all()
     lines = [json.loads(line) for r in caplog.records if r.name == "access" for line in r.getMessage().split("\n")]
     assert [(line["code"], line["peer"]) for line in lines if line["method"] == ECHO] == [
-        ("OK", "marketplace"),
+        ("OK", "shop"),
         ("PERMISSION_DENIED", "intruder"),
     ]
 
 
 def test_only_dns_names_identify_a_caller(certs: Path) -> None:
-    """Certificates of our CA that name `marketplace` only as a URI or an email address, and one with an
-    IP address only: none is the marketplace (gRPC lists every kind of SAN together)."""
+    """Certificates of our CA that name `shop` only as a URI or an email address, and one with an
+    IP address only: none is the shop (gRPC lists every kind of SAN together)."""
     ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
     sans = {
-        "by-uri": x509.UniformResourceIdentifier("marketplace"),
-        "by-email": x509.RFC822Name("marketplace"),
+        "by-uri": x509.UniformResourceIdentifier("shop"),
+        "by-email": x509.RFC822Name("shop"),
         "by-ip": x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
     }
     for name, san in sans.items():
@@ -174,7 +174,7 @@ def test_only_dns_names_identify_a_caller(certs: Path) -> None:
         now = datetime.datetime.now(datetime.UTC)
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "marketplace")]))
+            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "shop")]))
             .issuer_name(ca_cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -197,7 +197,7 @@ def test_only_dns_names_identify_a_caller(certs: Path) -> None:
 def test_allow_flag_overrides_the_service_policy(certs: Path) -> None:
     async def scenario(server: GrpcServer) -> None:
         assert await call_echo(server.port, credentials(certs, "intruder")) == b"echo:hi"
-        error = await expect_failure(server.port, credentials(certs, "marketplace"))
+        error = await expect_failure(server.port, credentials(certs, "shop"))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
     serve(mtls_config(certs, allow={"Echo": frozenset({"intruder"})}), scenario)
@@ -205,16 +205,16 @@ def test_allow_flag_overrides_the_service_policy(certs: Path) -> None:
 
 def test_rotated_certificates_are_picked_up_without_restart(certs: Path, tmp_path: Path) -> None:
     rotated = tmp_path / "rotated"
-    mint_all(rotated, services=("recommendations", "marketplace"))  # a whole new CA
+    mint_all(rotated, services=("orders", "shop"))  # a whole new CA
 
     async def scenario(server: GrpcServer) -> None:
-        assert await call_echo(server.port, credentials(certs, "marketplace")) == b"echo:hi"
-        for name in ("recommendations.pem", "recommendations.key", "ca.pem"):
+        assert await call_echo(server.port, credentials(certs, "shop")) == b"echo:hi"
+        for name in ("orders.pem", "orders.key", "ca.pem"):
             shutil.copyfile(rotated / name, certs / f".{name}")
             os.replace(certs / f".{name}", certs / name)
         # New connections now need the new CA: the old client fails, a client of the new CA works.
-        assert await call_echo(server.port, credentials(rotated, "marketplace")) == b"echo:hi"
-        old = credentials(tmp_path / "certs", "marketplace", ca=rotated / "ca.pem")
+        assert await call_echo(server.port, credentials(rotated, "shop")) == b"echo:hi"
+        old = credentials(tmp_path / "certs", "shop", ca=rotated / "ca.pem")
         error = await expect_failure(server.port, old)
         assert error.code() == grpc.StatusCode.UNAVAILABLE
 
@@ -224,10 +224,10 @@ def test_rotated_certificates_are_picked_up_without_restart(certs: Path, tmp_pat
 def test_client_channel_follows_certificate_rotation(certs: Path, tmp_path: Path) -> None:
     client_dir = tmp_path / "client"
     client_dir.mkdir()
-    for name in ("marketplace.pem", "marketplace.key", "ca.pem"):
+    for name in ("shop.pem", "shop.key", "ca.pem"):
         shutil.copyfile(certs / name, client_dir / name)
     rotated = tmp_path / "rotated"
-    mint_all(rotated, services=("recommendations", "marketplace"))  # a whole new CA
+    mint_all(rotated, services=("orders", "shop"))  # a whole new CA
 
     def replace(directory: Path, names: tuple[str, ...]) -> None:
         for name in names:
@@ -235,16 +235,14 @@ def test_client_channel_follows_certificate_rotation(certs: Path, tmp_path: Path
             os.replace(directory / f".{name}", directory / name)
 
     async def scenario(server: GrpcServer) -> None:
-        channel = ReloadingChannel(
-            f"localhost:{server.port}", tls=files(client_dir, "marketplace"), check_every=3600, drain=0
-        )
+        channel = ReloadingChannel(f"localhost:{server.port}", tls=files(client_dir, "shop"), check_every=3600, drain=0)
         async with channel:
             echo = channel.unary_unary(ECHO)
             assert await echo(b"before", timeout=5) == b"echo:before"
-            replace(certs, ("recommendations.pem", "recommendations.key", "ca.pem"))
-            replace(client_dir, ("marketplace.pem", "marketplace.key", "ca.pem"))
+            replace(certs, ("orders.pem", "orders.key", "ca.pem"))
+            replace(client_dir, ("shop.pem", "shop.key", "ca.pem"))
             # A new connection with the old client certificate is now refused...
-            error = await expect_failure(server.port, credentials(tmp_path / "certs", "marketplace"))
+            error = await expect_failure(server.port, credentials(tmp_path / "certs", "shop"))
             assert error.code() == grpc.StatusCode.UNAVAILABLE
             # ...and the reloading channel moves to the new one.
             assert channel.reload_if_changed()
@@ -276,7 +274,7 @@ def test_health_serving_then_not_serving_during_drain_while_calls_still_work(cer
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
     async def scenario(server: GrpcServer) -> None:
-        creds = credentials(certs, "marketplace")
+        creds = credentials(certs, "shop")
         assert await health_status(server.port, creds) == serving
         assert await health_status(server.port, creds, SERVICE) == serving
         shutdown = asyncio.create_task(server.shutdown())
@@ -304,7 +302,7 @@ def test_plaintext_health_port_serves_probes_only(certs: Path) -> None:
 
 def test_reflection_lists_our_service(certs: Path) -> None:
     async def scenario(server: GrpcServer) -> None:
-        async with grpc.aio.secure_channel(f"localhost:{server.port}", credentials(certs, "marketplace")) as channel:
+        async with grpc.aio.secure_channel(f"localhost:{server.port}", credentials(certs, "shop")) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
             responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
             async for response in responses:

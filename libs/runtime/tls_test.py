@@ -14,13 +14,11 @@ from tools.certs.certs import mint_all
 @pytest.fixture(scope="module")
 def minted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("certs")
-    mint_all(out, services=("recommendations", "marketplace"))
+    mint_all(out, services=("orders", "shop"))
     return out
 
 
-def files(
-    out: Path, cert: str = "recommendations.pem", key: str = "recommendations.key", ca: str = "ca.pem"
-) -> TlsFiles:
+def files(out: Path, cert: str = "orders.pem", key: str = "orders.key", ca: str = "ca.pem") -> TlsFiles:
     return TlsFiles(out / cert, out / key, out / ca)
 
 
@@ -37,19 +35,17 @@ def test_a_missing_file_is_named(minted: Path) -> None:
 
 
 def test_a_file_that_is_not_a_certificate_is_named(minted: Path) -> None:
-    with pytest.raises(TlsConfigError, match=r"TLS certificate .*recommendations\.key is not a PEM certificate"):
-        files(minted, cert="recommendations.key").read()
+    with pytest.raises(TlsConfigError, match=r"TLS certificate .*orders\.key is not a PEM certificate"):
+        files(minted, cert="orders.key").read()
 
 
 def test_a_key_of_another_certificate_is_refused(minted: Path) -> None:
-    with pytest.raises(
-        TlsConfigError, match=r"marketplace\.key is not a PEM private key matching .*recommendations\.pem"
-    ):
-        files(minted, key="marketplace.key").read()
+    with pytest.raises(TlsConfigError, match=r"shop\.key is not a PEM private key matching .*orders\.pem"):
+        files(minted, key="shop.key").read()
 
 
 def test_an_encrypted_key_is_refused_without_prompting(minted: Path, tmp_path: Path) -> None:
-    key = serialization.load_pem_private_key((minted / "recommendations.key").read_bytes(), password=None)
+    key = serialization.load_pem_private_key((minted / "orders.key").read_bytes(), password=None)
     encrypted = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -57,4 +53,4 @@ def test_an_encrypted_key_is_refused_without_prompting(minted: Path, tmp_path: P
     )
     (tmp_path / "encrypted.key").write_bytes(encrypted)
     with pytest.raises(TlsConfigError, match=r"encrypted\.key is not a PEM private key matching"):
-        TlsFiles(minted / "recommendations.pem", tmp_path / "encrypted.key", minted / "ca.pem").read()
+        TlsFiles(minted / "orders.pem", tmp_path / "encrypted.key", minted / "ca.pem").read()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from libs.processes.processes import ChildProcess, runfile
+from services.marketplace.app import UNAVAILABLE_NOTICE
 from tests.system.in_namespaces import SKIP_REASON
 from tests.system.testbed import Host, Testbed
 from tools.certs.certs import mint_all, service_flags
@@ -91,7 +92,8 @@ class Bookstore:
         """Runs load.py in the client namespace; its JSON report."""
         result = self.client.run(
             [
-                sys.executable, runfile(LOAD), "--url", self.url, "--rate", rate, "--duration", duration,
+                sys.executable, runfile(LOAD), "--url", self.url, "--notice", UNAVAILABLE_NOTICE,
+                "--rate", rate, "--duration", duration,
                 "--max-requests", max_requests, "--connections", connections, "--timeout", HANG,
             ],
             timeout=duration + 30,

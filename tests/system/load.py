@@ -1,7 +1,7 @@
 """An HTTP/1.1 load generator for the system tests, standard library only (it runs inside a network
 namespace through `ip netns exec`, with no site-packages).
 
-    load.py --url http://10.77.0.3:8080/ --rate 400 --duration 60 [--connections 16] [--timeout 2]
+    load.py --url http://10.77.0.3:8080/ --notice TEXT --rate 400 --duration 60 [--connections 16] [--timeout 2]
 
 Open loop at --rate requests per second (0 = closed loop, as fast as the connections go) over
 keep-alive connections, for at most --duration seconds and --max-requests requests. Prints one JSON
@@ -140,7 +140,7 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=1_000_000)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds before a request counts as hung")
-    parser.add_argument("--notice", default="Recommendations are unavailable right now")
+    parser.add_argument("--notice", required=True, help="text of the page that says it is degraded")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args)), sort_keys=True))
     return 0
