@@ -18,12 +18,12 @@ needs something between its begin and its end keeps it in its state, not on the 
 A `Pipeline` wraps a method's handler once; the wrapper runs the hooks around each call, in the
 call's own form (sync or aio). One way attaches it to a server, grpc.aio's or the sync one:
 `InstrumentedServer(server, pipeline)` wraps the handlers as services register them
-(`instrument()` in __init__.py). Not grpc's server interceptors: measured with bench/interceptors,
-grpc.aio's interceptor path costs 5-8 % of Recommend throughput by itself (an extra coroutine and
-handler lookup per call, and no use of the registered-method fast path), more than all our hooks
-together once tuned. Nor one grpc-interceptor `AsyncServerInterceptor` per concern, as that library
-suggests: every layer adds that interceptor cost again. We keep grpc-interceptor's named exceptions
-(one per status code), which the ExceptionToStatus hook understands.
+(`instrument()` in __init__.py). Not grpc's server interceptors: grpc.aio's interceptor path alone
+costs more than all our hooks together once tuned (an extra coroutine and handler lookup per call, and
+no use of the registered-method fast path; bench/RESULTS.md, "Interceptors"). Nor one
+grpc-interceptor `AsyncServerInterceptor` per concern, as that library suggests: every layer adds that
+interceptor cost again. We keep grpc-interceptor's named exceptions (one per status code), which the
+ExceptionToStatus hook understands.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class Call:
     """
 
     code = grpc.StatusCode.OK
-    code_name = "OK"  # code.name, copied once: Enum.name is a Python-level property, 16x slower to read
+    code_name = "OK"  # code.name, copied once: Enum.name is a Python-level property (bench/RESULTS.md)
     exception: BaseException | None = None
     unexpected = False  # neither a GrpcException nor a deliberate abort
     duration = 0.0
