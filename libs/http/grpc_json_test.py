@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.routing import Route
 
 from libs.http.grpc_json import Backend, BadJson, call_json, http_status, json_call, query_fields, unary_methods
-from testdata import library_pb2
+from libs.http.testdata import library_pb2
 
 SERVICE = "testdata.library.v1.LibraryService"
 BOOKS = [("Dune", "Frank Herbert", 20_000_000), ("Emma", "Jane Austen", 7), ("Persuasion", "Jane Austen", 5)]

@@ -17,14 +17,18 @@ proto_library is Bazel's (ProtoInfo, descriptor sets), compiled with `--proto_co
 module of a proto is its import path (`books.x.v1.x_pb2`); the files land beside the .proto in bazel-bin.
 Type stubs come from mypy-protobuf's generators: `.pyi` for messages, and for gRPC typed stubs and servicers
 that accept both `grpc` and `grpc.aio` channels, servers and contexts. The well-known types
-(@com_google_protobuf, tools/proto/well_known_types.bzl) get no code here: the protobuf runtime has it.
+(@com_google_protobuf, tools/proto/well_known_types.bzl) and the common googleapis protos
+(@com_google_googleapis, tools/proto/googleapis.bzl) get no code here: the protobuf runtime and the
+googleapis-common-protos package have it.
 
 To move to upstream (rules_python's py_proto_library, grpc's py_grpc_library): change the `load` lines.
 """
 
 load("@rules_proto//proto:defs.bzl", "ProtoInfo")
 
-_RUNTIME_PROVIDED = "com_google_protobuf"  # the runtime has google.protobuf.*_pb2
+# Repositories whose Python modules come with a runtime package: protobuf's google.protobuf.*_pb2, and
+# googleapis-common-protos' google.api / google.rpc / google.type ones.
+_RUNTIME_PROVIDED = ["com_google_protobuf", "com_google_googleapis"]
 
 _PyProtoGenInfo = provider(
     doc = "Generated _pb2 modules of a proto_library and its deps (internal to these rules).",
@@ -98,7 +102,7 @@ def _python_import(ctx, label, root):
 def _py_proto_aspect_impl(target, ctx):
     deps = [dep[_PyProtoGenInfo] for dep in ctx.rule.attr.deps if _PyProtoGenInfo in dep]
     sources, imports = [], []
-    if target.label.workspace_name != _RUNTIME_PROVIDED:
+    if target.label.workspace_name not in _RUNTIME_PROVIDED:
         outputs, root = _layout(ctx, target, ["_pb2.py", "_pb2.pyi"])
         plugins = [("python", None), ("mypy", ctx.attr._mypy[DefaultInfo].files_to_run)]
         _generate(ctx, target[ProtoInfo], root, outputs, plugins, "ProtocPython")

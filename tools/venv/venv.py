@@ -23,16 +23,17 @@ from pathlib import Path
 from libs.processes.processes import runfile
 
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
-# Where Bazel puts generated modules below the runfiles workspace: the import roots of our proto rules.
-GENERATED_ROOTS = ("proto", "tools/proto", "libs/http")
+# Where Bazel puts generated modules below the runfiles workspace → the import root they are below (what
+# their proto_library's strip_import_prefix strips; libs/http's test protos strip nothing).
+GENERATED_ROOTS = {"proto": "proto", "tools/proto": "tools/proto", "libs/http/testdata": ""}
 
 
 def generated_files() -> dict[str, Path]:
     """Import path (books/x/v1/x_pb2.py) → the file Bazel generated, from this binary's runfiles."""
     workspace = runfile(".")
     found: dict[str, Path] = {}
-    for root in GENERATED_ROOTS:
-        for path in (workspace / root).rglob("*"):
+    for directory, root in GENERATED_ROOTS.items():
+        for path in (workspace / directory).rglob("*"):
             if path.name.endswith(GENERATED_SUFFIXES):
                 found[str(path.relative_to(workspace / root))] = path
     return found
