@@ -28,7 +28,7 @@ IMAGE_PREFIX = "online-books"
 _DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 _PROTO_SERVICE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+\.[A-Z]\w*$")
 _REQUIRED = {"name", "kind", "ports", "description"}
-_OPTIONAL = {"grpc_service", "allow", "public", "settings", "slo"}
+_OPTIONAL = {"grpc_service", "allow", "public", "settings", "slo", "gateway"}
 
 
 class RegistryError(ValueError):
@@ -92,6 +92,7 @@ class Service:
     public: tuple[str, ...] = ()
     settings: Mapping[str, str] = field(default_factory=dict)
     slo: Slo = field(default_factory=Slo)
+    gateway: bool = False
 
     @property
     def package(self) -> str:
@@ -197,6 +198,10 @@ class Registry(Mapping[str, Service]):
             visit(name)
         return order
 
+    def gateways(self) -> tuple[str, ...]:
+        """The web services that serve the JSON API of every gRPC service allowing them (`gateway`)."""
+        return tuple(service.name for service in self.values() if service.gateway)
+
     def used_ports(self) -> dict[int, str]:
         """Every port of every service → 'service (role)'."""
         return {port: f"{s.name} ({role})" for s in self.values() for role, port in s.ports.items()}
@@ -259,6 +264,8 @@ def _check(registry: Registry) -> None:
         if service.kind != "grpc" and (service.grpc_service or service.allow):
             problems.append(f"{where}: only grpc services have grpc_service and allow")
         problems += _public_problems(service, public)
+        if service.gateway not in (True, False) or (service.gateway and service.kind != "http"):
+            problems.append(f"{where}: gateway must be true or false, and only an http service is one")
         for key in service.settings:
             if not isinstance(key, str) or not _SETTING_NAME.fullmatch(key):
                 problems.append(f"{where}: settings key {key!r} must be a setting's name, like forwarded_allow_ips")
@@ -328,6 +335,7 @@ def parse(source: str) -> Registry:
                 public=tuple(entry.get("public", ())),
                 settings=MappingProxyType(dict(entry.get("settings", {}))),
                 slo=_slo(name, entry.get("kind", ""), entry.get("slo", {})),
+                gateway=entry.get("gateway", False),
             )
         )
     return Registry(services)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 
 import pytest
+from google.api import annotations_pb2  # type: ignore[import-untyped]  # .pyi, no py.typed
 from google.protobuf import descriptor_pool
 
 from libs.http.app import PROBES
@@ -48,6 +49,19 @@ def test_the_proto_has_the_service_and_every_method_in_allow(name: str) -> None:
     importlib.import_module(f"books.{service.package}.v1.{service.package}_pb2")
     found = descriptor_pool.Default().FindServiceByName(service.grpc_service)
     assert set(service.allow) <= set(found.methods_by_name), f"{name} allows methods its proto lacks"
+
+
+def test_every_gateway_may_call_every_annotated_method_of_the_list() -> None:
+    """An annotation promises the method over HTTP; the list must let the gateway call it (//tools/new_service
+    does so for a new service), or its route would answer 403."""
+    for name in GRPC:
+        service = REGISTRY[name]
+        importlib.import_module(service.proto_module)
+        found = descriptor_pool.Default().FindServiceByName(service.grpc_service)
+        for method in found.methods:
+            if method.GetOptions().HasExtension(annotations_pb2.http) and method.name in service.allow:
+                for gateway in REGISTRY.gateways():
+                    assert gateway in service.allow[method.name], f"{name}.{method.name} does not allow {gateway}"
 
 
 def test_callees_start_before_their_callers() -> None:
@@ -115,6 +129,8 @@ def test_objectives_default_by_kind_and_field() -> None:
         ([entry(slo={"latency_percent": "99"})], "slo latency_percent must be a number between 0 and 100"),
         ([entry(slo={"latency_ms": 0.5})], "slo latency_ms must be a whole number of milliseconds"),
         ([entry(public=["/"])], "only http services are public"),
+        ([entry(gateway=True)], "only an http service is one"),
+        ([web(gateway="yes")], "gateway must be true or false"),
         ([web(public=["api"])], "public path 'api' must start with '/'"),
         ([web(public=["/api/"])], "public path '/api/' must start with '/' and not end with one"),
         ([web(public=["/metrics"])], "public path '/metrics' would publish"),

@@ -21,6 +21,9 @@ Each entry:
                probes or /metrics; no path of two services.
   settings     optional: values of its settings by name (forwarded_allow_ips: libs/runtime/settings.py), which
                the Kubernetes ConfigMap sets as their variables (MARKETPLACE_FORWARDED_ALLOW_IPS).
+  gateway      http only, optional: true for the service that serves every gRPC API of the list as JSON
+               over HTTP, from its google.api.http annotations (services/gateway): the methods whose
+               `allow` lists it are reachable through it; //tools/new_service lets it call a new service.
   slo          optional: its objectives, from which monitoring/rules.py makes its SLO rules and alerts and
                monitoring/dashboards.py its burn-rate panels: availability_percent of calls without a
                server-side error (default 99.9), latency_percent of calls within latency_ms (default 99
@@ -39,8 +42,8 @@ SERVICES = [
         "description": "Book recommendations over gRPC (books.recommendations.v1)",
         "grpc_service": "books.recommendations.v1.RecommendationService",
         "allow": {
-            "Recommend": ["marketplace"],
-            "RecommendEach": ["marketplace"],
+            "Recommend": ["marketplace", "gateway"],
+            "RecommendEach": ["marketplace", "gateway"],
         },
         "slo": {
             "availability_percent": 99.9,
@@ -70,5 +73,17 @@ SERVICES = [
             # Behind the Ingress (the only way in, by NetworkPolicy): believe its X-Forwarded-Proto.
             "forwarded_allow_ips": "*",
         },
+    },
+    {
+        "name": "gateway",
+        "kind": "http",
+        "ports": {
+            "http": 8090,
+        },
+        "description": "JSON over HTTP for the gRPC APIs of the list, from their google.api.http annotations",
+        "public": [
+            "/v1",
+        ],
+        "gateway": True,
     },
 ]

@@ -427,9 +427,9 @@ class _Value(Convertor[str]):
 _VALUE = _Value()
 
 
-def transcoded_routes(backends: Mapping[str, Backend]) -> list[Route]:
+def transcoded_routes(backends: Mapping[str, Backend]) -> list[TranscodedRoute]:
     """A route for every HTTP binding of every backend, refusing two bindings of the same verb and path."""
-    routes: list[Route] = []
+    routes: list[TranscodedRoute] = []
     seen: dict[tuple[str, str], str] = {}
     for name, backend in backends.items():
         for http_route in routes_of(name, backend):

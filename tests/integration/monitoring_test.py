@@ -41,9 +41,16 @@ from tools.monitoring.local import RULES, alertmanager_command, prometheus_comma
 
 GRPC = [service.name for service in REGISTRY.start_order() if service.kind == "grpc"]
 MIXED = GRPC[0] if GRPC else ""  # the gRPC service the known mix is sent to
-# A web service and a gRPC service it calls, for the alert: the callee goes away.
+# A web service and a gRPC service it calls, for the alert: the callee goes away. Not a gateway: it serves
+# its callees' HTTP bindings, not /api/<service>/<method>.
 CALLED = next(
-    ((web, callee) for web in REGISTRY for callee in REGISTRY.calls(web) if REGISTRY[web].kind == "http"), None
+    (
+        (web, callee)
+        for web in REGISTRY
+        for callee in REGISTRY.calls(web)
+        if REGISTRY[web].kind == "http" and not REGISTRY[web].gateway
+    ),
+    None,
 )
 
 # The SLO windows of monitoring/rules.yaml, in seconds instead of minutes, hours and days; `for` likewise.

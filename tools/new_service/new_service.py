@@ -201,7 +201,8 @@ def plan(
     if kind == "grpc":
         if public or calls:
             raise NewServiceError("--public and --calls are for --kind http (a gRPC service is called: --callers)")
-        callers = list(dict.fromkeys(callers or []))
+        # Every gateway of the list may call it too: its annotated methods are JSON over HTTP at once.
+        callers = list(dict.fromkeys([*(callers or []), *registry.gateways()]))
         check_callers(callers, registry)
         grpc_port, health_port, metrics = choose_ports(port, metrics_port, registry)
         proto_package = f"books.{package}.v1"
@@ -296,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--callers",
         default="",
-        help="grpc: comma-separated services allowed to call both RPCs under mTLS (default: none, every call refused)",
+        help="grpc: comma-separated services allowed to call both RPCs under mTLS, besides the list's gateway "
+        "(which serves them as JSON over HTTP); default: the gateway alone",
     )
     parser.add_argument(
         "--calls",
