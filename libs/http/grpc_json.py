@@ -42,24 +42,36 @@ class BadJson(ValueError):
 
 
 @dataclass(frozen=True)
-class UnaryMethod:
+class Method:
+    """A method of a gRPC service, as a caller with JSON sees it."""
+
     name: str
     path: str  # /package.Service/Method, as gRPC calls it
     request: type[message.Message]
     response: type[message.Message]
     description: MethodDescriptor
 
+    @property
+    def streams_responses(self) -> bool:
+        return bool(self.description.server_streaming)
+
     def request_fields(self) -> list[str]:
         """The request's fields by their JSON names, in declaration order."""
         return [field.json_name for field in self.description.input_type.fields]
 
 
-def unary_methods(service: str) -> dict[str, UnaryMethod]:
+def unary_methods(service: str) -> dict[str, Method]:
     """The unary methods of the proto service `service` (its full name; its _pb2 module must have been
     imported), by name. Streaming methods are left out: one JSON answer cannot carry them."""
+    return {name: method for name, method in callable_methods(service).items() if not method.streams_responses}
+
+
+def callable_methods(service: str) -> dict[str, Method]:
+    """The methods of `service` a caller with one JSON request can call: unary and server-streaming ones
+    (a client-streaming method needs a stream of requests), by name."""
     found = descriptor_pool.Default().FindServiceByName(service)
     return {
-        method.name: UnaryMethod(
+        method.name: Method(
             method.name,
             f"/{found.full_name}/{method.name}",
             message_factory.GetMessageClass(method.input_type),
@@ -67,11 +79,11 @@ def unary_methods(service: str) -> dict[str, UnaryMethod]:
             method,
         )
         for method in found.methods
-        if not method.client_streaming and not method.server_streaming
+        if not method.client_streaming
     }
 
 
-def query_fields(method: UnaryMethod, items: Iterable[tuple[str, str]]) -> dict[str, Any]:
+def query_fields(method: Method, items: Iterable[tuple[str, str]]) -> dict[str, Any]:
     """Query parameters (`?word=a&word=b&top=3`) as a JSON object for the request: a repeated field gets
     every value given, any other field the last one."""
     repeated = set()
@@ -87,7 +99,7 @@ def query_fields(method: UnaryMethod, items: Iterable[tuple[str, str]]) -> dict[
     return fields
 
 
-def parse_request(method: UnaryMethod, fields: Mapping[str, Any]) -> message.Message:
+def parse_request(method: Method, fields: Mapping[str, Any]) -> message.Message:
     """`fields` (a JSON object, or query parameters: a list for a repeated field) as the method's request."""
     try:
         return json_format.ParseDict(dict(fields), method.request())
@@ -96,7 +108,7 @@ def parse_request(method: UnaryMethod, fields: Mapping[str, Any]) -> message.Mes
 
 
 async def call_json(
-    channel: grpc.aio.Channel, method: UnaryMethod, fields: Mapping[str, Any], timeout: float | None = None
+    channel: grpc.aio.Channel, method: Method, fields: Mapping[str, Any], timeout: float | None = None
 ) -> dict[str, Any]:
     """Calls `method` with the request `fields` make and returns its answer as a JSON object."""
     request = parse_request(method, fields)
@@ -141,7 +153,7 @@ class Backend:
 
     service: str
     channel: grpc.aio.Channel
-    methods: Mapping[str, UnaryMethod]
+    methods: Mapping[str, Method]
     timeout: float
 
     @classmethod
@@ -181,7 +193,7 @@ def error(status: int, text: str, request: Request, **extra: Any) -> JSONRespons
     return JSONResponse({"error": text, **extra}, status_code=status)
 
 
-async def request_fields(request: Request, method: UnaryMethod) -> Mapping[str, Any]:
+async def request_fields(request: Request, method: Method) -> Mapping[str, Any]:
     """The request's fields: its query parameters (GET), or its JSON object body (POST)."""
     if request.method == "GET":
         return query_fields(method, request.query_params.multi_items())

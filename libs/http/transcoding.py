@@ -1,7 +1,7 @@
 """HTTP/JSON to gRPC transcoding from the `google.api.http` annotations of the services a web service calls.
 
-Each unary method annotated with an HttpRule (google/api/http.proto) becomes a route, as grpc-gateway and
-Envoy's JSON transcoder make them, from the descriptors alone, nothing written per method:
+Each unary or server-streaming method annotated with an HttpRule (google/api/http.proto) becomes a route, as
+grpc-gateway and Envoy's JSON transcoder make them, from the descriptors alone, nothing written per method:
 
     rpc MoveBook(MoveBookRequest) returns (Book) {
       option (google.api.http) = {post: "/v1/{name=shelves/*/books/*}:move" body: "*"};
@@ -15,7 +15,8 @@ answers `POST /v1/shelves/7/books/3:move` with the JSON of the Book. The HttpRul
   parameter; `body: "field"`: the body is that field, the rest come from query parameters; no body: every
   field not bound by the path may come from a query parameter (`page_size=10&filter.genre=GENRE_FICTION`,
   a repeated field by repeating it), proto or JSON names;
-- JSON both ways in protobuf's mapping (json_format); `response_body` answers with one field.
+- JSON both ways in protobuf's mapping (json_format); `response_body` answers with one field; a
+  server-streaming method answers newline-delimited JSON, a `{"result": ...}` line per message.
 
 A request the method cannot take (a field it does not have, a value of the wrong type, a query parameter
 bound elsewhere, a body that is not JSON) is refused with 400 before any call. Every error is a
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -43,10 +44,10 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from starlette.convertors import Convertor
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from libs.http.grpc_json import Backend, UnaryMethod, http_status, logger
+from libs.http.grpc_json import Backend, Method, callable_methods, http_status, logger
 
 VERBS = ("get", "put", "post", "delete", "patch")
 TIMEOUT_HEADER = "grpc-timeout"
@@ -162,11 +163,11 @@ class HttpRoute:
     template: Template
     body: str  # "" (no body), "*" (the request) or a field path
     response_body: str  # "" (the response) or a field
-    method: UnaryMethod
+    method: Method
     backend: str  # its key in app.state.backends
 
 
-def http_rules(method: UnaryMethod) -> list[http_pb2.HttpRule]:
+def http_rules(method: Method) -> list[http_pb2.HttpRule]:
     """The method's HttpRule and its additional bindings; empty when it has no annotation."""
     options = method.description.GetOptions()
     if not options.HasExtension(annotations_pb2.http):
@@ -190,9 +191,10 @@ def _field(message: Descriptor, path: str) -> list[FieldDescriptor]:
 
 
 def routes_of(name: str, backend: Backend) -> list[HttpRoute]:
-    """Every HTTP binding of every annotated unary method of `backend`, checked against its messages."""
+    """Every HTTP binding of every annotated unary or server-streaming method of `backend`, checked
+    against its messages."""
     routes = []
-    for method in backend.methods.values():
+    for method in callable_methods(backend.service).values():
         for rule in http_rules(method):
             kind = rule.WhichOneof("pattern")
             if kind == "custom":
@@ -345,11 +347,16 @@ def refusal(request: Request, problem: BadRequest) -> JSONResponse:
     return JSONResponse(status_json(status), status_code=400)
 
 
-def failure(request: Request, failed: grpc.aio.AioRpcError) -> JSONResponse:
-    """The backend's status (with its details) as JSON, with the HTTP status of its code."""
-    status = rpc_status.from_call(cast(grpc.Call, failed)) or status_pb2.Status(
+def _status_of(failed: grpc.aio.AioRpcError) -> status_pb2.Status:
+    """The backend's google.rpc.Status: the rich one it sent, or its code and message."""
+    return rpc_status.from_call(cast(grpc.Call, failed)) or status_pb2.Status(
         code=failed.code().value[0], message=failed.details() or failed.code().name
     )
+
+
+def failure(request: Request, failed: grpc.aio.AioRpcError) -> JSONResponse:
+    """The backend's status (with its details) as JSON, with the HTTP status of its code."""
+    status = _status_of(failed)
     answer = http_status(failed.code())
     _log(request, answer, f"{failed.code().name}: {status.message}")
     return JSONResponse(status_json(status), status_code=answer)
@@ -381,20 +388,58 @@ async def transcode(request: Request) -> Response:
             timeout = min(timeout, parse_timeout(request.headers[TIMEOUT_HEADER]))
     except BadRequest as problem:
         return refusal(request, problem)
-    call = backend.channel.unary_unary(
-        route.method.path,
-        request_serializer=route.method.request.SerializeToString,
-        response_deserializer=route.method.response.FromString,
-    )
     # The caller's trace goes on: the client interceptors start their span under it and send traceparent.
     token = otel_context.attach(_PROPAGATOR.extract(request.headers))
     try:
+        if route.method.streams_responses:
+            return await _stream(request, route, backend.channel, message, timeout)
+        call = backend.channel.unary_unary(
+            route.method.path,
+            request_serializer=route.method.request.SerializeToString,
+            response_deserializer=route.method.response.FromString,
+        )
         response = await call(message, timeout=timeout)
     except grpc.aio.AioRpcError as failed:
         return failure(request, failed)
     finally:
         otel_context.detach(token)
     return JSONResponse(_response_json(route, response))
+
+
+async def _stream(
+    request: Request, route: HttpRoute, channel: grpc.aio.Channel, message: Any, timeout: float
+) -> Response:
+    """A server-streaming method's answers as newline-delimited JSON, as grpc-gateway writes them: a line
+    `{"result": ...}` per message, and `{"error": <google.rpc.Status>}` if the call fails after the first
+    (before it, the error is the answer, with its HTTP status)."""
+    call = channel.unary_stream(
+        route.method.path,
+        request_serializer=route.method.request.SerializeToString,
+        response_deserializer=route.method.response.FromString,
+    )
+    responses = call(message, timeout=timeout)
+    stream = aiter(responses)
+    try:
+        first = [await anext(stream)]  # an AioRpcError here is the answer (transcode turns it into one)
+    except StopAsyncIteration:
+        first = []
+
+    def line(item: Any) -> bytes:
+        return json.dumps({"result": _response_json(route, item)}).encode() + b"\n"
+
+    async def lines() -> AsyncIterator[bytes]:
+        try:
+            for item in first:
+                yield line(item)
+            async for item in stream:
+                yield line(item)
+        except grpc.aio.AioRpcError as failed:
+            _log(request, 200, f"the stream broke: {failed.code().name}: {failed.details()}")
+            yield json.dumps({"error": status_json(_status_of(failed))}).encode() + b"\n"
+        finally:
+            responses.cancel()  # a client that went away mid-stream ends the call
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
 
 
 class TranscodedRoute(Route):

@@ -67,6 +67,16 @@ async def get_file(request: shelves_pb2.GetFileRequest, context: grpc.aio.Servic
     return shelves_pb2.File(path=request.path, size=len(request.path))
 
 
+async def follow_books(request: shelves_pb2.ListBooksRequest, context: grpc.aio.ServicerContext) -> Any:
+    SEEN.append(json_format.MessageToDict(request, preserving_proto_field_name=True))
+    if request.page_size < 0:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size must not be negative")
+    for author in request.authors:
+        yield shelves_pb2.Book(name=f"{request.parent}/books/{author}", title=author)
+    if "broken" in request.authors:
+        await context.abort(grpc.StatusCode.DATA_LOSS, "the shelf fell over")
+
+
 def _handlers() -> grpc.GenericRpcHandler:
     def typed(handler: grpc.RpcMethodHandler, request_type: type) -> grpc.RpcMethodHandler:
         return handler._replace(request_deserializer=request_type.FromString)  # type: ignore[attr-defined]
@@ -78,6 +88,11 @@ def _handlers() -> grpc.GenericRpcHandler:
         "CreateBook": typed(_echo(shelves_pb2.Book, book), shelves_pb2.CreateBookRequest),
         "MoveBook": typed(_echo(shelves_pb2.Book, book), shelves_pb2.MoveBookRequest),
         "GetFile": typed(_echo(shelves_pb2.File, get_file), shelves_pb2.GetFileRequest),
+        "FollowBooks": grpc.unary_stream_rpc_method_handler(
+            follow_books,
+            request_deserializer=shelves_pb2.ListBooksRequest.FromString,
+            response_serializer=shelves_pb2.Book.SerializeToString,
+        ),
     }
     return grpc.method_handlers_generic_handler(SERVICE, methods)
 
@@ -176,7 +191,8 @@ def test_every_annotated_unary_binding_is_a_route_and_nothing_else() -> None:
         ("POST", "/v1/{parent=shelves/*}/books", "CreateBook"),
         ("POST", "/v1/{name=shelves/*/books/*}:move", "MoveBook"),
         ("GET", "/v1/files/{path=**}", "GetFile"),
-    ]  # FollowBooks streams, Compact has no annotation
+        ("GET", "/v1/{parent=shelves/*}/books:follow", "FollowBooks"),
+    ]  # Compact has no annotation
 
 
 def test_path_variables_and_additional_bindings() -> None:
@@ -289,3 +305,22 @@ def test_unknown_paths_and_verbs() -> None:
     unknown, wrong_verb = over_http(("GET", "/v1/racks/1", None), ("DELETE", "/v1/shelves/7", None))
     assert unknown.status_code == 404
     assert wrong_verb.status_code == 405
+
+
+def test_a_server_stream_is_newline_delimited_json_and_a_late_error_its_last_line() -> None:
+    whole, broken, refused = over_http(
+        ("GET", "/v1/shelves/2/books:follow?authors=A&authors=B", None),
+        ("GET", "/v1/shelves/2/books:follow?authors=A&authors=broken", None),
+        ("GET", "/v1/shelves/2/books:follow?page_size=-1", None),
+    )
+    assert whole.status_code == 200
+    assert whole.headers["content-type"] == "application/x-ndjson"
+    assert [json.loads(line) for line in whole.text.splitlines()] == [
+        {"result": {"name": "shelves/2/books/A", "title": "A"}},
+        {"result": {"name": "shelves/2/books/B", "title": "B"}},
+    ]
+    *results, last = [json.loads(line) for line in broken.text.splitlines()]
+    assert len(results) == 2
+    assert last == {"error": {"code": grpc.StatusCode.DATA_LOSS.value[0], "message": "the shelf fell over"}}
+    assert refused.status_code == 400  # an error before the first message is the answer itself
+    assert refused.json()["message"] == "page_size must not be negative"

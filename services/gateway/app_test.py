@@ -20,15 +20,32 @@ from services.registry import REGISTRY
 CALLEES = REGISTRY.calls(SERVICE.name)
 
 
+def unavailable() -> grpc.aio.AioRpcError:
+    metadata = grpc.aio.Metadata()
+    return grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, metadata, metadata, "down", "")
+
+
 class Unreachable:
-    """A channel whose calls fail as an unreachable service's do."""
+    """A channel whose calls fail as an unreachable service's do, unary and server-streaming alike."""
 
     def unary_unary(self, *args: Any, **kwargs: Any) -> Any:
         async def call(request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-            metadata = grpc.aio.Metadata()
-            raise grpc.aio.AioRpcError(grpc.StatusCode.UNAVAILABLE, metadata, metadata, "down", "")
+            raise unavailable()
 
         return call
+
+    def unary_stream(self, *args: Any, **kwargs: Any) -> Any:
+        class Call:
+            def __aiter__(self) -> Call:
+                return self
+
+            async def __anext__(self) -> Any:
+                raise unavailable()
+
+            def cancel(self) -> bool:
+                return True
+
+        return lambda request, timeout=None, **kwargs: Call()
 
 
 def backends() -> dict[str, Backend]:
