@@ -9,9 +9,11 @@ from typing import Any, cast
 
 import grpc
 import pytest
+from openapi_spec_validator import validate
 from starlette.testclient import TestClient
 
 from libs.http.grpc_json import Backend
+from libs.http.openapi import openapi_path
 from libs.http.transcoding import HttpRoute, routes_of
 from services.gateway.app import create_app
 from services.gateway.main import SERVICE
@@ -101,3 +103,11 @@ def test_unknown_paths_are_404_and_probes_report_every_callee(client: TestClient
     assert client.get("/readyz").json() == {"status": "ready", **{name: "UNAVAILABLE" for name in CALLEES}}
     metrics = client.get("/metrics")
     assert 'http_requests_total{method="GET",route="/healthz",status="200",status_class="2xx"}' in metrics.text
+
+
+def test_the_openapi_document_describes_every_route_and_validates(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    validate(spec)
+    described = {(verb.upper(), path) for path, item in spec["paths"].items() for verb in item}
+    served = {(r.verb, openapi_path(r.template)[0]) for r in ROUTES}
+    assert described == served
