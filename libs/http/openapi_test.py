@@ -30,17 +30,20 @@ def shelves_document() -> dict[str, Any]:
     return document(routes, comments(descriptor_set), title="Shelves")
 
 
-DOCUMENT = shelves_document()
+@pytest.fixture(scope="module")
+def spec() -> dict[str, Any]:
+    """Made when a test runs (the descriptor set is a runfile): the module imports anywhere."""
+    return shelves_document()
 
 
-def test_the_validator_accepts_it() -> None:
-    validate(DOCUMENT)  # raises, naming the fault
-    assert DOCUMENT["openapi"] == "3.1.0"
-    json.dumps(DOCUMENT)  # plain JSON
+def test_the_validator_accepts_it(spec: dict[str, Any]) -> None:
+    validate(spec)  # raises, naming the fault
+    assert spec["openapi"] == "3.1.0"
+    json.dumps(spec)  # plain JSON
 
 
-def test_every_route_is_an_operation_and_nothing_else() -> None:
-    operations = {(verb, path) for path, item in DOCUMENT["paths"].items() for verb in item}
+def test_every_route_is_an_operation_and_nothing_else(spec: dict[str, Any]) -> None:
+    operations = {(verb, path) for path, item in spec["paths"].items() for verb in item}
     assert operations == {
         ("get", "/v1/shelves/{shelf_id}"),
         ("get", "/v1/libraries/{library}/shelves/{shelf_id}"),
@@ -51,7 +54,7 @@ def test_every_route_is_an_operation_and_nothing_else() -> None:
         ("get", "/v1/files/{path}"),
         ("get", "/v1/{parent}/books:follow"),
     }
-    ids = [op["operationId"] for item in DOCUMENT["paths"].values() for op in item.values()]
+    ids = [op["operationId"] for item in spec["paths"].values() for op in item.values()]
     assert len(ids) == len(set(ids))
 
 
@@ -61,8 +64,8 @@ def test_path_variables_over_several_segments_carry_their_pattern() -> None:
     assert variables == [("name", "^shelves/[^/]+/books/[^/]+$")]
 
 
-def test_query_parameters_are_the_fields_the_path_leaves_and_comments_describe() -> None:
-    operation = DOCUMENT["paths"]["/v1/{parent}/books"]["get"]
+def test_query_parameters_are_the_fields_the_path_leaves_and_comments_describe(spec: dict[str, Any]) -> None:
+    operation = spec["paths"]["/v1/{parent}/books"]["get"]
     names = [p["name"] for p in operation["parameters"]]
     assert names == [
         "parent", "page_size", "authors", "filter.genre", "filter.in_print", "min_rating", "published_after",
@@ -70,14 +73,14 @@ def test_query_parameters_are_the_fields_the_path_leaves_and_comments_describe()
     authors = next(p for p in operation["parameters"] if p["name"] == "authors")
     assert authors["schema"] == {"type": "array", "items": {"type": "string"}}
     assert operation["summary"] == "The books of a shelf, filtered by query parameters."
-    shelf = DOCUMENT["components"]["schemas"]["testdata.shelves.v1.Shelf"]
+    shelf = spec["components"]["schemas"]["testdata.shelves.v1.Shelf"]
     assert shelf["description"] == "A shelf of books."
 
 
-def test_bodies_leave_out_what_the_path_binds() -> None:
-    move = DOCUMENT["paths"]["/v1/{name}:move"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+def test_bodies_leave_out_what_the_path_binds(spec: dict[str, Any]) -> None:
+    move = spec["paths"]["/v1/{name}:move"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert set(move["properties"]) == {"destination", "keepCopy"}
-    create = DOCUMENT["paths"]["/v1/{parent}/books"]["post"]
+    create = spec["paths"]["/v1/{parent}/books"]["post"]
     assert create["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/testdata.shelves.v1.Book"
     }
@@ -91,13 +94,15 @@ def test_bodies_leave_out_what_the_path_binds() -> None:
         (shelves_pb2.Shelf(shelf_id=-5, library="x"), "Shelf"),
     ],
 )
-def test_answers_written_by_json_format_match_their_schema(message: Any, schema_name: str) -> None:
-    schema = {"components": DOCUMENT["components"], "$ref": f"#/components/schemas/testdata.shelves.v1.{schema_name}"}
+def test_answers_written_by_json_format_match_their_schema(
+    message: Any, schema_name: str, spec: dict[str, Any]
+) -> None:
+    schema = {"components": spec["components"], "$ref": f"#/components/schemas/testdata.shelves.v1.{schema_name}"}
     Draft202012Validator(schema).validate(json_format.MessageToDict(message))
 
 
-def test_errors_are_google_rpc_status() -> None:
-    for item in DOCUMENT["paths"].values():
+def test_errors_are_google_rpc_status(spec: dict[str, Any]) -> None:
+    for item in spec["paths"].values():
         for operation in item.values():
             error = operation["responses"]["default"]["content"]["application/json"]["schema"]
             assert error == {"$ref": "#/components/schemas/google.rpc.Status"}

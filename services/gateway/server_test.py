@@ -10,7 +10,10 @@ import urllib.request
 from libs.processes.processes import ChildProcess, free_port, runfile
 from services.gateway.main import SERVICE
 
-BINARY = runfile(SERVICE.binary)
+
+def binary() -> str:
+    """The service's program, in the runfiles (looked up when a test runs, so the module imports anywhere)."""
+    return str(runfile(SERVICE.binary))
 
 
 def get(url: str) -> tuple[int, str]:
@@ -20,7 +23,7 @@ def get(url: str) -> tuple[int, str]:
 
 def test_it_serves_its_page_and_probes_then_stops_cleanly() -> None:
     port = free_port()
-    argv = [str(BINARY), "--insecure", "--host=127.0.0.1", f"--port={port}", "--drain-seconds=0", "--processes=2"]
+    argv = [binary(), "--insecure", "--host=127.0.0.1", f"--port={port}", "--drain-seconds=0", "--processes=2"]
     with ChildProcess("gateway", argv) as process:
         process.wait_for_port(port, timeout=60)
         for path in ("/", "/healthz", "/readyz", "/metrics"):
@@ -32,7 +35,7 @@ def test_it_serves_its_page_and_probes_then_stops_cleanly() -> None:
 
 def test_bad_settings_are_refused_before_binding_anything() -> None:
     result = subprocess.run(
-        [BINARY, "--insecure", "--port=70000", "--processes=none"], capture_output=True, text=True, timeout=60
+        [binary(), "--insecure", "--port=70000", "--processes=none"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2
     assert "--port must be between 0 and 65535, got 70000" in result.stderr

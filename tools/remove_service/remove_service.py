@@ -51,7 +51,8 @@ class Removal:
 def check(name: str, registry: Registry) -> None:
     if name not in registry:
         raise RemoveServiceError(f"no service {name!r} in {LIST} (there are {', '.join(registry)})")
-    callers = registry[name].callers
+    # A gateway calls whatever allows it (it serves their JSON): it is never left without a callee.
+    callers = [caller for caller in registry[name].callers if not registry[caller].gateway]
     if callers:
         them = "it" if len(callers) == 1 else "them"
         raise RemoveServiceError(

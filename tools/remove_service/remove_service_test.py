@@ -86,3 +86,21 @@ def test_an_unknown_service_is_refused_by_name(workspace: Path, capsys) -> None:
 def test_the_baseline_keeps_what_the_remaining_apis_are_made_of() -> None:
     pruned = json.loads(pruned_baseline(json.dumps(BASELINE), ["kept"]))
     assert [file["name"] for file in pruned["file"]] == ["books/shared/v1/shared.proto", "books/kept/v1/kept.proto"]
+
+
+def test_a_gateway_gets_a_new_service_and_never_blocks_its_removal(tmp_path: Path) -> None:
+    (tmp_path / "services").mkdir()
+    (tmp_path / "services" / "services.bzl").write_text('"""A list."""\n\nSERVICES = [\n]\n')
+    shutil.copy(runfile("ruff.toml"), tmp_path / "ruff.toml")
+    assert new_service(["api", "--kind", "http", "--workspace", str(tmp_path)]) == 0
+    listing = tmp_path / "services" / "services.bzl"
+    listing.write_text(
+        listing.read_text().replace(
+            '"description": "Api, a web service",', '"description": "Api, a web service",\n        "gateway": True,'
+        )
+    )
+    assert parse(listing.read_text())["api"].gateway
+    assert new_service(["stock", "--workspace", str(tmp_path)]) == 0
+    assert parse(listing.read_text())["stock"].callers == ("api",)  # the gateway may call it: JSON at once
+    assert main(["stock", "--workspace", str(tmp_path)]) == 0  # the gateway serves whatever allows it
+    assert list(parse(listing.read_text())) == ["api"]
