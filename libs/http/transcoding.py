@@ -89,6 +89,12 @@ class Template:
     pattern: re.Pattern[str]
     variables: tuple[str, ...]  # group g0, g1, ... binds this field path
 
+    def example(self) -> str:
+        """A path the template matches, each variable's `*` and `**` segments as "1" (for probes and tests)."""
+        return re.sub(
+            r"\{[^}=]+(?:=([^}]*))?\}", lambda m: (m.group(1) or "*").replace("**", "1").replace("*", "1"), self.text
+        )
+
 
 def _split(text: str, separator: str) -> list[str]:
     """`text` split at `separator` outside braces."""

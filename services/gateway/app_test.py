@@ -4,7 +4,6 @@ real descriptors, channels that are never reached): its routes, its refusals, it
 from __future__ import annotations
 
 import importlib
-import re
 from typing import Any, cast
 
 import grpc
@@ -62,12 +61,6 @@ def backends() -> dict[str, Backend]:
 ROUTES = [route for name, backend in backends().items() for route in routes_of(name, backend)]
 
 
-def example_path(route: HttpRoute) -> str:
-    """A path the route matches: each variable's segments with `*` and `**` as "1"."""
-    return re.sub(r"\{[^}=]+(?:=([^}]*))?\}", lambda m: (m.group(1) or "*").replace("**", "1").replace("*", "1"),
-                  route.template.text)  # fmt: skip
-
-
 @pytest.fixture
 def client() -> TestClient:
     return TestClient(create_app(backends()))
@@ -84,7 +77,7 @@ def test_every_annotated_method_of_every_callee_has_a_route(client: TestClient) 
 def test_a_field_the_method_does_not_have_is_a_400_naming_it(client: TestClient, route: HttpRoute) -> None:
     body = {"noSuchField": 1} if route.body == "*" else None
     query = "" if route.body == "*" else "?no_such_field=1"
-    answer = client.request(route.verb, example_path(route) + query, json=body if route.body else None)
+    answer = client.request(route.verb, route.template.example() + query, json=body if route.body else None)
     assert answer.status_code == 400, answer.text
     [detail] = answer.json()["details"]
     assert detail["fieldViolations"][0]["field"] in ("noSuchField", "no_such_field")
@@ -92,7 +85,7 @@ def test_a_field_the_method_does_not_have_is_a_400_naming_it(client: TestClient,
 
 @pytest.mark.parametrize("route", ROUTES, ids=[f"{r.verb} {r.template.text}" for r in ROUTES])
 def test_a_failed_call_is_a_google_rpc_status_with_its_http_status(client: TestClient, route: HttpRoute) -> None:
-    answer = client.request(route.verb, example_path(route), json={} if route.body else None)
+    answer = client.request(route.verb, route.template.example(), json={} if route.body else None)
     assert answer.status_code == 503, answer.text
     assert answer.json() == {"code": grpc.StatusCode.UNAVAILABLE.value[0], "message": "down"}
 

@@ -12,6 +12,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from libs.http.transcoding import parse_template
 from libs.processes.processes import ChildProcess, free_ports, runfile
 from services.registry import REGISTRY
 from tools.monitoring.local import wait_until_ready
@@ -25,12 +26,6 @@ def get_json(url: str) -> dict:
         return answer
 
 
-def example_path(template: str) -> str:
-    """A path an HttpRule template matches: each variable's segments with `*` and `**` as "1"."""
-    return re.sub(r"\{[^}=]+(?:=([^}]*))?\}", lambda m: (m.group(1) or "*").replace("**", "1").replace("*", "1"),
-                  template)  # fmt: skip
-
-
 def check_gateway_reaches_every_method(port: int) -> None:
     """Each route of the gateway calls its method through mTLS and the callee's authorisation: with an
     empty request, the service itself answers (a result, or its own refusal of the empty request as a
@@ -40,7 +35,7 @@ def check_gateway_reaches_every_method(port: int) -> None:
     for route in routes:
         body = b"{}" if route["method"] != "GET" else None
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}{example_path(route['path'])}", data=body, method=route["method"]
+            f"http://127.0.0.1:{port}{parse_template(route['path']).example()}", data=body, method=route["method"]
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
