@@ -11,7 +11,6 @@ from google.protobuf import descriptor_pb2, json_format
 from jsonschema import Draft202012Validator  # type: ignore[import-untyped]  # no stubs in the lock
 from openapi_spec_validator import validate
 
-from libs.http.grpc_json import Backend
 from libs.http.openapi import comments, document, openapi_path
 from libs.http.testdata import shelves_pb2
 from libs.http.transcoding import parse_template, routes_of
@@ -25,8 +24,7 @@ def shelves_document() -> dict[str, Any]:
     descriptor_set = descriptor_pb2.FileDescriptorSet.FromString(
         runfile("libs/http/shelves_proto-descriptor-set.proto.bin").read_bytes()
     )
-    channel: Any = None  # never called: the document needs the routes only
-    routes = routes_of("shelves", Backend.of(SERVICE, channel, timeout=1))
+    routes = routes_of("shelves", SERVICE)
     return document(routes, comments(descriptor_set), title="Shelves")
 
 

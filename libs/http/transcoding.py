@@ -196,11 +196,11 @@ def _field(message: Descriptor, path: str) -> list[FieldDescriptor]:
     return found
 
 
-def routes_of(name: str, backend: Backend) -> list[HttpRoute]:
+def routes_of(name: str, service: str) -> list[HttpRoute]:
     """Every HTTP binding of every annotated unary or server-streaming method of `backend`, checked
     against its messages."""
     routes = []
-    for method in callable_methods(backend.service).values():
+    for method in callable_methods(service).values():
         for rule in http_rules(method):
             kind = rule.WhichOneof("pattern")
             if kind == "custom":
@@ -483,7 +483,7 @@ def transcoded_routes(backends: Mapping[str, Backend]) -> list[TranscodedRoute]:
     routes: list[TranscodedRoute] = []
     seen: dict[tuple[str, str], str] = {}
     for name, backend in backends.items():
-        for http_route in routes_of(name, backend):
+        for http_route in routes_of(name, backend.service):
             key = (http_route.verb, http_route.template.pattern.pattern)
             if key in seen:
                 raise TemplateError(

@@ -177,13 +177,7 @@ def test_malformed_templates_are_refused(template: str) -> None:
 
 
 def test_every_annotated_unary_binding_is_a_route_and_nothing_else() -> None:
-    async def scenario() -> list[tuple[str, str, str]]:
-        async with shelves_channel() as channel:
-            return [
-                (r.verb, r.template.text, r.method.name) for r in routes_of("shelves", Backend.of(SERVICE, channel, 1))
-            ]
-
-    assert asyncio.run(scenario()) == [
+    assert [(r.verb, r.template.text, r.method.name) for r in routes_of("shelves", SERVICE)] == [
         ("GET", "/v1/shelves/{shelf_id}", "GetShelf"),
         ("GET", "/v1/libraries/{library}/shelves/{shelf_id}", "GetShelf"),
         ("GET", "/v1/{parent=shelves/*}/books", "ListBooks"),

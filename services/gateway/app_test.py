@@ -58,7 +58,7 @@ def backends() -> dict[str, Backend]:
     return found
 
 
-ROUTES = [route for name, backend in backends().items() for route in routes_of(name, backend)]
+ROUTES = [route for name, backend in backends().items() for route in routes_of(name, backend.service)]
 
 
 @pytest.fixture

@@ -11,11 +11,9 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from google.protobuf import descriptor_pb2
 
-from libs.http.grpc_json import Backend
 from libs.http.openapi import comments, document
 from libs.http.transcoding import HttpRoute, routes_of
 from services.registry import REGISTRY
@@ -28,8 +26,7 @@ def gateway_routes() -> list[HttpRoute]:
     routes = []
     for callee in REGISTRY.calls(NAME):
         importlib.import_module(REGISTRY[callee].proto_module)
-        channel: Any = None  # a document calls nothing
-        routes += routes_of(callee, Backend.of(REGISTRY[callee].grpc_service, channel, timeout=1))
+        routes += routes_of(callee, REGISTRY[callee].grpc_service)
     return routes
 
 
