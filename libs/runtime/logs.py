@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import select
+import signal
 import sys
 import threading
 import time
@@ -188,7 +189,14 @@ def _capture_native_stderr() -> None:
     os.dup2(write, 2)
     os.close(write)
     sys.stderr = os.fdopen(real, "w", buffering=1, encoding="utf-8", errors="backslashreplace")
-    threading.Thread(target=_relay_native_lines, args=(read,), name="native-stderr", daemon=True).start()
+    # Started with every signal blocked, as the threads it may share a process with expect: a process-wide
+    # signal (SIGCHLD, SIGTERM) goes to any thread that does not block it, and here SIGCHLD would be dropped
+    # and SIGTERM end the process, unseen by the supervisor's sigtimedwait or Python's handlers.
+    unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        threading.Thread(target=_relay_native_lines, args=(read,), name="native-stderr", daemon=True).start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
 
 
 def configure_logging(log_format: str = "json", level: int = logging.INFO) -> None:

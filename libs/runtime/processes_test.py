@@ -154,6 +154,20 @@ def test_sigterm_drains_every_process_and_exits_zero(server: EchoProcess) -> Non
     assert len(draining) == PROCESSES
 
 
+def test_no_thread_of_the_supervisor_but_its_main_one_takes_its_signals(server: EchoProcess) -> None:
+    """A process-wide signal goes to any thread not blocking it: a SIGCHLD taken by a logging thread left
+    a child unreaped until the stop deadline, and the pod exited 1 after a clean drain."""
+    supervisor = server.process.pid
+    waited_for = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+    threads = [task for task in Path(f"/proc/{supervisor}/task").iterdir() if int(task.name) != supervisor]
+    assert threads  # the native-stderr relay and the metrics threads
+    for task in threads:
+        status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines())
+        blocked = int(status["SigBlk"], 16)
+        taken = {signum for signum in waited_for if not blocked & (1 << (signum - 1))}
+        assert not taken, f"thread {task.name} ({status['Name']}) may take {sorted(map(signal.Signals, taken))}"
+
+
 def pid_over_a_new_connection(port: int, credentials: grpc.ChannelCredentials) -> int:
     options = [("grpc.use_local_subchannel_pool", 1)]
     with grpc.secure_channel(f"localhost:{port}", credentials, options=options) as channel:

@@ -28,6 +28,7 @@ from libs.runtime.metrics_sum import REFRESH_INTERVAL, ChildrenMetrics, serve_ch
 MAX_PROCESSES = 64
 _SIGNALS: set[int] = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
 _PR_SET_PDEATHSIG = 1
+REAP_INTERVAL = 1.0  # seconds
 
 
 def available_cpus() -> int:
@@ -192,7 +193,9 @@ class Supervisor:
             now = time.monotonic()
             deadlines = [when for when, _ in self._restarts] + [self._kill_at]
             timeout = max(min(deadlines) - now, 0.0)
-            received = signal.sigtimedwait(_SIGNALS, min(timeout, 3600.0))
+            # At least every second: a SIGCHLD taken by a thread that does not block it (one started before
+            # run() by code not ours) is then noticed late, never missed.
+            received = signal.sigtimedwait(_SIGNALS, min(timeout, REAP_INTERVAL))
             if received is not None and received.si_signo != signal.SIGCHLD:
                 self._stop(f"{signal.Signals(received.si_signo).name} received")
             self._reap()
@@ -200,7 +203,7 @@ class Supervisor:
             for when, index in [each for each in self._restarts if each[0] <= now]:
                 self._restarts.remove((when, index))
                 self._spawn(index)
-            if now >= self._kill_at:
+            if now >= self._kill_at and self._children:
                 for pid in self._children:
                     self._logger.error(
                         "process pid %d still running %.0fs after SIGTERM: SIGKILL", pid, self._stop_timeout
