@@ -60,11 +60,14 @@ def _layout(ctx, target, suffixes):
     outputs, roots = [], {}
     for original, source in zip(ctx.rule.files.srcs, proto.direct_sources):
         import_path = _import_path(proto, source)
-        if not original.short_path.endswith(import_path):
-            fail("%s: %s is imported as %s; import_prefix is not supported by these rules" % (target.label, original.short_path, import_path))
-        root = original.short_path[:-len(import_path)].rstrip("/")
+
+        # The path within its repository (an external one's short_path is ../<repository>/<path>).
+        path = original.short_path.split("/", 2)[2] if original.short_path.startswith("../") else original.short_path
+        if not path.endswith(import_path):
+            fail("%s: %s is imported as %s; import_prefix is not supported by these rules" % (target.label, path, import_path))
+        root = path[:-len(import_path)].rstrip("/")
         roots[root] = True
-        in_package = original.short_path[len(package) + 1:] if package else original.short_path
+        in_package = path[len(package) + 1:] if package else path
         outputs += [ctx.actions.declare_file(in_package[:-len(".proto")] + suffix) for suffix in suffixes]
     if len(roots) > 1:
         fail("%s: all sources of a proto_library must share one import root, got %s" % (target.label, roots.keys()))
@@ -73,7 +76,7 @@ def _layout(ctx, target, suffixes):
 
 def _generate(ctx, proto, root, outputs, plugins, mnemonic):
     """protoc over `proto`'s direct sources; `plugins` are (flag, executable or None) pairs."""
-    out_dir = ctx.bin_dir.path + ("/" + root if root else "")
+    out_dir = "/".join([part for part in [ctx.bin_dir.path, ctx.label.workspace_root, root] if part])
     args = ctx.actions.args()
     args.add_all(proto.transitive_proto_path, format_each = "-I%s")
     args.add("-I.")

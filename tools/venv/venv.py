@@ -24,8 +24,15 @@ from libs.processes.processes import runfile
 
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
 # Where Bazel puts generated modules below the runfiles workspace → the import root they are below (what
-# their proto_library's strip_import_prefix strips; libs/http's test protos strip nothing).
-GENERATED_ROOTS = {"proto": "proto", "tools/proto": "tools/proto", "libs/http/testdata": ""}
+# their proto_library's strip_import_prefix strips; libs' test protos strip nothing; an external
+# repository's are below its own runfiles directory).
+GENERATED_ROOTS = {
+    "proto": "proto",
+    "tools/proto": "tools/proto",
+    "libs/http/testdata": "",
+    "libs/validation/testdata": "",
+    "../com_envoyproxy_protoc_gen_validate": "../com_envoyproxy_protoc_gen_validate",
+}
 
 
 def generated_files() -> dict[str, Path]:
