@@ -19,6 +19,7 @@ from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor
 
 from libs.http.transcoding import HttpRoute, Template
+from libs.validation import rules
 
 VERSION = "3.1.0"
 _INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SFIXED32}
@@ -118,9 +119,29 @@ class _Schemas:
                 }
             return schema
         single = self.single(field)
-        return {"type": "array", "items": single} if field.is_repeated else single
+        if not field.is_repeated:
+            return single
+        whole = {keyword: value for keyword, value in rules.json_schema(field).items() if keyword != "items"}
+        return {"type": "array", "items": single, **whole}
 
     def single(self, field: FieldDescriptor) -> dict[str, Any]:
+        """The schema of one value of a field (an item of a repeated one), with its rules (libs/validation)."""
+        keywords = rules.json_schema(field)
+        if field.is_repeated:
+            keywords = keywords.get("items", {})
+        if not keywords:
+            return self._value(field)
+        if field.enum_type is not None:  # the names the rules leave, inline
+            names = [value.name for value in field.enum_type.values]
+            allowed = [keywords["const"]] if "const" in keywords else keywords.get("enum", names)
+            refused = keywords.get("not", {}).get("enum", [])
+            return {"type": "string", "enum": [name for name in names if name in allowed and name not in refused]}
+        schema = self._value(field)
+        if field.type in _INT64 | _UINT64:  # a range is a number's: the string form (also read) is left out
+            schema = {key: value for key, value in schema.items() if key != "pattern"} | {"type": "integer"}
+        return schema | keywords
+
+    def _value(self, field: FieldDescriptor) -> dict[str, Any]:
         kind = field.type
         if field.message_type is not None:
             return self.message(field.message_type)
@@ -168,12 +189,14 @@ class _Schemas:
         return {"$ref": f"#/components/schemas/{name}"}
 
     def _object(self, message: Descriptor, leave_out: set[str]) -> dict[str, Any]:
+        fields = [field for field in message.fields if field.name not in leave_out]
         properties = {
-            field.json_name: self.described(self.field(field), f"{message.full_name}.{field.name}")
-            for field in message.fields
-            if field.name not in leave_out
+            field.json_name: self.described(self.field(field), f"{message.full_name}.{field.name}") for field in fields
         }
-        schema = {"type": "object", "properties": properties, "additionalProperties": False}
+        schema: dict[str, Any] = {"type": "object", "properties": properties, "additionalProperties": False}
+        required = [field.json_name for field in fields if rules.is_required(field)]
+        if required:
+            schema["required"] = required
         return self.described(schema, message.full_name)
 
 
@@ -198,10 +221,11 @@ def openapi_path(template: Template) -> tuple[str, list[tuple[str, str]]]:
 
 
 def _query_parameters(
-    message: Descriptor, bound: set[str], schemas: _Schemas, prefix: str = ""
+    message: Descriptor, bound: set[str], schemas: _Schemas, prefix: str = "", set_by_caller: bool = True
 ) -> list[dict[str, Any]]:
     """A parameter for every field below `message` that a query string can set: scalars, enums, the
-    well-known types with string forms, repeated ones as repeated parameters, messages by their fields."""
+    well-known types with string forms, repeated ones as repeated parameters, messages by their fields.
+    `set_by_caller`: whether the caller must set `message` (the request itself, or a required field)."""
     parameters = []
     for field in message.fields:
         path = prefix + field.name
@@ -210,12 +234,14 @@ def _query_parameters(
         nested = field.message_type
         if nested is not None and nested.full_name not in _WELL_KNOWN:
             if not field.is_repeated and not nested.GetOptions().map_entry and nested.full_name != message.full_name:
-                parameters += _query_parameters(nested, bound, schemas, path + ".")
+                required = set_by_caller and rules.is_required(field)
+                parameters += _query_parameters(nested, bound, schemas, path + ".", required)
             continue
         schema = schemas.field(field)
         if nested is not None and schema.get("type") in ("object", "array") and not field.is_repeated:
             continue  # Struct, ListValue, Any: no string form
-        parameter: dict[str, Any] = {"name": path, "in": "query", "required": False, "schema": schema}
+        required = set_by_caller and rules.is_required(field)
+        parameter: dict[str, Any] = {"name": path, "in": "query", "required": required, "schema": schema}
         comment = schemas.comments.get(f"{message.full_name}.{field.name}")
         if comment:
             parameter["description"] = comment
@@ -245,12 +271,15 @@ def _operation(route: HttpRoute, operation_id: str, schemas: _Schemas) -> tuple[
         operation["description"] = comment
     if route.body == "*":
         body = schemas.message(request, leave_out=[name for name in bound if "." not in name])
+        in_body = [field for field in request.fields if field.name not in bound]
     elif route.body:
         body_field = request.fields_by_name[route.body]
         body = schemas.field(body_field)
         bound.add(route.body)
+        in_body = [body_field]
     if route.body:
-        operation["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+        required = any(rules.is_required(field) for field in in_body)
+        operation["requestBody"] = {"required": required, "content": {"application/json": {"schema": body}}}
     if route.body != "*":  # the fields the path and a body field leave come from the query
         parameters += _query_parameters(request, bound, schemas)
     if parameters:

@@ -180,7 +180,7 @@ def test_api_over_real_services(bookstore: Bookstore) -> None:
     status, body = get_json(bookstore.url + "api/recommendations?category=mystery&max_results=50&user_id=0")
     assert status == 400
     assert body["fields"] == [
-        {"field": "user_id", "description": "must be a positive id, got 0"},
+        {"field": "user_id", "description": "must be greater than 0, got 0"},
         {"field": "max_results", "description": "must be between 1 and 20, got 50"},
     ]
     status, body = get_json(bookstore.url + "api/recommendations?category=fantasy")
@@ -230,7 +230,7 @@ def test_bad_request_is_invalid_argument_over_the_wire(bookstore: Bookstore) -> 
         recommend(bookstore, category=catalog_pb2.MYSTERY, max_results=0, user_id=0)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(raised.value) == [
-        FieldViolation("user_id", "must be a positive id, got 0"),
+        FieldViolation("user_id", "must be greater than 0, got 0"),
         FieldViolation("max_results", "must be between 1 and 20, got 0"),
     ]
 

@@ -97,7 +97,7 @@ def test_bad_request_carries_field_violations_over_the_wire(certs: Path) -> None
             await stub.Recommend(request(user_id=0, category=0, max_results=99), timeout=5)
         assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field_violations(raised.value) == [
-            FieldViolation("user_id", "must be a positive id, got 0"),
+            FieldViolation("user_id", "must be greater than 0, got 0"),
             FieldViolation("category", "is required"),
             FieldViolation("max_results", "must be between 1 and 20, got 99"),
         ]

@@ -15,8 +15,9 @@ from grpc_interceptor.exceptions import NotFound
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2
 from libs.interceptors.errors import BadRequest, FieldViolation
+from libs.validation import rules
 from services.recommendations.catalog import DEFAULT_CATALOG, Book, Catalog, CatalogError, read_books
-from services.recommendations.servicer import MAX_RESULTS_CAP, RecommendationServicer, category_names
+from services.recommendations.servicer import RecommendationServicer, category_names
 from services.recommendations.testing.slow_catalog import SlowCatalog
 
 MYSTERIES = [Book(i, "MYSTERY", f"Mystery {i}", f"Author {i}", 1900 + i) for i in range(1, 6)]
@@ -55,7 +56,7 @@ def test_returns_distinct_books_of_the_category_with_all_fields(catalog: Catalog
 
 
 def test_fewer_books_than_asked_returns_them_all(catalog: Catalog) -> None:
-    response = recommend(catalog, max_results=MAX_RESULTS_CAP)
+    response = recommend(catalog, max_results=20)
     assert sorted(book.id for book in response.recommendations) == [1, 2, 3, 4, 5]
 
 
@@ -73,9 +74,9 @@ def test_empty_category_is_not_found(catalog: Catalog) -> None:
     ("fields", "violation"),
     [
         ({"max_results": 0}, FieldViolation("max_results", "must be between 1 and 20, got 0")),
-        ({"max_results": MAX_RESULTS_CAP + 1}, FieldViolation("max_results", "must be between 1 and 20, got 21")),
+        ({"max_results": 21}, FieldViolation("max_results", "must be between 1 and 20, got 21")),
         ({"max_results": -5}, FieldViolation("max_results", "must be between 1 and 20, got -5")),
-        ({"max_results": 3, "user_id": 0}, FieldViolation("user_id", "must be a positive id, got 0")),
+        ({"max_results": 3, "user_id": 0}, FieldViolation("user_id", "must be greater than 0, got 0")),
         (
             {"max_results": 3, "category": catalog_pb2.BOOK_CATEGORY_UNSPECIFIED},
             FieldViolation("category", "is required"),
@@ -133,15 +134,15 @@ def test_recommend_each_names_every_bad_field(catalog: Catalog) -> None:
     with pytest.raises(BadRequest) as raised:
         recommend_each(catalog, user_id=0, categories=[catalog_pb2.MYSTERY, 0, 42, catalog_pb2.MYSTERY], max_results=0)
     assert raised.value.violations == [
-        FieldViolation("user_id", "must be a positive id, got 0"),
+        FieldViolation("user_id", "must be greater than 0, got 0"),
+        FieldViolation("categories", "must not repeat an item"),
         FieldViolation("categories[1]", "is required"),
         FieldViolation("categories[2]", "42 is not a known BookCategory"),
-        FieldViolation("categories", "must not name a category twice"),
         FieldViolation("max_results", "must be between 1 and 20, got 0"),
     ]
     with pytest.raises(BadRequest) as raised:
         recommend_each(catalog, categories=[])
-    assert raised.value.violations == [FieldViolation("categories", "must name at least one category")]
+    assert raised.value.violations == [FieldViolation("categories", "must have at least one item, got 0")]
 
 
 def test_recommend_each_refuses_a_million_categories_with_one_violation(catalog: Catalog) -> None:
@@ -149,7 +150,7 @@ def test_recommend_each_refuses_a_million_categories_with_one_violation(catalog:
     with pytest.raises(BadRequest) as raised:
         recommend_each(catalog, categories=[7] * 1_000_000, max_results=99)
     assert raised.value.violations == [
-        FieldViolation("categories", f"must name at most {len(category_names())} categories, got 1000000"),
+        FieldViolation("categories", f"must have at most {len(category_names())} items, got 1000000"),
         FieldViolation("max_results", "must be between 1 and 20, got 99"),
     ]
 
@@ -186,3 +187,9 @@ def test_malformed_csv_names_the_line(tmp_path: Path, text: str, message: str) -
     path.write_text(text)
     with pytest.raises(CatalogError, match=message):
         read_books(path)
+
+
+def test_a_request_may_name_every_category_once() -> None:
+    """recommendations.proto's max_items of `categories` is the number of categories BookCategory has."""
+    field = recommendations_pb2.RecommendEachRequest.DESCRIPTOR.fields_by_name["categories"]
+    assert rules.json_schema(field)["maxItems"] == len(category_names())
