@@ -7,13 +7,12 @@ import json
 import re
 import signal
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from libs.http.transcoding import parse_template
 from libs.processes.processes import ChildProcess, free_ports, runfile
+from services.gateway.testing import check_every_route_reaches_its_method
 from services.registry import REGISTRY
 from tools.monitoring.local import wait_until_ready
 
@@ -24,26 +23,6 @@ def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as response:
         answer: dict = json.load(response)
         return answer
-
-
-def check_gateway_reaches_every_method(port: int) -> None:
-    """Each route of the gateway calls its method through mTLS and the callee's authorisation: with an
-    empty request, the service itself answers (a result, or its own refusal of the empty request as a
-    google.rpc.Status), never the gateway's 403 of a refused caller or a 5xx of an unreachable one."""
-    routes = get_json(f"http://127.0.0.1:{port}/")["routes"]
-    assert routes, "the gateway serves no route"
-    for route in routes:
-        body = b"{}" if route["method"] != "GET" else None
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}{parse_template(route['path']).example()}", data=body, method=route["method"]
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                status, answer = response.status, response.read()
-        except urllib.error.HTTPError as refused:
-            status, answer = refused.code, refused.read()
-            assert json.loads(answer)["code"] == 3, (route, answer)  # INVALID_ARGUMENT, from the service
-        assert status in (200, 400), (route, status, answer)
 
 
 def test_dev_starts_every_service_wired_and_stops_cleanly_on_ctrl_c() -> None:
@@ -59,7 +38,7 @@ def test_dev_starts_every_service_wired_and_stops_cleanly_on_ctrl_c() -> None:
             ready = get_json(f"http://127.0.0.1:{ports[name]}/readyz")
             assert ready == {"status": "ready", **{callee: "SERVING" for callee in REGISTRY.calls(name)}}
         for name in REGISTRY.gateways():
-            check_gateway_reaches_every_method(ports[name])
+            check_every_route_reaches_its_method(f"http://127.0.0.1:{ports[name]}/")
         dev.signal(signal.SIGINT)
         assert dev.stop(timeout=20) == 0
     finally:

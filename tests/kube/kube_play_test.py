@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from k8s.quantities import downward_value, mebibytes
 from k8s.render import render
 from libs.processes.processes import ChildProcess, free_port, free_ports, runfile
+from services.gateway.testing import check_every_route_reaches_its_method
 from services.registry import REGISTRY
 from tests.containers.running import (
     INTRUDER,
@@ -58,6 +59,9 @@ STAND_INS = {
     "skips Namespace, Service and ServiceAccount; NetworkPolicy, HorizontalPodAutoscaler, PodDisruptionBudget, "
     "Certificate, PodMonitor, PrometheusRule and Ingress need a cluster's controllers: they are not played, "
     "and are checked offline instead (//k8s:references_test, checkov_test, manifests_test)",
+    "Ingress": "there is no ingress controller: requests to the public site are routed as the controller "
+    "would route them, by the rendered Ingress's rules (host, Prefix and Exact paths as networking.k8s.io/v1 "
+    "defines them, the longest match winning) to the backend Service's port, its targetPort on the pod",
     "replicas": "kube play starts every replica on this one host, each publishing the same ports: the test "
     "plays one pod per Deployment (the replica counts are checked by //k8s:manifests_test)",
     "downward API": "kube play has none: an env var from resourceFieldRef gets the value the kubelet computes "
@@ -349,6 +353,38 @@ def test_dev_overlay_runs_and_serves_the_page(registry: str, tmp_path: Path) -> 
         check_pods(pods)
 
 
+def path_matches(rule: dict[str, Any], path: str) -> bool:
+    """Whether an Ingress path rule takes a request's path (networking.k8s.io/v1: Exact is the whole path;
+    Prefix matches element by element, so /v1 takes /v1 and /v1/x but not /v1x)."""
+    wanted, asked = rule["path"], path.split("?", 1)[0]
+    if rule["pathType"] == "Exact":
+        return asked == wanted
+    prefix = [part for part in wanted.split("/") if part]
+    return [part for part in asked.split("/") if part][: len(prefix)] == prefix
+
+
+def through_the_ingress(objects: list[dict[str, Any]], pods: dict[str, Pod]) -> Callable[[str], str]:
+    """url_of(path): where the public site's Ingress sends https://<its host><path>, as a URL of the
+    backend Service's pod (its port's targetPort, published on loopback)."""
+    (ingress,) = [o for o in objects if o["kind"] == "Ingress"]
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+
+    def url_of(path: str) -> str:
+        taken = [p for rule in ingress["spec"]["rules"] for p in rule["http"]["paths"] if path_matches(p, path)]
+        assert taken, f"the Ingress routes no rule to {path}"
+        backend = max(taken, key=lambda p: len(p["path"]))["backend"]["service"]
+        port = backend["port"]
+        (service_port,) = [
+            p
+            for p in services[backend["name"]]["spec"]["ports"]
+            if ("number" in port and p["port"] == port["number"]) or ("name" in port and p.get("name") == port["name"])
+        ]
+        target = pods[backend["name"]].port(service_port.get("targetPort", service_port["port"]))
+        return f"http://127.0.0.1:{target}{path}"
+
+    return url_of
+
+
 def test_prod_overlay_runs_over_mtls_with_several_processes_per_pod(registry: str, tmp_path: Path) -> None:
     with played("prod", registry, tmp_path) as pods:
         assert all(pod.processes() >= 2 for pod in pods.values())  # the limit of 2 CPUs: a supervisor as pid 1
@@ -359,3 +395,8 @@ def test_prod_overlay_runs_over_mtls_with_several_processes_per_pod(registry: st
                 target = f"127.0.0.1:{pod.port('grpc')}"
                 check_allow_rules(service, tmp_path, target)
                 check_refuses_a_client_without_certificate(target, tmp_path / "ca.pem")
+        # The JSON API through the public site's routes: each gateway route, at the pod the Ingress picks.
+        url_of = through_the_ingress([o for o in yaml.safe_load_all(render("prod", registry)) if o], pods)
+        print(f"  Ingress: {STAND_INS['Ingress']}")
+        for name in REGISTRY.gateways():
+            check_every_route_reaches_its_method(f"http://127.0.0.1:{pods[name].port('http')}/", url_of)
