@@ -4,8 +4,8 @@ A field's range is an option of the field, in protoc-gen-validate's vocabulary (
 
     int32 max_results = 3 [(validate.rules).int32 = {gte: 1, lte: 20}];
 
-`violations(request)` names every field of a request that breaks its rules (a service raises them as one
-google.rpc.BadRequest), and `json_schema(field)` gives the same rules as JSON Schema keywords (the gateway's
+`violations(request)` names every field of a request that breaks its rules (`check(request)` raises them
+as one google.rpc.BadRequest), and `json_schema(field)` gives the same rules as JSON Schema keywords (the gateway's
 OpenAPI document): so the service, its HTTP callers and a fuzzer read one range.
 
 protoc-gen-validate's own Python package is not used: it reports the first broken rule (or all of them
@@ -29,7 +29,7 @@ from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescript
 from google.protobuf.message import Message
 from validate import validate_pb2
 
-from libs.interceptors.errors import FieldViolation
+from libs.interceptors.errors import BadRequest, FieldViolation
 
 _NUMBERS = ["int32", "int64", "uint32", "uint64", "sint32", "sint64"]
 _NUMBERS += ["fixed32", "fixed64", "sfixed32", "sfixed64", "float", "double"]
@@ -95,6 +95,13 @@ def violations(message: Message, prefix: str = "") -> list[FieldViolation]:
         else:
             found += _broken(name, rules.values, value)
     return found
+
+
+def check(request: Message) -> None:
+    """Raises BadRequest naming every field of `request` that breaks its rules (a handler's first line)."""
+    found = violations(request)
+    if found:
+        raise BadRequest(found)
 
 
 def json_schema(field: FieldDescriptor) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import pytest
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from libs.interceptors.errors import FieldViolation
+from libs.interceptors.errors import BadRequest, FieldViolation
 from libs.validation import rules
 from libs.validation.testdata import orders_pb2
 
@@ -160,3 +160,12 @@ def test_a_message_that_contains_itself() -> None:
     rules.check_supported(orders_pb2.Tree.DESCRIPTOR)
     tree = orders_pb2.Tree(size=1, child=orders_pb2.Tree(size=1, child=orders_pb2.Tree(size=0)))
     assert named(tree) == {"child.child.size": "must be at least 1, got 0"}
+
+
+def test_check_raises_one_bad_request_naming_every_field() -> None:
+    rules.check(valid_order())
+    order = valid_order()
+    order.quantity, order.customer_id = 0, 0
+    with pytest.raises(BadRequest) as raised:
+        rules.check(order)
+    assert [v.field for v in raised.value.violations] == ["customer_id", "quantity"]

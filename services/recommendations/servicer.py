@@ -17,7 +17,6 @@ from grpc_interceptor.exceptions import NotFound
 
 from books.catalog.v1 import catalog_pb2
 from books.recommendations.v1 import recommendations_pb2, recommendations_pb2_grpc
-from libs.interceptors.errors import BadRequest
 from libs.validation import rules
 from services.recommendations.catalog import Book, Catalog
 
@@ -30,13 +29,6 @@ _CATEGORY_NAMES = {value.number: value.name for value in catalog_pb2.BookCategor
 def category_names() -> list[str]:
     """The categories a book may have: every enum value but UNSPECIFIED."""
     return list(_CATEGORY_NAMES.values())
-
-
-def check(request: recommendations_pb2.RecommendRequest | recommendations_pb2.RecommendEachRequest) -> None:
-    """Raises BadRequest naming every field that breaks its rules in recommendations.proto."""
-    violations = rules.violations(request)
-    if violations:
-        raise BadRequest(violations)
 
 
 class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServicer):
@@ -55,7 +47,7 @@ class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServi
     async def Recommend(
         self, request: recommendations_pb2.RecommendRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> recommendations_pb2.RecommendResponse:
-        check(request)
+        rules.check(request)
         category = _CATEGORY_NAMES[request.category]
         books = await self._sample(category, request.max_results)
         if not books:
@@ -65,7 +57,7 @@ class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServi
     async def RecommendEach(
         self, request: recommendations_pb2.RecommendEachRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> recommendations_pb2.RecommendEachResponse:
-        check(request)
+        rules.check(request)
         names = [_CATEGORY_NAMES[value] for value in request.categories]
         if self._catalog.blocking:  # overlap the blocking queries on the executor
             shelves = await asyncio.gather(*(self._sample(name, request.max_results) for name in names))
