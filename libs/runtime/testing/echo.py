@@ -55,8 +55,10 @@ class EchoProcess:
     def pid_of_one_connection(self) -> int:
         """The process serving a new connection (SO_REUSEPORT: the kernel picks one per connection)."""
         with grpc.insecure_channel(f"127.0.0.1:{self.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            # wait_for_ready: a connection made while a child is being replaced may be reset; this asks who
+            # serves, the calls under load are what must never fail.
             answer: bytes = ch.unary_unary(ECHO, request_serializer=None, response_deserializer=None)(
-                b"pid", timeout=10
+                b"pid", timeout=10, wait_for_ready=True
             )
         return int(answer.removeprefix(b"pid:"))
 
