@@ -1,7 +1,8 @@
 """Starts the project's built binaries as child processes: for `bazel run //:dev` and for tests.
 
 Children run in their own session (a terminal's Ctrl-C reaches only the parent, which stops them in
-order) and get SIGTERM if the parent dies, so nothing outlives the launcher or a failed test.
+order) and get SIGTERM if the parent dies, so nothing outlives the launcher or a failed test. One that
+does not stop in time is asked for its stacks before it is killed, so its log says where it hung.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import collections
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -56,6 +58,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a child stopped with SIGABRT writes no core file
 
 
 def print_prefixed(name: str) -> Callable[[str], None]:
@@ -86,7 +89,8 @@ class ChildProcess:
         """`discard_output` sends the child's output to /dev/null (benchmarks: reading it costs CPU)."""
         self.name = name
         self.argv = [str(arg) for arg in argv]
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # PYTHONFAULTHANDLER: a Python child prints every thread's stack on SIGABRT (see stop()).
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1", **(env or {})}
         self.lines: collections.deque[str] = collections.deque(maxlen=1000)
         self._on_line = on_line or print_prefixed(name)
         self._discard = discard_output
@@ -113,9 +117,11 @@ class ChildProcess:
         assert self._process
         assert self._process.stdout
         for line in self._process.stdout:
-            line = line.rstrip("\n")
-            self.lines.append(line)
-            self._on_line(line)
+            self._keep(line.rstrip("\n"))
+
+    def _keep(self, line: str) -> None:
+        self.lines.append(line)
+        self._on_line(line)
 
     @property
     def pid(self) -> int:
@@ -151,15 +157,21 @@ class ChildProcess:
         return self._process.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL after `timeout` seconds; returns the exit code."""
+        """SIGTERM; after `timeout` seconds SIGABRT, on which a Python child prints every thread's stack
+        and a Go one every goroutine's, then SIGKILL. Returns the exit code."""
         if self._process is None:
             return 0
         self.signal(signal.SIGTERM)
         try:
             code = self._process.wait(timeout)
         except subprocess.TimeoutExpired:
-            self._process.kill()
-            code = self._process.wait()
+            self._keep(f"still running {timeout:g}s after SIGTERM: SIGABRT (for its stacks), then SIGKILL")
+            self._process.send_signal(signal.SIGABRT)
+            try:
+                code = self._process.wait(5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                code = self._process.wait()
         if self._reader:
             self._reader.join(timeout=5)
         return code

@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 import tempfile
-import threading
+import time
 from pathlib import Path
 
 from libs.processes.processes import ChildProcess, free_port, runfile
@@ -108,9 +108,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, certs: Path | None, scratch: Path) -> int:
-    stop = threading.Event()
+    # The handler only appends to a list: a threading.Event set from a signal handler can deadlock (the
+    # handler runs in the main thread, possibly while that thread holds the Event's lock in wait()).
+    signalled: list[int] = []
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, lambda signum, _frame: signalled.append(signum))
 
     started: list[ChildProcess] = []
     try:
@@ -139,7 +141,8 @@ def run(args: argparse.Namespace, certs: Path | None, scratch: Path) -> int:
             )
         for service in (s for s in REGISTRY.values() if s.public):
             logger.info("up: open http://%s:%d/  (Ctrl-C stops everything)", args.host, args.ports[service.name])
-        while not stop.wait(0.2):
+        while not signalled:
+            time.sleep(0.2)
             for child in started:
                 if child.poll() is not None:
                     logger.error("%s exited with code %d; stopping the rest", child.name, child.poll())
