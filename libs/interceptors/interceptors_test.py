@@ -17,6 +17,7 @@ from typing import cast
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_interceptor.exceptions import NotFound
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -632,3 +633,41 @@ def test_tracing_notices_a_provider_installed_later_within_a_second(monkeypatch:
     assert middleware._records(now=101.0)
     monkeypatch.setattr(tracing, "_recording", lambda provider: False)
     assert middleware._records(now=500.0)  # an installed provider stays
+
+
+def test_a_non_blocking_stream_holds_no_worker_thread_and_is_counted_when_the_caller_leaves() -> None:
+    """grpc_health's Watch answers through a callback (gRPC's experimental_non_blocking); wrapped by the
+    pipeline it still does: a sync server with one worker thread answers Check with two Watch streams
+    open, and each Watch is counted when its caller leaves."""
+    registry = CollectorRegistry()
+    grpc_server = grpc.server(ThreadPoolExecutor(1))
+    instrumented = instrument(grpc_server, "probe", asynchronous=False, registry=registry)
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), instrumented)
+    instrumented.finish()
+    port = grpc_server.add_insecure_port("127.0.0.1:0")
+    grpc_server.start()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    labels = {"grpc_service": "grpc.health.v1.Health", "grpc_method": "Watch", "grpc_type": "server_stream"}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            watches = [stub.Watch(health_pb2.HealthCheckRequest(), timeout=WAIT) for _ in range(2)]
+            assert [next(watch).status for watch in watches] == [serving, serving]
+            assert stub.Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == serving
+            assert registry.get_sample_value("grpc_server_in_flight", labels) == 2
+            for watch in watches:
+                watch.cancel()
+            cancelled = {**labels, "grpc_code": "CANCELLED"}
+            assert wait_for(lambda: registry.get_sample_value("grpc_server_handled_total", cancelled) == 2)
+            assert registry.get_sample_value("grpc_server_in_flight", labels) == 0
+    finally:
+        grpc_server.stop(None)
+
+
+def test_a_coroutine_handler_on_a_sync_server_is_refused_when_it_registers() -> None:
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    instrumented = instrument(grpc.server(ThreadPoolExecutor(1)), "probe", asynchronous=False)
+    with pytest.raises(TypeError, match="is a coroutine function: a service served by threads needs plain functions"):
+        instrumented.add_registered_method_handlers(SERVICE, {"Unary": grpc.unary_unary_rpc_method_handler(unary)})
