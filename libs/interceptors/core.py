@@ -326,9 +326,7 @@ class Pipeline:
             return _rebuild(handler, rpc.kind, unary)
 
     def wrap_sync(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
-        """`handler` of `method` for a sync grpc.server, with the pipeline around each call. A handler
-        gRPC calls non-blocking (`experimental_non_blocking`: it answers through a callback, as
-        grpc_health's Watch does) stays so: it holds no worker thread while its stream is open."""
+        """`handler` of `method` for a sync grpc.server, with the pipeline around each call."""
         rpc, inner = Rpc(method, kind_of(handler)), _inner(handler)
         deserialize, streamed = handler.request_deserializer, handler.request_streaming
         if inspect.iscoroutinefunction(inner) or inspect.isasyncgenfunction(inner):
@@ -376,20 +374,8 @@ class Pipeline:
             finish(call, context)
             return response
 
-        def non_blocking(request: Any, context: grpc.ServicerContext, send_response_callback: Any) -> None:
-            call = Call(rpc, context, context.invocation_metadata())
-            try:
-                self.begin(call)
-                inner(decoded(request), context, send_response_callback=send_response_callback)
-            except Exception as exc:
-                abort_or_raise(call, context, exc)
-            # It ends when the RPC does: the caller left, its deadline passed, or the server stopped.
-            context.add_callback(lambda: finish(call, context))
-
-        if getattr(inner, "experimental_non_blocking", False):
-            for attribute in ("experimental_non_blocking", "experimental_thread_pool"):
-                setattr(non_blocking, attribute, getattr(inner, attribute, None))
-            return _rebuild(handler, rpc.kind, non_blocking)
+        # A handler gRPC runs on a thread pool of its own (grpc_health's Watch in libs/runtime) keeps it.
+        behaviour.experimental_thread_pool = getattr(inner, "experimental_thread_pool", None)  # type: ignore[attr-defined]
         return _rebuild(handler, rpc.kind, behaviour)
 
 

@@ -635,14 +635,16 @@ def test_tracing_notices_a_provider_installed_later_within_a_second(monkeypatch:
     assert middleware._records(now=500.0)  # an installed provider stays
 
 
-def test_a_non_blocking_stream_holds_no_worker_thread_and_is_counted_when_the_caller_leaves() -> None:
-    """grpc_health's Watch answers through a callback (gRPC's experimental_non_blocking); wrapped by the
-    pipeline it still does: a sync server with one worker thread answers Check with two Watch streams
-    open, and each Watch is counted when its caller leaves."""
+def test_a_handler_on_a_thread_pool_of_its_own_keeps_it_and_is_counted_when_the_caller_leaves() -> None:
+    """grpc_health's Watch, given a pool of its own (gRPC's experimental_thread_pool), still runs there
+    under the pipeline: a sync server with one worker thread answers Check with two Watch streams open,
+    and each Watch is counted when its caller leaves."""
     registry = CollectorRegistry()
     grpc_server = grpc.server(ThreadPoolExecutor(1))
     instrumented = instrument(grpc_server, "probe", asynchronous=False, registry=registry)
-    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), instrumented)
+    watches_pool = ThreadPoolExecutor(2)
+    servicer = health.HealthServicer(experimental_non_blocking=False, experimental_thread_pool=watches_pool)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, instrumented)
     instrumented.finish()
     port = grpc_server.add_insecure_port("127.0.0.1:0")
     grpc_server.start()
@@ -662,6 +664,7 @@ def test_a_non_blocking_stream_holds_no_worker_thread_and_is_counted_when_the_ca
             assert registry.get_sample_value("grpc_server_in_flight", labels) == 0
     finally:
         grpc_server.stop(None)
+        watches_pool.shutdown(wait=False)
 
 
 def test_a_coroutine_handler_on_a_sync_server_is_refused_when_it_registers() -> None:

@@ -232,6 +232,12 @@ class ServerConfig(ProcessConfig):
         100, "grpc.health.v1 Watch streams open at once; more get RESOURCE_EXHAUSTED", check=between(1, 10_000)
     )
     blocking_workers: int = setting(4, "threads for blocking work (SQLite, CPU)", check=between(1, 256))
+    threads: int = setting(
+        10,
+        "calls handled at once by a service served by threads (services/services.bzl: serving); the rest wait "
+        "for a thread, up to --max-concurrent-rpcs",
+        check=between(1, 1000),
+    )
     access_log_interval: float = setting(
         0.05,
         "seconds between writes of the batched access log (longer: less CPU, later lines)",

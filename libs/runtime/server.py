@@ -6,6 +6,12 @@ per-service status (optionally also on a plaintext probe port), server reflectio
 limits, keepalive, a bounded executor for blocking work, and graceful shutdown: on SIGTERM/SIGINT
 health turns NOT_SERVING, calls are still served for the drain period (so load balancers stop
 sending), then `stop(grace)` lets in-flight calls finish.
+
+Two ways to serve, chosen per service in services/services.bzl (`serving`), with the same middleware,
+metrics, health, reflection, limits and drain: "aio", grpc.aio on the event loop (handlers are
+coroutines: for handlers that wait on other services), and "threads", grpc's sync server with `--threads`
+workers (handlers are plain functions: for short unary work it serves more calls per CPU-second;
+bench/RESULTS.md). The event loop runs the server's life (start, signals, drain) in both.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import logging
 import signal
 import socket
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -120,6 +127,110 @@ class BoundedHealthServicer(health.aio.HealthServicer):  # type: ignore[name-def
             self._watches -= 1
 
 
+class SyncBoundedHealthServicer(health.HealthServicer):
+    """BoundedHealthServicer for a sync server. Each Watch stream holds a thread of a pool of its own, so
+    that watches never take the threads calls need (every client channel of ours
+    keeps one open). Not grpc_health's non-blocking Watch: with it, a status change waits until every
+    watcher's client has read the last one, so one client that stops reading would hold up the drain."""
+
+    def __init__(self, max_watches: int, logger: logging.Logger) -> None:
+        # One thread more than watches may be open: a Watch past the limit needs one to be refused on.
+        pool = ThreadPoolExecutor(max_watches + 1, thread_name_prefix="health-watch")
+        super().__init__(experimental_non_blocking=False, experimental_thread_pool=pool)
+        self._max_watches = max_watches
+        self._watches = 0
+        self._watches_lock = threading.Lock()  # not _lock: that is grpc_health's own (re-entrant) one
+        self._logger = logger
+
+    def Watch(
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.ServicerContext,
+        send_response_callback: Callable[..., object] | None = None,  # never given: Watch blocks
+    ) -> object:
+        with self._watches_lock:
+            admitted = self._watches < self._max_watches
+            self._watches += admitted
+        if not admitted:
+            self._logger.warning("refused a health Watch from %s: %d open", context.peer(), self._max_watches)
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"at most {self._max_watches} Watch streams")
+        context.add_callback(self._watch_ended)
+        return super().Watch(request, context, send_response_callback)
+
+    def _watch_ended(self) -> None:
+        with self._watches_lock:
+            self._watches -= 1
+
+
+HealthServicer = BoundedHealthServicer | SyncBoundedHealthServicer
+
+
+class AioServing:
+    """grpc.aio on the event loop: handlers are coroutines."""
+
+    asynchronous = True
+
+    def server(self, options: list[tuple[str, int]], threads: int, max_calls: int) -> grpc.aio.Server:
+        # No maximum_concurrent_rpcs: gRPC would refuse past it, unseen; LoadShedding counts and logs.
+        return grpc.aio.server(options=options)
+
+    def health(self, max_watches: int, logger: logging.Logger) -> HealthServicer:
+        return BoundedHealthServicer(max_watches, logger)
+
+    def reflection(self, names: list[str]) -> object:
+        # grpc-stubs' reflection stub lacks `aio` (its `aio` is grpc.aio, imported and not re-exported).
+        return reflection.aio.ReflectionServicer(names)  # type: ignore[attr-defined]
+
+    async def start(self, server: grpc.aio.Server) -> None:
+        await server.start()
+
+    async def stop(self, server: grpc.aio.Server, grace: float) -> None:
+        await server.stop(grace)
+
+    async def set_health(self, servicer: HealthServicer, name: str, status: int) -> None:
+        await cast(BoundedHealthServicer, servicer).set(name, status)
+
+    async def enter_graceful_shutdown(self, servicer: HealthServicer) -> None:
+        await cast(BoundedHealthServicer, servicer).enter_graceful_shutdown()
+
+
+class ThreadsServing(AioServing):
+    """grpc's sync server, `threads` worker threads: handlers are plain functions. The event loop only
+    starts and stops it; the sync server's methods take the place of grpc.aio's of the same names."""
+
+    asynchronous = False
+
+    def server(self, options: list[tuple[str, int]], threads: int, max_calls: int) -> grpc.aio.Server:
+        # gRPC's own bound, since calls waiting for a thread are no handler's yet (LoadShedding cannot see
+        # them): past `max_calls` running or waiting, RESOURCE_EXHAUSTED (transport.py counts and logs it).
+        pool = ThreadPoolExecutor(threads, thread_name_prefix="grpc-call")
+        return cast(grpc.aio.Server, grpc.server(pool, options=options, maximum_concurrent_rpcs=max_calls or None))
+
+    def health(self, max_watches: int, logger: logging.Logger) -> HealthServicer:
+        return SyncBoundedHealthServicer(max_watches, logger)
+
+    def reflection(self, names: list[str]) -> object:
+        return reflection.ReflectionServicer(names)
+
+    async def start(self, server: grpc.aio.Server) -> None:
+        cast(grpc.Server, server).start()
+
+    async def stop(self, server: grpc.aio.Server, grace: float) -> None:
+        stopped = cast(grpc.Server, server).stop(grace)  # a threading.Event, set once every call finished
+        await asyncio.to_thread(stopped.wait)
+
+    async def set_health(self, servicer: HealthServicer, name: str, status: int) -> None:
+        servicer.set(name, status)
+
+    async def enter_graceful_shutdown(self, servicer: HealthServicer) -> None:
+        servicer.enter_graceful_shutdown()
+
+
+SERVING = {"aio": AioServing(), "threads": ThreadsServing()}
+"""The ways to serve, by their name in services/services.bzl (`serving`)."""
+PROBE_THREADS = 2  # the plaintext probe port's workers when served by threads: Check calls, now and then
+
+
 class GrpcServer:
     def __init__(
         self,
@@ -128,16 +239,19 @@ class GrpcServer:
         logger: logging.Logger | None = None,
         service_name: str = "",
         middleware: Sequence[Middleware] | None = None,
+        serving: str = "aio",
     ) -> None:
         """`default_policy` says who may call each method under mTLS; `config.allow` overrides it.
         `service_name` names this process in logs and metrics; `middleware` replaces the standard
-        stack of libs/interceptors (benchmarks pass [] for a bare server). Add services with
-        `add_service` before `start`."""
+        stack of libs/interceptors (benchmarks pass [] for a bare server); `serving` is one of SERVING
+        (the service's entry in services/services.bzl says which). Add services with `add_service`
+        before `start`."""
         self.config = config
         self.services: list[Service] = []
         self.logger = logger or logging.getLogger(__name__)
         self.policy = AccessPolicy(default_policy or {}).with_overrides(config.allow)
-        self.health = BoundedHealthServicer(config.max_health_watches, self.logger)
+        self.serving = SERVING[serving]
+        self.health = self.serving.health(config.max_health_watches, self.logger)
         # Handlers hand blocking work (SQLite, CPU) to this bounded pool and keep the event loop free.
         self.executor = ThreadPoolExecutor(config.blocking_workers, thread_name_prefix="blocking")
         self.port = 0
@@ -176,15 +290,15 @@ class GrpcServer:
         middleware = self._middleware
         if middleware is None:
             middleware = self._standard_middleware(self.policy if config.tls else None)
-        # No maximum_concurrent_rpcs: gRPC would refuse past it unseen; LoadShedding counts and logs.
         existing = channelz_server_ids()
-        server = grpc.aio.server(options=server_options(config))
+        server = self.serving.server(server_options(config), config.threads, config.max_concurrent_rpcs)
         (self._channelz_id,) = channelz_server_ids() - existing
         if self._middleware is None:  # the standard stack counts what its handlers saw: the rest is dropped
             TransportCalls.of().add(self._channelz_id)
             self._dropped = DroppedCallsLog(self._channelz_id, RpcMetrics.of("server"), self.logger)
         # The middleware wraps each handler as it registers: cheaper than gRPC's interceptor path.
-        instrumented = InstrumentedServer(server, Pipeline(middleware)) if middleware else None
+        asynchronous = self.serving.asynchronous
+        instrumented = InstrumentedServer(server, Pipeline(middleware), asynchronous) if middleware else None
         # An InstrumentedServer stands in for the server it wraps: it takes the registrations (what the
         # generated add_*_to_server functions call) and passes everything else through.
         target = cast(grpc.aio.Server, instrumented) if instrumented is not None else server
@@ -194,9 +308,7 @@ class GrpcServer:
         names = [s.name for s in self.services] + [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
         # Not reflection.enable_server_reflection: it picks the sync servicer for anything but a bare aio server.
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
-            # grpc-stubs' reflection stub lacks `aio` (its `aio` is grpc.aio, imported and not re-exported).
-            reflection.aio.ReflectionServicer([*names, reflection.SERVICE_NAME]),  # type: ignore[attr-defined]
-            target,
+            self.serving.reflection([*names, reflection.SERVICE_NAME]), target
         )
         if instrumented is not None:
             instrumented.finish()
@@ -207,9 +319,12 @@ class GrpcServer:
             # Kubernetes' native gRPC probes cannot present a client certificate: health only, plaintext.
             # Its calls take the service port's path (decoding, errors, metrics, logs) but authorisation:
             # a malformed request from anyone is INVALID_ARGUMENT, counted, not an ERROR with a traceback.
-            probe = grpc.aio.server(options=server_options(config, PROBE_STREAMS_PER_CONNECTION))
+            probe_options = server_options(config, PROBE_STREAMS_PER_CONNECTION)
+            probe = self.serving.server(probe_options, PROBE_THREADS, config.max_concurrent_rpcs)
             probe_middleware = self._middleware if self._middleware is not None else self._standard_middleware(None)
-            probe_target = InstrumentedServer(probe, Pipeline(probe_middleware)) if probe_middleware else None
+            probe_target = None
+            if probe_middleware:
+                probe_target = InstrumentedServer(probe, Pipeline(probe_middleware), asynchronous)
             health_pb2_grpc.add_HealthServicer_to_server(
                 self.health, cast(grpc.aio.Server, probe_target) if probe_target is not None else probe
             )
@@ -224,12 +339,12 @@ class GrpcServer:
             except OSError as error:
                 raise StartError(f"cannot serve /metrics on port {config.metrics_port}: {error}") from error
         for each in self._servers:
-            await each.start()
+            await self.serving.start(each)
         trim_heap_in_background(self.logger)
         if self._dropped is not None:
             self._dropped_watch = asyncio.get_running_loop().create_task(self._log_dropped(self._dropped))
         for name in [OVERALL, *(s.name for s in self.services)]:
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            await self.serving.set_health(self.health, name, health_pb2.HealthCheckResponse.SERVING)
         self.logger.info(
             "serving %s on %s:%d (%s)%s",
             ", ".join(s.name for s in self.services),
@@ -253,7 +368,7 @@ class GrpcServer:
         if self._stopping:
             return
         self._stopping = True
-        await self.health.enter_graceful_shutdown()
+        await self.serving.enter_graceful_shutdown(self.health)
         self.logger.info(
             "health NOT_SERVING; draining %.1fs, then %.1fs grace",
             self.config.drain_seconds,
@@ -265,7 +380,7 @@ class GrpcServer:
             self._dropped_watch.cancel()
             self._dropped.check()
             TransportCalls.of().total()  # the last count gRPC will give before it forgets the server
-        await asyncio.gather(*(server.stop(self.config.shutdown_grace) for server in self._servers))
+        await asyncio.gather(*(self.serving.stop(server, self.config.shutdown_grace) for server in self._servers))
         self.executor.shutdown(wait=False, cancel_futures=True)
         if self._dropped is not None:
             TransportCalls.of().retire(self._channelz_id)

@@ -25,7 +25,7 @@ from libs.interceptors.access_log import flush_all
 from libs.processes.processes import free_port
 from libs.runtime.channel import ReloadingChannel
 from libs.runtime.config import ServerConfig
-from libs.runtime.server import GrpcServer, StartError
+from libs.runtime.server import SERVING, GrpcServer, StartError
 from libs.runtime.testing.echo_server import SERVICE, register
 from libs.runtime.tls import TlsFiles
 from tools.certs.certs import Issued, mint_all, mint_leaf, write_leaf
@@ -58,10 +58,10 @@ def credentials(certs: Path, service: str | None, ca: Path | None = None) -> grp
     return grpc.ssl_channel_credentials(root, key, cert)
 
 
-def serve(config: ServerConfig, scenario: Callable[[GrpcServer], Awaitable[None]]) -> None:
+def serve(config: ServerConfig, scenario: Callable[[GrpcServer], Awaitable[None]], serving: str = "aio") -> None:
     async def main() -> None:
-        server = GrpcServer(config, {"Echo": ["shop"]})
-        server.add_service(SERVICE, register)
+        server = GrpcServer(config, {"Echo": ["shop"]}, serving=serving)
+        server.add_service(SERVICE, lambda target: register(target, serving))
         await server.start()
         try:
             await scenario(server)
@@ -90,11 +90,12 @@ async def expect_failure(port: int, creds: grpc.ChannelCredentials | None) -> gr
     return raised.value
 
 
-def test_allowed_identity_succeeds(certs: Path) -> None:
+@pytest.mark.parametrize("serving", SERVING)
+def test_allowed_identity_succeeds(certs: Path, serving: str) -> None:
     async def scenario(server: GrpcServer) -> None:
         assert await call_echo(server.port, credentials(certs, "shop")) == b"echo:hi"
 
-    serve(mtls_config(certs), scenario)
+    serve(mtls_config(certs), scenario, serving)
 
 
 def test_plaintext_client_is_rejected(certs: Path) -> None:
@@ -124,13 +125,14 @@ def test_client_certificate_from_another_ca_fails_the_handshake(certs: Path, tmp
     serve(mtls_config(certs), scenario)
 
 
-def test_valid_but_not_allowed_identity_is_permission_denied(certs: Path) -> None:
+@pytest.mark.parametrize("serving", SERVING)
+def test_valid_but_not_allowed_identity_is_permission_denied(certs: Path, serving: str) -> None:
     async def scenario(server: GrpcServer) -> None:
         error = await expect_failure(server.port, credentials(certs, "intruder"))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert error.details() == f"intruder may not call {ECHO}"
 
-    serve(mtls_config(certs), scenario)
+    serve(mtls_config(certs), scenario, serving)
 
 
 def test_logs_name_the_caller_by_the_identity_authorisation_went_by(certs: Path, caplog) -> None:
@@ -270,26 +272,28 @@ async def until_health(port: int, creds: grpc.ChannelCredentials | None, wanted:
         await asyncio.sleep(0.02)
 
 
-def test_health_serving_then_not_serving_during_drain_while_calls_still_work(certs: Path) -> None:
-    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+@pytest.mark.parametrize("serving", SERVING)
+def test_health_serving_then_not_serving_during_drain_while_calls_still_work(certs: Path, serving: str) -> None:
+    up, down = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
 
     async def scenario(server: GrpcServer) -> None:
         creds = credentials(certs, "shop")
-        assert await health_status(server.port, creds) == serving
-        assert await health_status(server.port, creds, SERVICE) == serving
+        assert await health_status(server.port, creds) == up
+        assert await health_status(server.port, creds, SERVICE) == up
         shutdown = asyncio.create_task(server.shutdown())
-        await until_health(server.port, creds, not_serving)
-        assert await health_status(server.port, creds, SERVICE) == not_serving
+        await until_health(server.port, creds, down)
+        assert await health_status(server.port, creds, SERVICE) == down
         assert await call_echo(server.port, creds) == b"echo:hi"  # draining: still served
         await shutdown
         error = await expect_failure(server.port, creds)
         assert error.code() == grpc.StatusCode.UNAVAILABLE
 
     # A drain long enough for the checks above on a loaded machine (the test waits for all of it).
-    serve(mtls_config(certs, drain_seconds=3.0), scenario)
+    serve(mtls_config(certs, drain_seconds=3.0), scenario, serving)
 
 
-def test_plaintext_health_port_serves_probes_only(certs: Path) -> None:
+@pytest.mark.parametrize("serving", SERVING)
+def test_plaintext_health_port_serves_probes_only(certs: Path, serving: str) -> None:
     async def scenario(server: GrpcServer) -> None:
         assert server.health_port
         assert await health_status(server.health_port, None) == health_pb2.HealthCheckResponse.SERVING
@@ -297,10 +301,11 @@ def test_plaintext_health_port_serves_probes_only(certs: Path) -> None:
             await call_echo(server.health_port, None)
         assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
-    serve(mtls_config(certs, health_port=free_port()), scenario)
+    serve(mtls_config(certs, health_port=free_port()), scenario, serving)
 
 
-def test_reflection_lists_our_service(certs: Path) -> None:
+@pytest.mark.parametrize("serving", SERVING)
+def test_reflection_lists_our_service(certs: Path, serving: str) -> None:
     async def scenario(server: GrpcServer) -> None:
         async with grpc.aio.secure_channel(f"localhost:{server.port}", credentials(certs, "shop")) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -310,14 +315,15 @@ def test_reflection_lists_our_service(certs: Path) -> None:
                 break
         assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
 
-    serve(mtls_config(certs), scenario)
+    serve(mtls_config(certs), scenario, serving)
 
 
-def test_insecure_mode_has_no_identity_checks() -> None:
+@pytest.mark.parametrize("serving", SERVING)
+def test_insecure_mode_has_no_identity_checks(serving: str) -> None:
     async def scenario(server: GrpcServer) -> None:
         assert await call_echo(server.port, None) == b"echo:hi"
 
-    serve(ServerConfig(host="127.0.0.1", port=0, tls=None, drain_seconds=0), scenario)
+    serve(ServerConfig(host="127.0.0.1", port=0, tls=None, drain_seconds=0), scenario, serving)
 
 
 def test_port_in_use_is_a_start_error(certs: Path) -> None:
@@ -360,7 +366,8 @@ async def wait_until(channel: grpc.aio.Channel, wanted: grpc.ChannelConnectivity
         await channel.wait_for_state_change(state)
 
 
-def test_health_watch_streams_are_capped(certs: Path) -> None:
+@pytest.mark.parametrize("serving", SERVING)
+def test_health_watch_streams_are_capped(certs: Path, serving: str) -> None:
     """The plaintext probe port held 3,357 Watch streams on one connection; now a few, then RESOURCE_EXHAUSTED."""
 
     async def scenario(server: GrpcServer) -> None:
@@ -392,7 +399,7 @@ def test_health_watch_streams_are_capped(certs: Path) -> None:
         for channel in channels:
             await channel.close(None)
 
-    serve(mtls_config(certs, health_port=free_port(), max_health_watches=4), scenario)
+    serve(mtls_config(certs, health_port=free_port(), max_health_watches=4), scenario, serving)
 
 
 def test_a_stream_that_never_sends_is_ended_by_the_connection_age_limit(certs: Path) -> None:

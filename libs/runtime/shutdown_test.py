@@ -14,6 +14,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from libs.processes.processes import ChildProcess, free_ports
+from libs.runtime.server import SERVING
 from libs.runtime.testing.echo import echo_command
 
 ECHO = "/test.v1.Echo/Echo"
@@ -38,12 +39,11 @@ def listening(port: int) -> bool:
         return False
 
 
-def test_sigterm_drains_then_finishes_in_flight_calls_and_exits_zero() -> None:
+@pytest.mark.parametrize("serving", SERVING)
+def test_sigterm_drains_then_finishes_in_flight_calls_and_exits_zero(serving: str) -> None:
     port, metrics_port = free_ports(2)
-    server = ChildProcess(
-        "echo",
-        echo_command(port, f"--metrics-port={metrics_port}", f"--drain-seconds={DRAIN_SECONDS}", "--shutdown-grace=30"),
-    ).start()
+    flags = [f"--metrics-port={metrics_port}", f"--drain-seconds={DRAIN_SECONDS}", "--shutdown-grace=30"]
+    server = ChildProcess("echo", echo_command(port, *flags, f"--serving={serving}")).start()
     try:
         server.wait_for_port(port)
         server.wait_for_port(metrics_port)  # opens after the service port, just before the server serves
