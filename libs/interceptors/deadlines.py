@@ -65,3 +65,9 @@ class DeadlineRecorder(Middleware):
 
     def begin(self, call: Call) -> None:
         _deadline.set(call.context)  # None for an unregistered method; asked for the time left lazily
+
+    def end(self, call: Call, state: None) -> None:
+        # The call's context holds the context variables it ran with, and so this reference back to
+        # it: a cycle that only the garbage collector breaks, and until it does, gRPC's sync server keeps
+        # the finished call's HTTP/2 stream open (the connection refuses new streams past its limit).
+        _deadline.set(None)
