@@ -28,7 +28,9 @@ IMAGE_PREFIX = "online-books"
 _DNS_LABEL = re.compile(r"^[a-z]([a-z0-9-]{0,38}[a-z0-9])?$")
 _PROTO_SERVICE = re.compile(r"^[a-z][a-z0-9_]*(\.[a-z0-9_]+)+\.[A-Z]\w*$")
 _REQUIRED = {"name", "kind", "ports", "description"}
-_OPTIONAL = {"grpc_service", "allow", "public", "settings", "slo", "gateway"}
+_OPTIONAL = {"grpc_service", "allow", "public", "settings", "slo", "gateway", "serving"}
+SERVING = ("aio", "threads")
+"""How a gRPC service's calls are served (libs/runtime/server.py's SERVING)."""
 
 
 class RegistryError(ValueError):
@@ -93,6 +95,7 @@ class Service:
     settings: Mapping[str, str] = field(default_factory=dict)
     slo: Slo = field(default_factory=Slo)
     gateway: bool = False
+    serving: str = "aio"
 
     @property
     def package(self) -> str:
@@ -264,6 +267,8 @@ def _check(registry: Registry) -> None:
         if service.kind != "grpc" and (service.grpc_service or service.allow):
             problems.append(f"{where}: only grpc services have grpc_service and allow")
         problems += _public_problems(service, public)
+        if service.serving not in SERVING or (service.serving != "aio" and service.kind != "grpc"):
+            problems.append(f"{where}: serving must be one of {', '.join(SERVING)}, and only a grpc service has it")
         if service.gateway not in (True, False) or (service.gateway and service.kind != "http"):
             problems.append(f"{where}: gateway must be true or false, and only an http service is one")
         for key in service.settings:
@@ -336,6 +341,7 @@ def parse(source: str) -> Registry:
                 settings=MappingProxyType(dict(entry.get("settings", {}))),
                 slo=_slo(name, entry.get("kind", ""), entry.get("slo", {})),
                 gateway=entry.get("gateway", False),
+                serving=entry.get("serving", "aio"),
             )
         )
     return Registry(services)

@@ -16,7 +16,9 @@ from google.api import annotations_pb2  # type: ignore[import-untyped]  # .pyi, 
 from google.protobuf import descriptor_pool
 
 from libs.http.app import PROBES
+from libs.runtime import server
 from libs.runtime.config import flag_environment
+from services import registry
 from services.registry import OPERATOR_PATHS, REGISTRY, RegistryError, Service, dns_label_problem, package_of, parse
 
 GRPC = [name for name, service in REGISTRY.items() if service.kind == "grpc"]
@@ -130,6 +132,9 @@ def test_objectives_default_by_kind_and_field() -> None:
         ([entry(slo={"latency_ms": 0.5})], "slo latency_ms must be a whole number of milliseconds"),
         ([entry(public=["/"])], "only http services are public"),
         ([entry(gateway=True)], "only an http service is one"),
+        ([entry(serving="fibers")], "serving must be one of aio, threads"),
+        ([web(serving="threads")], "only a grpc service has it"),
+        ([entry(serving="threads")], None),
         ([web(gateway="yes")], "gateway must be true or false"),
         ([web(public=["api"])], "public path 'api' must start with '/'"),
         ([web(public=["/api/"])], "public path '/api/' must start with '/' and not end with one"),
@@ -140,7 +145,7 @@ def test_objectives_default_by_kind_and_field() -> None:
     ],
 )
 def test_a_malformed_entry_is_refused_with_a_message_naming_the_fault(entries: list, message: str | None) -> None:
-    if message is None:  # a path below a probe's is not the probe: accepted
+    if message is None:  # accepted (e.g. a path below a probe's is not the probe)
         assert parse(f"SERVICES = {entries!r}")
         return
     with pytest.raises(RegistryError, match="services/services.bzl") as raised:
@@ -170,3 +175,7 @@ def test_services_calling_each_other_in_a_cycle_are_refused() -> None:
     entries = [entry("a", allow={"Get": ["b"]}), entry("b", 50200, allow={"Get": ["a"]})]
     with pytest.raises(RegistryError, match="cycle: a → b → a"):
         parse(f"SERVICES = {entries!r}")
+
+
+def test_the_ways_of_serving_are_the_runtimes() -> None:
+    assert set(registry.SERVING) == set(server.SERVING)

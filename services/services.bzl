@@ -21,6 +21,10 @@ Each entry:
                probes or /metrics; no path of two services.
   settings     optional: values of its settings by name (forwarded_allow_ips: libs/runtime/settings.py), which
                the Kubernetes ConfigMap sets as their variables (MARKETPLACE_FORWARDED_ALLOW_IPS).
+  serving      grpc only, optional: "aio" (the default: grpc.aio on an event loop, handlers are coroutines,
+               for handlers that wait on other services) or "threads" (grpc's sync server, `--threads`
+               workers per process, handlers are plain functions: for short unary work, more calls
+               per CPU-second; bench/RESULTS.md). libs/runtime/server.py serves both alike.
   gateway      http only, optional: true for the service that serves every gRPC API of the list as JSON
                over HTTP, from its google.api.http annotations (services/gateway): the methods whose
                `allow` lists it are reachable through it; //tools/new_service lets it call a new service.
@@ -41,6 +45,7 @@ SERVICES = [
         },
         "description": "Book recommendations over gRPC (books.recommendations.v1)",
         "grpc_service": "books.recommendations.v1.RecommendationService",
+        "serving": "threads",
         "allow": {
             "Recommend": ["marketplace", "gateway"],
             "RecommendEach": ["marketplace", "gateway"],

@@ -44,7 +44,9 @@ def build_server(config: ServerConfig, catalog: Catalog, middleware: Sequence[Mi
     """The server with its dependencies passed in: the catalog, and the runtime's executor.
     `middleware` replaces the standard stack (bench/interceptors compares against none)."""
     # Who may call which method under mTLS: services/services.bzl (replaced by --allow).
-    server = GrpcServer(config, SERVICE.allow, logger, service_name=SERVICE.name, middleware=middleware)
+    server = GrpcServer(
+        config, SERVICE.allow, logger, service_name=SERVICE.name, middleware=middleware, serving=SERVICE.serving
+    )
     servicer = RecommendationServicer(catalog, server.executor)
     server.add_service(
         SERVICE_NAME,
