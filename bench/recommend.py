@@ -29,8 +29,10 @@ from bench.common import (
 )
 from libs.processes.processes import ChildProcess, free_ports, runfile
 from libs.runtime.supervisor import available_cpus
+from services.registry import REGISTRY
 
 RECOMMENDATIONS = "services/recommendations/recommendations"
+SERVING = REGISTRY["recommendations"].serving  # services/services.bzl
 CLIENTS, STREAMS = 8, 16
 # On the whole machine, as many calls in flight over more connections: SO_REUSEPORT hashes connections to
 # processes, and 8 split unevenly between 2 (single rounds ranged 0.72x-1.26x).
@@ -76,7 +78,7 @@ def variants() -> dict[str, Variant]:
             "bare grpc.aio on uvloop, parses and serialises", baseline("bare_aio", "--serialise", "--uvloop"), True
         ),
         "tutorial": Variant("tutorial server (sync, 10 threads)", baseline("tutorial_server"), True),
-        "ours": Variant("ours, full middleware stack", ours(), True, ours=True),
+        "ours": Variant(f"ours, full middleware stack, served by {SERVING}", ours(), True, ours=True),
         "tutorial-all": Variant("tutorial server, whole machine", baseline("tutorial_server"), False),
         "tutorial-all-n": Variant(
             f"tutorial server in {auto} processes (grpc's multiprocessing example), whole machine",

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from libs.processes.processes import ChildProcess, free_port, runfile
 from libs.runtime.channel import BalancedChannel, create_channel
 from libs.runtime.metrics_sum import ChildrenMetrics, serve_child_metrics, socket_directory
+from libs.runtime.server import SERVING
 from libs.runtime.supervisor import RestartPolicy, Supervisor, available_cpus, parse_processes
 from libs.runtime.testing.echo import ECHO, EchoProcess, running_echo, sample_sum
 from tools.certs.certs import mint_all
@@ -40,16 +41,16 @@ def handled_echo_calls(metrics_port: int) -> float:
     return sample_sum(scrape(metrics_port), "grpc_server_handled_total", grpc_method="Echo", grpc_code="OK")
 
 
-def echo_server(*launcher: str) -> contextlib.AbstractContextManager[EchoProcess]:
+def echo_server(*launcher: str, serving: str = "aio") -> contextlib.AbstractContextManager[EchoProcess]:
     """The echo server with --processes 2, started through `launcher` (a command prefix) if given; it
     keeps every line but the access log's."""
-    flags = (f"--processes={PROCESSES}", "--drain-seconds=1", "--access-log-interval=0.01")
+    flags = (f"--processes={PROCESSES}", "--drain-seconds=1", "--access-log-interval=0.01", f"--serving={serving}")
     return running_echo(*flags, launcher=launcher, keep=lambda line: '"method":' not in line, stop_timeout=30)
 
 
-@pytest.fixture
-def server() -> Iterator[EchoProcess]:
-    with echo_server() as started:
+@pytest.fixture(params=list(SERVING))
+def server(request: pytest.FixtureRequest) -> Iterator[EchoProcess]:
+    with echo_server(serving=request.param) as started:
         yield started
 
 

@@ -7,8 +7,9 @@ what arrives while the server stops. None of these reaches the middleware, so th
 channelz counts every call its transport started; from it:
 
 - `grpc_server_transport_started_total`: channelz's count for the service port (not the probe port's
-  health checks). Minus `grpc_server_started_total`: the calls waiting in gRPC's backlog or dropped
-  from it; once the process has caught up, exactly the dropped ones;
+  health checks). Minus `grpc_server_started_total`: the calls waiting in gRPC's backlog (served by
+  threads: or for a worker thread) or dropped from it; once the process has caught up, exactly the
+  dropped ones;
 - every 5 s, and once more when the drain ends, a WARNING when that number grew. (Calls refused by the
   final stop itself are past counting: gRPC forgets a server's numbers the moment it has stopped;
   clients retry them on another replica.)
