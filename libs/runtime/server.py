@@ -1,4 +1,4 @@
-"""The shared grpc.aio server runtime: what every gRPC service of ours gets by calling it.
+"""The shared gRPC server runtime: what every gRPC service of ours gets by calling it.
 
 `GrpcServer` adds to a service's handlers: the standard interceptor stack (libs/interceptors), mTLS
 with per-method authorisation (or plaintext with --insecure), grpc.health.v1 with overall and
@@ -129,9 +129,9 @@ class BoundedHealthServicer(health.aio.HealthServicer):  # type: ignore[name-def
 
 class SyncBoundedHealthServicer(health.HealthServicer):
     """BoundedHealthServicer for a sync server. Each Watch stream holds a thread of a pool of its own, so
-    that watches never take the threads calls need (every client channel of ours
-    keeps one open). Not grpc_health's non-blocking Watch: with it, a status change waits until every
-    watcher's client has read the last one, so one client that stops reading would hold up the drain."""
+    that watches (every client channel of ours keeps one open) never take the threads calls need. Not
+    grpc_health's non-blocking Watch: with it, a status change waits until every watcher's client has
+    read the last one, so one client that stops reading would hold up the drain."""
 
     def __init__(self, max_watches: int, logger: logging.Logger) -> None:
         # One thread more than watches may be open: a Watch past the limit needs one to be refused on.
@@ -194,7 +194,7 @@ class AioServing:
         await cast(BoundedHealthServicer, servicer).enter_graceful_shutdown()
 
 
-class ThreadsServing(AioServing):
+class ThreadsServing:
     """grpc's sync server, `threads` worker threads: handlers are plain functions. The event loop only
     starts and stops it; the sync server's methods take the place of grpc.aio's of the same names."""
 
@@ -226,7 +226,7 @@ class ThreadsServing(AioServing):
         servicer.enter_graceful_shutdown()
 
 
-SERVING = {"aio": AioServing(), "threads": ThreadsServing()}
+SERVING: dict[str, AioServing | ThreadsServing] = {"aio": AioServing(), "threads": ThreadsServing()}
 """The ways to serve, by their name in services/services.bzl (`serving`)."""
 PROBE_THREADS = 2  # the plaintext probe port's workers when served by threads: Check calls, now and then
 

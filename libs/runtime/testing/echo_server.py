@@ -1,8 +1,9 @@
 """A tiny service on the shared runtime, for tests that need a real server process.
 
 `test.v1.Echo/Echo` answers `echo:<request>`; a request `sleep:<seconds>` first sleeps that long,
-to hold a call in flight, `block:<seconds>` blocks the whole process that long (a CPU-bound handler:
-calls arriving meanwhile wait in gRPC's backlog), and `pid` answers `pid:<the serving process's id>`.
+to hold a call in flight, `block:<seconds>` blocks its thread that long (served by aio, the whole
+process: a CPU-bound handler, calls arriving meanwhile wait in gRPC's backlog), and `pid` answers
+`pid:<the serving process's id>`.
 Takes every flag of libs/runtime/config.py (prefix ECHO), and `--serving` (either way a service may be
 served: its handler is a coroutine for aio, a plain function for threads).
 """
