@@ -45,7 +45,6 @@ SERVICES = [
         },
         "description": "Book recommendations over gRPC (books.recommendations.v1)",
         "grpc_service": "books.recommendations.v1.RecommendationService",
-        "serving": "threads",
         "allow": {
             "Recommend": ["marketplace", "gateway"],
             "RecommendEach": ["marketplace", "gateway"],
