@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from libs.interceptors import server_middleware
-from libs.interceptors.access_log import flush_all
+from libs.interceptors.batched_lines import flush_all
 from libs.interceptors.core import Middleware, Pipeline
 
 METHOD = "/books.recommendations.v1.RecommendationService/Recommend"

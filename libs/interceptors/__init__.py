@@ -19,8 +19,9 @@ from typing import Any, TypedDict, Unpack
 from opentelemetry import trace
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from libs.interceptors.access_log import FLUSH_INTERVAL, AccessLog
+from libs.interceptors.access_log import AccessLog
 from libs.interceptors.authz import AccessPolicy, Authorization
+from libs.interceptors.batched_lines import FLUSH_INTERVAL
 from libs.interceptors.client import ASYNC_INTERCEPTORS, SyncClientInterceptor
 from libs.interceptors.core import InstrumentedServer, Middleware, Pipeline
 from libs.interceptors.deadlines import DeadlineRecorder

@@ -27,7 +27,8 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 
 from libs.interceptors import AccessPolicy, client_interceptors, instrument, server_middleware
-from libs.interceptors.access_log import AccessLog, flush_all
+from libs.interceptors.access_log import AccessLog
+from libs.interceptors.batched_lines import flush_all
 from libs.interceptors.core import Call, Middleware
 from libs.interceptors.deadlines import time_remaining
 from libs.interceptors.errors import MAX_VIOLATIONS, BadRequest, FieldViolation, field_violations

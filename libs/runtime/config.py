@@ -156,6 +156,11 @@ class ProcessConfig:
         5.0, "on SIGTERM, seconds to keep serving while the readiness probe says no", check=at_least(0)
     )
     shutdown_grace: float = setting(10.0, "then seconds in-flight requests get to finish", check=at_least(0))
+    access_log_interval: float = setting(
+        0.05,
+        "seconds between writes of the batched access log (longer: less CPU, later lines)",
+        check=above(0, 60, "seconds"),
+    )
     tls: TlsFiles | None = None
     callees: Mapping[str, Callee] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -237,11 +242,6 @@ class ServerConfig(ProcessConfig):
         "calls handled at once by a service served by threads (services/services.bzl: serving); the rest wait "
         "for a thread, up to --max-concurrent-rpcs",
         check=between(1, 1000),
-    )
-    access_log_interval: float = setting(
-        0.05,
-        "seconds between writes of the batched access log (longer: less CPU, later lines)",
-        check=above(0, 60, "seconds"),
     )
     allow: Mapping[str, frozenset[str]] = setting(
         MappingProxyType({}),

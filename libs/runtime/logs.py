@@ -29,7 +29,7 @@ from collections import defaultdict
 
 from prometheus_client import Counter
 
-from libs.interceptors.access_log import ACCESS_LOGGER
+from libs.interceptors.batched_lines import ACCESS_LOGGER
 from libs.interceptors.request_id import current_request_id
 from libs.interceptors.tracing import current_trace_id
 

@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from libs.interceptors import AccessPolicy, client_interceptors, server_middleware
-from libs.interceptors.access_log import flush_all
+from libs.interceptors.batched_lines import flush_all
 from libs.interceptors.deadlines import deadline_scope, time_remaining
 from libs.interceptors.errors import BadRequest, FieldViolation, field_violations
 from libs.interceptors.request_id import current_request_id, use_request_id

@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from libs.interceptors import AccessPolicy, server_middleware
-from libs.interceptors.access_log import flush_all
+from libs.interceptors.batched_lines import flush_all
 from libs.interceptors.core import InstrumentedServer, Middleware, Pipeline
 from libs.interceptors.metrics import RpcMetrics, start_metrics_server
 from libs.runtime import event_loop

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from libs.interceptors.access_log import flush_all
+from libs.interceptors.batched_lines import flush_all
 from libs.processes.processes import free_port
 from libs.runtime.channel import ReloadingChannel
 from libs.runtime.config import ServerConfig

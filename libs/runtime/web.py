@@ -26,8 +26,10 @@ from types import FrameType
 import uvicorn
 from starlette.applications import Starlette
 
+from libs.http.access_log import AccessLog
 from libs.http.app import ServingState, serving_state
 from libs.http.protocol import TIMEOUT, HttpLimits, limited_protocol
+from libs.interceptors.batched_lines import flush_all
 from libs.runtime import event_loop
 from libs.runtime.config import ProcessConfig
 from libs.runtime.settings import PORT, between, setting, settings_group
@@ -39,7 +41,7 @@ class HttpConfig(ProcessConfig):
     """A web service's settings: uvicorn's own where it has them, libs/http/protocol.py's limits."""
 
     port: int = setting(8080, "HTTP port; 0 picks a free one", check=PORT)
-    access_log: bool = setting(True, "log each HTTP request")
+    access_log: bool = setting(True, "log each HTTP request (a JSON line, batched: libs/http/access_log.py)")
     keep_alive_timeout: float = setting(5.0, "seconds an idle keep-alive connection stays open", check=TIMEOUT)
     limit_concurrency: int = setting(
         500, "connections + requests in progress per process; more requests get 503", check=between(2, 100_000)
@@ -104,18 +106,19 @@ def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket
 
 
 async def _serve_app(
-    config: HttpConfig, make_app: AppFactory, sock: socket.socket, sums: Path | None, logger: logging.Logger
+    name: str, config: HttpConfig, make_app: AppFactory, sock: socket.socket, sums: Path | None, logger: logging.Logger
 ) -> None:
     async with make_app(config) as app:
         state = serving_state(app)
         state.metrics_sums = sums
+        served = AccessLog(app, name, interval=config.access_log_interval) if config.access_log else app
         server = DrainingServer(
             uvicorn.Config(
-                app,
+                served,
                 http=limited_protocol(config.limits),  # httptools, with limits on headers, bodies and unread answers
                 lifespan="off",
                 log_config=None,
-                access_log=config.access_log,
+                access_log=False,  # ours instead: batched, JSON fields, the request id
                 # uvicorn annotates these int; it hands them to asyncio, which takes fractions of seconds.
                 timeout_keep_alive=config.keep_alive_timeout,  # type: ignore[arg-type]
                 timeout_graceful_shutdown=config.shutdown_grace,  # type: ignore[arg-type]
@@ -127,11 +130,19 @@ async def _serve_app(
             config.drain_seconds,
             logger,
         )
-        await server.serve(sockets=[sock])
+        try:
+            await server.serve(sockets=[sock])
+        finally:
+            flush_all()
 
 
 def _serve_here(
-    config: HttpConfig, make_app: AppFactory, logger: logging.Logger, sums: Path | None = None, reuse_port: bool = False
+    name: str,
+    config: HttpConfig,
+    make_app: AppFactory,
+    logger: logging.Logger,
+    sums: Path | None = None,
+    reuse_port: bool = False,
 ) -> int:
     try:
         sock = listening_socket(config.host, config.port, reuse_port=reuse_port)
@@ -140,16 +151,16 @@ def _serve_here(
         return 1
     with sock:
         logger.info("serving HTTP on %s:%d", config.host, sock.getsockname()[1])
-        event_loop.run(_serve_app(config, make_app, sock, sums, logger), config.event_loop)
+        event_loop.run(_serve_app(name, config, make_app, sock, sums, logger), config.event_loop)
     return 0
 
 
 def serve_http(name: str, config: HttpConfig, make_app: AppFactory, logger: logging.Logger) -> int:
     """Serves the app `make_app` makes until SIGTERM/SIGINT and returns the exit code: in this process, or
     in `config.processes` forked children sharing the port (libs/runtime/supervisor.py). `name`: the
-    service's, for the supervisor's files."""
+    service's, for the supervisor's files and the access log."""
     if config.processes == 1:
-        return _serve_here(config, make_app, logger)
+        return _serve_here(name, config, make_app, logger)
     try:
         reserved = reserve_port(config.host, config.port)
     except OSError as error:
@@ -159,7 +170,7 @@ def serve_http(name: str, config: HttpConfig, make_app: AppFactory, logger: logg
         children = replace(config, port=reserved.getsockname()[1])  # 0 became a real port
         supervisor = Supervisor(
             config.processes,
-            lambda index: _serve_here(children, make_app, logger, supervisor.sums, reuse_port=True),
+            lambda index: _serve_here(name, children, make_app, logger, supervisor.sums, reuse_port=True),
             logger,
             name=name,
             stop_timeout=config.drain_seconds + config.shutdown_grace + 5,
