@@ -45,6 +45,7 @@ SERVICES = [
         },
         "description": "Book recommendations over gRPC (books.recommendations.v1)",
         "grpc_service": "books.recommendations.v1.RecommendationService",
+        "serving": "threads",
         "allow": {
             "Recommend": ["marketplace", "gateway"],
             "RecommendEach": ["marketplace", "gateway"],

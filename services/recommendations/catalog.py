@@ -3,8 +3,8 @@
 The CSV (`data/books.csv`: id,category,title,author,year) is the readable source of truth. SQLite
 holds and checks it (primary key, category index) and answers the catalog's queries. The catalog is
 immutable once loaded, so the hot path — a random sample of one category — reads a per-category
-snapshot taken from SQLite at load: it is CPU-only and takes microseconds, so it runs on the event
-loop (`blocking = False`) instead of paying a thread hop per request (measured in bench/interceptors:
+snapshot taken from SQLite at load: it is CPU-only and takes microseconds, so it runs on the calling
+thread (`blocking = False`) instead of paying a thread hop per category (measured in bench/interceptors:
 the executor hop and SQLite's lock cost more than the rest of the request).
 """
 
@@ -39,7 +39,7 @@ class Catalog:
     """Books by category, answering random samples of distinct books."""
 
     blocking = False
-    """Whether `sample` may block (then the servicer runs it on the executor)."""
+    """Whether `sample` may block (then RecommendEach overlaps its queries on the executor)."""
 
     def __init__(self, books: Iterable[Book], categories: Iterable[str]) -> None:
         """`categories` are the names a book may have (the API's enum names)."""

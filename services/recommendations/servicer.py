@@ -2,15 +2,14 @@
 
 The rules of every field are in recommendations.proto (libs/validation applies them). Errors are raised
 as exceptions (BadRequest with one violation per bad field, NotFound);
-libs/interceptors turns them into statuses. A catalog whose queries may block runs them on the
-bounded executor the runtime provides, so the event loop never waits on them.
+libs/interceptors turns them into statuses. The handlers are plain functions: the service is served by
+threads (services/services.bzl), each call on a worker thread of its own; RecommendEach overlaps the
+queries of a catalog whose queries may block on the runtime's bounded executor.
 """
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import Executor
-from typing import Any
 
 import grpc
 from grpc_interceptor.exceptions import NotFound
@@ -38,30 +37,24 @@ class RecommendationServicer(recommendations_pb2_grpc.RecommendationServiceServi
         self._catalog = catalog
         self._executor = executor
 
-    async def _sample(self, category: str, limit: int) -> list[Book]:
-        if self._catalog.blocking:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, self._catalog.sample, category, limit)
-        return self._catalog.sample(category, limit)
-
-    async def Recommend(
-        self, request: recommendations_pb2.RecommendRequest, context: grpc.aio.ServicerContext[Any, Any]
+    def Recommend(
+        self, request: recommendations_pb2.RecommendRequest, context: grpc.ServicerContext
     ) -> recommendations_pb2.RecommendResponse:
         rules.check(request)
         category = _CATEGORY_NAMES[request.category]
-        books = await self._sample(category, request.max_results)
+        books = self._catalog.sample(category, request.max_results)
         if not books:
             raise NotFound(f"no books in category {category}")
         return recommendations_pb2.RecommendResponse(recommendations=_messages(books, request.category))
 
-    async def RecommendEach(
-        self, request: recommendations_pb2.RecommendEachRequest, context: grpc.aio.ServicerContext[Any, Any]
+    def RecommendEach(
+        self, request: recommendations_pb2.RecommendEachRequest, context: grpc.ServicerContext
     ) -> recommendations_pb2.RecommendEachResponse:
         rules.check(request)
         names = [_CATEGORY_NAMES[value] for value in request.categories]
         if self._catalog.blocking:  # overlap the blocking queries on the executor
-            shelves = await asyncio.gather(*(self._sample(name, request.max_results) for name in names))
-        else:  # microseconds each: a task per category would cost more than the work
+            shelves = list(self._executor.map(lambda name: self._catalog.sample(name, request.max_results), names))
+        else:  # microseconds each: a thread hop per category would cost more than the work
             shelves = [self._catalog.sample(name, request.max_results) for name in names]
         return recommendations_pb2.RecommendEachResponse(
             categories=[
