@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,8 +125,12 @@ def run_h2load(port: int, body: Path, requests: int, clients: int, streams: int,
     return parse_h2load(subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout)
 
 
+def wrk_command(url: str, duration: int, connections: int) -> list:
+    return [*PIN_LOAD, "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
+
+
 def run_wrk(url: str, duration: int, connections: int) -> PageResult:
-    command = [*PIN_LOAD, "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url]
+    command = wrk_command(url, duration, connections)
     output = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60, check=True).stdout
     rate = float(match(r"Requests/sec:\s+([\d.]+)", output).group(1))
     latency = match(r"Latency\s+([\d.]+)(us|ms|s)", output)
@@ -149,6 +154,14 @@ def handled(metrics_port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
     pattern = r'grpc_server_handled_total\{grpc_code="(\w+)",grpc_method="Recommend"[^}]*\} ([\d.e+]+)'
     return {code: float(count) for code, count in re.findall(pattern, text)}
+
+
+def py_spy() -> str:
+    """The py-spy executable of the lock's wheel (installed as a script beside its site-packages)."""
+    for entry in map(Path, sys.path):
+        if (candidate := entry / "bin" / "py-spy").exists():
+            return str(candidate)
+    raise SystemExit("py-spy not found on sys.path (requirements_lock.txt has it)")
 
 
 def start_quiet(name: str, argv: list, port: int) -> ChildProcess:

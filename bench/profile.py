@@ -26,6 +26,7 @@ from bench.common import (
     grpc_frame,
     h2load_command,
     parse_h2load,
+    py_spy,
     start_quiet,
     tree_cpu_seconds,
 )
@@ -46,14 +47,6 @@ VARIANTS = {
     # (//bench measures it unsampled).
     "bare ceiling (asyncio loop)": ["bench/baselines/bare_aio", "--serialise"],
 }  # fmt: skip
-
-
-def py_spy() -> str:
-    """The py-spy executable of the lock's wheel (installed as a script beside its site-packages)."""
-    for entry in map(Path, sys.path):
-        if (candidate := entry / "bin" / "py-spy").exists():
-            return str(candidate)
-    raise SystemExit("py-spy not found on sys.path (requirements_lock.txt has it)")
 
 
 def group(frames: list[str]) -> str:

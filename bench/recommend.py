@@ -136,8 +136,15 @@ def latency(port: int, body: Path, rate: float, pinned: bool, log: Path) -> Late
     return Latency(len(calls) / LATENCY_SECONDS, percentile(0.5), percentile(0.99), percentile(0.999), failed)
 
 
-def recommend_rows(requests: int, rounds: int, body: Path) -> tuple[list[Row], list[Row]]:
-    """The throughput rows and the latency rows."""
+@dataclass
+class Measured:
+    rows: list[Row]  # throughput
+    latency_rows: list[Row]
+    ratios: dict[str, float]  # issue 26's (suite.py's TARGETS), as measured
+    ours_peak: float  # req/s, pinned
+
+
+def recommend_rows(requests: int, rounds: int, body: Path) -> Measured:
     measured = variants()
     latencies: dict[str, list[Latency]] = {}
     refused: dict[str, dict[str, float]] = {}  # ours: calls its own metrics counted with a code other than OK
@@ -176,7 +183,24 @@ def recommend_rows(requests: int, rounds: int, body: Path) -> tuple[list[Row], l
         finally:
             for server in servers.values():
                 server.stop()
-    return throughput_rows(measured, refused), latency_rows(measured, latencies)
+    ours_pinned = latencies["ours"][0]
+    ratios = {**target_ratios(measured), "tails": ours_pinned.p99_ms / ours_pinned.p50_ms}
+    return Measured(
+        throughput_rows(measured, refused),
+        latency_rows(measured, latencies),
+        ratios,
+        measured["ours"].median().requests_per_second,
+    )
+
+
+def target_ratios(measured: dict[str, Variant]) -> dict[str, float]:
+    median = {name: variant.median() for name, variant in measured.items()}
+    per_cpu = {name: 1 / result.cpu_us_per_request for name, result in median.items() if result.cpu_us_per_request}
+    return {
+        "pinned": per_cpu["ours"] / per_cpu["tutorial"],
+        "all-rate": median["ours-all-n"].requests_per_second / median["tutorial-all-n"].requests_per_second,
+        "all-cpu": per_cpu["ours-all-n"] / per_cpu["tutorial-all-n"],
+    }
 
 
 def throughput_rows(measured: dict[str, Variant], refused: dict[str, dict[str, float]]) -> list[Row]:

@@ -41,6 +41,7 @@ from libs.processes.processes import free_ports, runfile
 CLIENTS, STREAMS = 10, 200  # up to 2,000 calls outstanding: more than any bound, so shedding can show
 # The server as it was: no cap on calls in progress, gRPC's default backlog (1,000 soft, 3,000 hard).
 BEFORE = ["--max-concurrent-rpcs", "0", "--max-pending-calls", "1000", "--max-streams-per-connection", "10000"]
+VARIANTS = {"defaults": [], "before (no bounds)": BEFORE}
 
 
 @dataclass
@@ -164,7 +165,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def overload(variant: str, shedding: list[str], rate: float, seconds: int, body: Path, scratch: Path) -> Outcome:
-    server = Server(shedding, scratch / f"{variant.split()[0]}.log")
+    server = Server(shedding, scratch / f"{len(list(scratch.iterdir()))}.log")
     outcome = Outcome(variant, rate)
     try:
         run_h2load(server.port, body, 2000, 8, 16)  # warm up (not counted below)
@@ -235,7 +236,17 @@ def report(peak: float, outcomes: list[Outcome]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=int, default=10, help="seconds of overload per variant (default 10)")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        metavar="LABEL=FLAGS",
+        help="a server variant instead of the two above: its label and its flags (repeatable), e.g. "
+        "'small queue=--max-concurrent-rpcs 50'",
+    )
     args = parser.parse_args(argv)
+    variants = dict(VARIANTS)
+    if args.variant:
+        variants = {label: flags.split() for label, _, flags in (v.partition("=") for v in args.variant)}
     with tempfile.NamedTemporaryFile(suffix=".bin") as body_file:
         body = Path(body_file.name)
         body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
@@ -246,10 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             peak = run_h2load(probe.port, body, 20000, 8, 16).requests_per_second
         finally:
             probe.stop()
-        outcomes = [
-            overload("defaults", [], 2 * peak, args.seconds, body, scratch),
-            overload("before (no bounds)", BEFORE, 2 * peak, args.seconds, body, scratch),
-        ]
+        outcomes = [overload(label, flags, 2 * peak, args.seconds, body, scratch) for label, flags in variants.items()]
         shutil.rmtree(scratch)
     print(report(peak, outcomes))
     return 1 if any(o.unaccounted for o in outcomes) else 0
