@@ -2,7 +2,7 @@
 that the largest share points at.
 
 py-spy (the lock's wheel) samples the server's threads while they hold the GIL (`--gil`: a thread
-waiting for it is not the cost) for `seconds`; with several processes, every one (`--subprocesses`).
+waiting for it is not the cost) for `seconds`; with several processes, one of the children.
 Each sample is charged to the innermost frame of a known kind (GROUPS, first match from the leaf), so
 grpc's code called from our middleware counts as grpc's, and a handler's protobuf work as protobuf's.
 """
@@ -50,7 +50,9 @@ GROUPS = (  # in this order: a frame of grpc.aio's Cython is grpc.aio's, the res
     ),
     Group(
         "ours: middleware, validation, handlers",
-        ("/libs/interceptors/", "/libs/runtime/", "/libs/validation/", "/libs/http/", "/services/"),
+        # The workspace's own files, by their runfiles path: every path of a binary's runfiles tree, pip's
+        # packages included, lies under bazel-bin/services/... too.
+        ("/online_books/libs/", "/online_books/services/"),
         "less per-call work of ours: bench/interceptors measures each hook's instructions; compile the "
         "pipeline (mypyc) where a hook's share is worth a build step",
     ),
@@ -88,14 +90,16 @@ def group_of(frames: list[str]) -> Group:
     return OTHER
 
 
-def sample(pid: int, seconds: int, subprocesses: bool) -> collections.Counter[Group]:
-    """Samples per group of process `pid` (and its children) over `seconds`, only while holding the GIL."""
+def sample(pid: int, seconds: int) -> collections.Counter[Group]:
+    """Samples per group of process `pid` over `seconds`, only while holding the GIL."""
     with tempfile.TemporaryDirectory() as temporary:
         raw = Path(temporary) / "samples.raw"
-        command = [*PIN_LOAD, py_spy(), "record", "--gil", "-r", "200", "-d", str(seconds), "-f", "raw"]
-        command += ["--subprocesses"] if subprocesses else []
+        command = [*PIN_LOAD, py_spy(), "record", "--gil", "--full-filenames", "-r", "200", "-d", str(seconds)]
         subprocess.run(
-            [*command, "-o", str(raw), "-p", str(pid)], capture_output=True, check=True, timeout=seconds + 60
+            [*command, "-f", "raw", "-o", str(raw), "-p", str(pid)],
+            capture_output=True,
+            check=True,
+            timeout=seconds + 60,
         )
         groups: collections.Counter[Group] = collections.Counter()
         for line in raw.read_text().splitlines():
@@ -114,15 +118,20 @@ def explain(groups: collections.Counter[Group]) -> list[str]:
     return lines
 
 
-def profile_under_load(server: list, port: int, load: list, seconds: int, subprocesses: bool = False) -> list[str]:
+def first_child(pid: int) -> int:
+    """A serving child of a supervisor (libs/runtime/supervisor.py): the children do the same work."""
+    return int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+
+
+def profile_under_load(server: list, port: int, load: list, seconds: int, supervised: bool = False) -> list[str]:
     """Starts `server` (listening on `port`), runs `load` (a load generator running `seconds` + 4 s),
-    samples the server while the load runs, and explains the samples."""
+    samples the server (`supervised`: one of its children) while the load runs, and explains the samples."""
     process = start_quiet("profiled", server, port)
     try:
         running = subprocess.Popen(load, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             time.sleep(2)  # past the load's ramp-up
-            groups = sample(process.pid, seconds, subprocesses)
+            groups = sample(first_child(process.pid) if supervised else process.pid, seconds)
         finally:
             running.wait(timeout=seconds + 120)
     finally:

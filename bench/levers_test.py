@@ -6,8 +6,13 @@ import collections
 
 from bench.levers import GROUPS, OTHER, explain, group_of
 
-SITE = "/venv/lib/python3.11/site-packages"
-RUNFILES = "/x/recommendations.runfiles/online_books"
+# Paths as py-spy --full-filenames gives them for a Bazel binary: pip's packages live in its runfiles tree
+# too, under bazel-bin/services/..., and the standard library in the interpreter's own directory.
+BIN = "/root/.cache/bazel/_bazel_root/x/execroot/online_books/bazel-out/k8-fastbuild/bin"
+RUNFILES = f"{BIN}/services/recommendations/recommendations.runfiles"
+SITE = f"{RUNFILES}/pypi/site-packages"
+OURS = f"{RUNFILES}/online_books"
+STDLIB = "/root/.pyenv/versions/3.11.7/lib/python3.11"
 
 
 def frames(*paths: str) -> list[str]:
@@ -19,11 +24,13 @@ def named(name: str):
 
 
 def test_the_innermost_known_frame_decides() -> None:
-    worker = ("/usr/lib/python3.11/threading.py", f"{SITE}/grpc/_server.py", f"{RUNFILES}/libs/interceptors/core.py")
+    worker = (f"{STDLIB}/threading.py", f"{SITE}/grpc/_server.py", f"{OURS}/libs/interceptors/core.py")
     assert group_of(frames(*worker)) is named("ours")
     assert group_of(frames(*worker, f"{SITE}/google/protobuf/json_format.py")) is named("protobuf")
     assert group_of(frames(*worker[:2])) is named("grpc's sync server")
-    assert group_of(frames(*worker, "/usr/lib/python3.11/concurrent/futures/thread.py")) is named("hand-offs")
+    assert group_of(frames(*worker, f"{STDLIB}/concurrent/futures/thread.py")) is named("hand-offs")
+    assert group_of(frames(*worker, f"{OURS}/services/recommendations/servicer.py")) is named("ours")
+    assert group_of(frames(*worker, f"{SITE}/prometheus_client/metrics.py")) is named("metrics")
     aio = f"{SITE}/grpc/_cython/_cygrpc/aio/server.pyx.pxi"
     assert group_of(frames(f"{SITE}/grpc/_cython/_cygrpc/channel.pyx.pxi")) is named("grpc's sync server")
     assert group_of(frames(aio)) is named("asyncio")

@@ -22,6 +22,7 @@ that row's load for `--profile-seconds` and the largest share names the next lev
 from __future__ import annotations
 
 import argparse
+import collections
 import shutil
 import statistics
 import sys
@@ -33,6 +34,9 @@ from bench.common import PIN_SERVER, REQUEST, grpc_frame, h2load_command, run_wr
 from bench.gateway.gateway_bench import gateway_rows
 from bench.images import image_rows
 from bench.levers import profile_under_load
+from bench.overload.overload_bench import CLIENTS as OVERLOAD_CLIENTS
+from bench.overload.overload_bench import STREAMS as OVERLOAD_STREAMS
+from bench.overload.overload_bench import Outcome, overload
 from bench.recommend import (
     CLIENTS,
     LATENCY_SECONDS,
@@ -85,11 +89,37 @@ def main(argv: list[str] | None = None) -> int:
         body = Path(temporary) / "request.bin"
         body.write_bytes(grpc_frame(REQUEST.SerializeToString()))
         recommend = recommend_rows(args.requests, args.rounds, body)
-        rows = recommend.rows + gateway_rows(args.requests, args.rounds)
+        scratch = Path(temporary) / "overload"
+        scratch.mkdir()
+        overloaded = overload("defaults", [], 2 * recommend.ours_peak, args.duration, body, scratch)
+        rows = (
+            recommend.rows + [overload_row(overloaded, recommend.ours_peak)] + gateway_rows(args.requests, args.rounds)
+        )
         pages_ratio, table = suite_table(args, rows, recommend)
         print(table)
-        print_targets(recommend, pages_ratio, body, args.profile_seconds)
+        ratios = {
+            **recommend.ratios,
+            "pages": pages_ratio,
+            "overload-ok": overloaded.ok_per_second / recommend.ours_peak,
+            "overload-p99": overloaded.probe_ok_p(0.99) / overloaded.unloaded_p(0.99),
+            "overload-refusals": overloaded.refused_as_resource_exhausted,
+        }
+        print_targets(ratios, recommend.ours_peak, body, args.profile_seconds)
     return 0
+
+
+def overload_row(outcome: Outcome, peak: float) -> tuple[str, str, str, str]:
+    """Ours at twice its pinned peak, open loop (bench/overload: its defaults variant)."""
+    refused = collections.Counter(code for code, _ in outcome.probe if code != "OK")
+    return (
+        "Recommend at 2x its peak [1 core]: ours, open loop (bench/overload)",
+        f"{outcome.ok_per_second:,.0f} OK/s",
+        f"p99 {outcome.probe_ok_p(0.99):.0f} ms",
+        f"{outcome.ok_per_second / peak:.2f}x peak answered OK; a real client's OK calls p99 "
+        f"{outcome.probe_ok_p(0.99):.1f} ms against {outcome.unloaded_p(0.99):.1f} ms before; its refused calls: "
+        + (", ".join(f"{n} {code}" for code, n in refused.most_common()) or "none")
+        + f"; {outcome.unaccounted} unaccounted",
+    )
 
 
 def marketplace_commands() -> tuple[list, list, list, tuple[int, int, int]]:
@@ -153,10 +183,9 @@ def suite_table(args: argparse.Namespace, rows: list, recommend: Measured) -> tu
     return measured["ours / (6 shelves)"][0] / baseline_rate, "\n".join(lines)
 
 
-def print_targets(recommend: Measured, pages_ratio: float, body: Path, seconds: int) -> None:
+def print_targets(ratios: dict[str, float], ours_peak: float, body: Path, seconds: int) -> None:
     """Issue 26's targets, met or missed; for each missed one, where the server's time goes under that
     row's load and the lever it points at (bench/levers.py)."""
-    ratios = {**recommend.ratios, "pages": pages_ratio}
     print("\nIssue 26's targets (ratios of this run)")
     profiled: dict[str, list[str]] = {}
     for name, (what, goal, more_is_better) in TARGETS.items():
@@ -167,7 +196,7 @@ def print_targets(recommend: Measured, pages_ratio: float, body: Path, seconds: 
             continue
         profile = PROFILES[name]
         if profile not in profiled:
-            profiled[profile] = run_profile(profile, recommend.ours_peak, body, seconds)
+            profiled[profile] = run_profile(profile, ours_peak, body, seconds)
             print(f"    where the server's Python time goes under this row's load (py-spy --gil, {seconds} s):")
             print("\n".join(profiled[profile]))
         else:
@@ -180,8 +209,20 @@ TARGETS = {  # issue 26's, by name: (what, goal, whether more is better)
     "all-cpu": ("ours --processes auto, calls/CPU-s against grpc's multiprocessing example", 1.0, True),
     "tails": ("ours on 1 core at 50 % of its peak, p99 / p50", 2.0, False),
     "pages": ("marketplace home page (6 shelves), pages/s against the tutorial's Flask app", 4.0, True),
+    "overload-ok": ("at 2x the pinned peak offered, OK calls/s against the peak", 0.9, True),
+    "overload-p99": ("at 2x the pinned peak offered, OK calls' p99 against the unloaded p99", 5.0, False),
+    "overload-refusals": ("at 2x the pinned peak offered, refused calls that are RESOURCE_EXHAUSTED", 1.0, True),
 }
-PROFILES = {"pinned": "pinned", "all-rate": "all", "all-cpu": "all", "tails": "tails", "pages": "pages"}
+PROFILES = {
+    "pinned": "pinned",
+    "all-rate": "all",
+    "all-cpu": "all",
+    "tails": "tails",
+    "pages": "pages",
+    "overload-ok": "overload",
+    "overload-p99": "overload",
+    "overload-refusals": "overload",
+}
 """Which load each target's profile runs under (the two whole-machine targets share one)."""
 
 
@@ -195,17 +236,21 @@ def run_profile(profile: str, ours_peak: float, body: Path, seconds: int) -> lis
         rate = 0.5 * ours_peak / CLIENTS
         load = h2load_command(port, body, CLIENTS, STREAMS, seconds=seconds + 4, rate_per_client=rate)
         return profile_under_load([*PIN_SERVER, *server], port, load, seconds)
+    if profile == "overload":
+        rate = 2 * ours_peak / OVERLOAD_CLIENTS
+        load = h2load_command(port, body, OVERLOAD_CLIENTS, OVERLOAD_STREAMS, seconds=seconds + 4, rate_per_client=rate)
+        return profile_under_load([*PIN_SERVER, *server], port, load, seconds)
     if profile == "all":
         server = [*server, "--processes", "auto"]
         load = h2load_command(
             port, body, WHOLE_MACHINE_CLIENTS, WHOLE_MACHINE_STREAMS, seconds=seconds + 4, pinned=False
         )
-        return profile_under_load(server, port, load, seconds, subprocesses=True)
+        return profile_under_load(server, port, load, seconds, supervised=True)
     recommendations, _, marketplace, (rec_port, _, web_port) = marketplace_commands()
     backend = start_quiet("backend", recommendations, rec_port)
     try:
         load = wrk_command(f"http://127.0.0.1:{web_port}/", seconds + 4, 16)
-        return profile_under_load(marketplace, web_port, load, seconds, subprocesses=True)
+        return profile_under_load(marketplace, web_port, load, seconds, supervised=True)
     finally:
         backend.stop()
 

@@ -55,13 +55,29 @@ class Outcome:
     client_ms: list[float] = field(default_factory=list)
     server_ok_ms: list[float] = field(default_factory=list)
     probe: list[tuple[str, float]] = field(default_factory=list)  # (code, ms) of the probe client's calls
+    unloaded_ms: list[float] = field(default_factory=list)  # the probe client's calls before the overload
+    seconds: float = 0.0  # how long h2load took to send its calls
     peak_rss_mib: float = 0.0
 
     def client_p(self, share: float) -> float:
         return percentile(self.client_ms, share)
 
+    def unloaded_p(self, share: float) -> float:
+        return percentile(self.unloaded_ms, share)
+
     def probe_ok_p(self, share: float) -> float:
         return percentile([ms for code, ms in self.probe if code == "OK"], share)
+
+    @property
+    def ok_per_second(self) -> float:
+        return self.codes.get("OK", 0) / self.seconds
+
+    @property
+    def refused_as_resource_exhausted(self) -> float:
+        """Of the probe client's calls not answered OK, the share refused as RESOURCE_EXHAUSTED (the
+        only refusal a caller may retry at once; h2load cannot read statuses)."""
+        refused = [code for code, _ in self.probe if code != "OK"]
+        return refused.count("RESOURCE_EXHAUSTED") / len(refused) if refused else 1.0
 
     @property
     def dropped(self) -> float:
@@ -158,6 +174,11 @@ def share_of(calls: list[tuple[str, float]], code: str) -> float:
     return sum(1 for seen, _ in calls if seen == code) / max(len(calls), 1)
 
 
+def probe_codes(calls: list[tuple[str, float]]) -> str:
+    counts = collections.Counter(code for code, _ in calls if code != "OK")
+    return ", ".join(f"{code} {n}" for code, n in counts.most_common()) or "-"
+
+
 def percentile(values: list[float], share: float) -> float:
     if not values:
         return float("nan")
@@ -169,6 +190,9 @@ def overload(variant: str, shedding: list[str], rate: float, seconds: int, body:
     outcome = Outcome(variant, rate)
     try:
         run_h2load(server.port, body, 2000, 8, 16)  # warm up (not counted below)
+        unloaded: list[tuple[str, float]] = []
+        probe(server.port, 2, threading.Event(), unloaded)
+        outcome.unloaded_ms = [ms for _, ms in unloaded]
         warm = dict(handled(server.metrics_port))
         warm_transport = transport_started(server.metrics_port)
         time.sleep(0.5)  # the access log is written in batches
@@ -191,6 +215,8 @@ def overload(variant: str, shedding: list[str], rate: float, seconds: int, body:
             server.stop_sampling()
             outcome.client_ms = [int(line.split("\t")[2]) / 1000 for line in Path(log.name).read_text().splitlines()]
         outcome.done = int(match(r"requests: \d+ total, \d+ started, (\d+) done", result.stdout).group(1))
+        took = match(r"finished in ([\d.]+)(m?s),", result.stdout)
+        outcome.seconds = float(took.group(1)) / (1000 if took.group(2) == "ms" else 1)
         time.sleep(0.5)  # the access log is written in batches
         after = handled(server.metrics_port)
         outcome.codes = {code: count - warm.get(code, 0) for code, count in after.items() if count - warm.get(code, 0)}
@@ -221,7 +247,10 @@ def report(peak: float, outcomes: list[Outcome]) -> str:
         ("other codes", others),
         ("client p50 / p99, all calls (ms)", lambda o: f"{o.client_p(0.5):.0f} / {o.client_p(0.99):.0f}"),
         ("probe client (a call at a time): calls, OK", lambda o: f"{len(o.probe)}, {share_of(o.probe, 'OK'):.0%}"),
+        ("probe client: codes other than OK", lambda o: probe_codes(o.probe)),
         ("probe client p50 / p99, OK calls (ms)", lambda o: f"{o.probe_ok_p(0.5):.0f} / {o.probe_ok_p(0.99):.0f}"),
+        ("the same before the overload (ms)", lambda o: f"{o.unloaded_p(0.5):.1f} / {o.unloaded_p(0.99):.1f}"),
+        ("OK calls per second, of the peak", lambda o: f"{o.ok_per_second:,.0f}, {o.ok_per_second / peak:.0%}"),
         ("server p99, OK calls, in handlers (ms)", lambda o: f"{percentile(o.server_ok_ms, 0.99):.2f}"),
         ("peak resident memory (MiB)", lambda o: f"{o.peak_rss_mib:.0f}"),
         ("unaccounted calls", lambda o: str(o.unaccounted)),
