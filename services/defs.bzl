@@ -9,7 +9,7 @@
 A service's Bazel package is its name with "-" turned into "_" (services/registry.py `package_of`).
 """
 
-load("//tools/oci:defs.bzl", "oci_image")
+load("//tools/oci:defs.bzl", "oci_image", "spdx_sbom")
 load(":services.bzl", "SERVICES")
 
 IMAGE_PREFIX = "online-books"
@@ -85,7 +85,8 @@ def service_image(name, service, tars, **kwargs):
     metrics ports on (<PREFIX>_HEALTH_PORT, <PREFIX>_METRICS_PORT).
 
     Args:
-      name: the image target, conventionally "image" (and `<name>.digest`).
+      name: the image target, conventionally "image" (and `<name>.digest`; `<name>_sbom` writes
+        `<name>.spdx.json`, its SBOM).
       service: the service's name in services/services.bzl.
       tars: its layers, e.g. a py_layers target of its binary.
       **kwargs: passed to oci_image (visibility, env, labels, ...).
@@ -113,4 +114,9 @@ def service_image(name, service, tars, **kwargs):
         labels = dict(described, **kwargs.pop("labels", {})),
         annotations = described,
         **kwargs
+    )
+    spdx_sbom(
+        name = name + "_sbom",
+        image = ":" + name,
+        **({"visibility": kwargs["visibility"]} if "visibility" in kwargs else {})
     )

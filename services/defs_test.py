@@ -24,12 +24,13 @@ class Fail(Exception):
 
 def starlark_definitions() -> dict[str, Any]:
     """defs.bzl's globals, its load() statements left out and what they would bring stood in for:
-    SERVICES from the list, oci_image recording its arguments."""
+    SERVICES from the list, oci_image and spdx_sbom recording their arguments."""
     tree = ast.parse(DEFS.read_text())
     tree.body = [
         node for node in tree.body if not (isinstance(node, ast.Expr) and ast.unparse(node).startswith("load("))
     ]
     images: list[dict[str, Any]] = []
+    sboms: list[dict[str, Any]] = []
 
     def fail(message: str) -> None:
         raise Fail(message)
@@ -37,8 +38,10 @@ def starlark_definitions() -> dict[str, Any]:
     namespace: dict[str, Any] = {
         "SERVICES": services_literal(LIST_FILE.read_text()),
         "oci_image": lambda **kwargs: images.append(kwargs),
+        "spdx_sbom": lambda **kwargs: sboms.append(kwargs),
         "fail": fail,
         "images": images,
+        "sboms": sboms,
     }
     exec(compile(tree, str(DEFS), "exec"), namespace)
     return namespace
@@ -67,8 +70,10 @@ def test_target_labels_are_where_the_registry_says() -> None:
 @pytest.mark.parametrize("service", list(REGISTRY.values()), ids=list(REGISTRY))
 def test_the_image_is_named_and_configured_as_the_registry_says(service: Any) -> None:
     DEFINITIONS["images"].clear()
+    DEFINITIONS["sboms"].clear()
     DEFINITIONS["service_image"](name="image", service=service.name, tars=[":layers"])
     (image,) = DEFINITIONS["images"]
+    assert DEFINITIONS["sboms"] == [{"name": "image_sbom", "image": ":image"}]  # image.spdx.json beside it
     assert DEFINITIONS["image_repository"](service.name) == service.repository
     assert image["labels"]["org.opencontainers.image.title"] == service.repository
     assert image["base"] == "//tools/oci:python_base"

@@ -263,6 +263,43 @@ oci_push = rule(
     doc = "`bazel run :push -- REGISTRY [--tag T...]`: pushes the image by digest and prints REGISTRY/REPO@DIGEST.",
 )
 
+def _spdx_sbom_impl(ctx):
+    image = ctx.attr.image[OciImageInfo]
+    sbom = ctx.actions.declare_file(ctx.attr.image.label.name + ".spdx.json")
+    arguments = [
+        "--layout",
+        image.layout.path,
+        "--debian-lock",
+        ctx.file.debian_lock.path,
+        "--python-lock",
+        ctx.file.python_lock.path,
+        "--output",
+        sbom.path,
+    ]
+    debs = [file for layer in image.layers for file in layer.inputs if file.extension == "deb"]  # the base layer's
+    for deb in debs:
+        arguments += ["--deb", deb.path]
+    ctx.actions.run(
+        executable = ctx.executable._sbom,
+        arguments = arguments,
+        inputs = [image.layout, ctx.file.debian_lock, ctx.file.python_lock] + debs,
+        outputs = [sbom],
+        mnemonic = "SpdxSbom",
+        progress_message = "Writing the SBOM of %s" % ctx.attr.image.label,
+    )
+    return [DefaultInfo(files = depset([sbom]), runfiles = ctx.runfiles([sbom]))]
+
+spdx_sbom = rule(
+    implementation = _spdx_sbom_impl,
+    attrs = {
+        "image": attr.label(mandatory = True, providers = [OciImageInfo]),
+        "debian_lock": attr.label(default = "//tools/oci:debian_packages.lock", allow_single_file = True),
+        "python_lock": attr.label(default = "//:requirements_lock.txt", allow_single_file = True),
+        "_sbom": attr.label(default = "//tools/oci:sbom", **_TOOL),
+    },
+    doc = "`<image>.spdx.json`, beside `<image>.digest`: the image's SPDX 2.3 SBOM (tools/oci/sbom.py).",
+)
+
 def _oci_reproducibility_test_impl(ctx):
     image = ctx.attr.image[OciImageInfo]
     inputs = [image.spec, image.digest]
