@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 import time
-from itertools import chain, repeat
+from itertools import repeat
 from operator import mul
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from libs.interceptors.batched_lines import FLUSH_INTERVAL, BatchedLines, json_string, timestamps
+from libs.interceptors.batched_lines import FLUSH_INTERVAL, BatchedLines, joined_lines, json_string, timestamps
 from libs.interceptors.request_id import HTTP_HEADER
 
 _REQUEST_ID = HTTP_HEADER.lower().encode()
@@ -84,5 +84,4 @@ class AccessLog(BatchedLines[_Row]):
             map(json_string, request_ids),
             repeat("}\n"),
         )
-        text = "".join(chain.from_iterable(parts))
-        return text[:-1].replace(':""', ":null")  # "" means unknown; no other value can be empty
+        return joined_lines(parts)

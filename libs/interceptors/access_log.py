@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from itertools import chain, repeat
+from itertools import repeat
 from operator import mul
 
-from libs.interceptors.batched_lines import FLUSH_INTERVAL, BatchedLines, json_string, timestamps
+from libs.interceptors.batched_lines import FLUSH_INTERVAL, BatchedLines, joined_lines, json_string, timestamps
 from libs.interceptors.core import Call, Middleware
 
 # A queued line: ended (time.time()), method, code, duration (s), peer, peer address, request id, trace id.
@@ -67,5 +67,4 @@ class AccessLog(BatchedLines[_Row], Middleware):
             map(json_string, trace_ids),
             repeat("}\n"),
         )
-        text = "".join(chain.from_iterable(parts))
-        return text[:-1].replace(':""', ":null")  # "" means unknown; no other value can be empty
+        return joined_lines(parts)

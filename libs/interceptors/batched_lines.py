@@ -9,7 +9,8 @@ the JSON gateway's ~455 µs per call with uvicorn's access line), while a batch 
 column with C functions (map() over json's string encoder, one join) costs a few µs a line
 (callgrind figures: bench/RESULTS.md).
 
-Subclasses say how a batch of their rows becomes lines (`_lines`), with `timestamps` and `json_string`.
+Subclasses say how a batch of their rows becomes lines (`_lines`), with `timestamps`, `json_string` and
+`joined_lines`.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import chain
 from json.encoder import encode_basestring_ascii as json_string
 from operator import mul, sub
 from typing import Generic, TypeVar
 
-__all__ = ["ACCESS_LOGGER", "FLUSH_INTERVAL", "BatchedLines", "flush_all", "json_string", "timestamps"]
+__all__ = ["ACCESS_LOGGER", "FLUSH_INTERVAL", "BatchedLines", "flush_all", "joined_lines", "json_string", "timestamps"]
 
 ACCESS_LOGGER = "access"
 FLUSH_INTERVAL = 0.05
@@ -45,6 +47,13 @@ def timestamps(ended: Sequence[float]) -> Iterator[str]:
     stamps = {second: f'{{"timestamp":"{_iso_second(second)}' for second in set(seconds)}
     milliseconds = map(int, map(mul, map(sub, ended, seconds), [1000] * len(seconds)))
     return map(str.__add__, map(stamps.__getitem__, seconds), map(_MILLISECONDS.__getitem__, milliseconds))
+
+
+def joined_lines(rows: Iterable[Iterable[str]]) -> str:
+    """Lines from rows of JSON pieces (each row ending in "}\n"), without the last newline; a value written
+    as "" (unknown) becomes null."""
+    text = "".join(chain.from_iterable(rows))
+    return text[:-1].replace(':""', ":null")  # no other value can be empty: every other one is quoted or a number
 
 
 class BatchedLines(Generic[Row]):
