@@ -254,7 +254,7 @@ def sbom(layout: Path, debs: list[Path], debian_shas: dict[str, str], pins: dict
             "SPDXRef-image-assembly",
             "image assembly (tools/oci/layer.py)",
             "files the image's build writes: the users and groups, name service switch",
-            assembly_files(),
+            [path for path in assembly_files() if path in files],
         )
     )
     external = sorted(
