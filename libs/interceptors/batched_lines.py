@@ -4,10 +4,10 @@ background thread turns the queue into JSON lines every `interval` seconds and h
 
 The price is that lines appear up to `interval` late and the last batch is lost if the process is
 killed with SIGKILL; `flush()` (on graceful shutdown) and `flush_all()` (at exit) write what is queued.
-Why: a logging record per call cost more than the rest of the gRPC middleware together (and ~55 µs of
-the JSON gateway's ~455 µs per call with uvicorn's access line), while a batch assembled column by
-column with C functions (map() over json's string encoder, one join) costs a few µs a line
-(callgrind figures: bench/RESULTS.md).
+Why: a logging record per call cost more than the rest of the gRPC middleware together, and a large
+share of the JSON gateway's CPU per call with uvicorn's access line, while a batch assembled column by
+column with C functions (map() over json's string encoder, one join) costs far less (figures:
+bench/RESULTS.md, callgrind for the gRPC log and "Issue 26's targets" for the gateway).
 
 Subclasses say how a batch of their rows becomes lines (`_lines`), with `timestamps`, `json_string` and
 `joined_lines`.
