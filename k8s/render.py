@@ -1,6 +1,7 @@
 """Renders an overlay with every image pinned by digest: `./bazelw run //k8s:render -- prod --registry R`.
 
-The digests are the ones the image targets just built (`//services/<svc>:image.digest`), so what is
+The digests are the ones the image index targets just built (`//services/<svc>:image_index.digest`, the
+amd64 and arm64 images of the service), so what is
 deployed is exactly what was tested; push them first with `./bazelw run //services/<svc>:push -- R`.
 kustomize runs on a copy of k8s/ with the per-service files generated into it (k8s/generate.py, from
 services/services.bzl) and one more kustomization on top of the overlay, whose `images:` maps
@@ -38,8 +39,8 @@ class RenderError(Exception):
 
 
 def digests() -> dict[str, str]:
-    """Each service's image repository → the digest of the image Bazel built for it."""
-    return {s.repository: runfile(f"{s.image}.digest").read_text().strip() for s in REGISTRY.values()}
+    """Each service's image repository → the digest of the image index Bazel built for it."""
+    return {s.repository: runfile(f"{s.image_index}.digest").read_text().strip() for s in REGISTRY.values()}
 
 
 def compose(overlay: str, registry: str, into: Path) -> Path:

@@ -9,7 +9,7 @@
 A service's Bazel package is its name with "-" turned into "_" (services/registry.py `package_of`).
 """
 
-load("//tools/oci:defs.bzl", "oci_image", "spdx_sbom")
+load("//tools/oci:defs.bzl", "oci_image", "oci_image_index", "spdx_sbom")
 load(":services.bzl", "SERVICES")
 
 IMAGE_PREFIX = "online-books"
@@ -86,7 +86,8 @@ def service_image(name, service, tars, **kwargs):
 
     Args:
       name: the image target, conventionally "image" (and `<name>.digest`; `<name>_sbom` writes
-        `<name>.spdx.json`, its SBOM).
+        `<name>.spdx.json`, its SBOM; `<name>_index` is the OCI image index of the image built for amd64
+        and arm64, each with its SBOM attached, and `<name>_index.digest` what deployments pin).
       service: the service's name in services/services.bzl.
       tars: its layers, e.g. a py_layers target of its binary.
       **kwargs: passed to oci_image (visibility, env, labels, ...).
@@ -115,8 +116,15 @@ def service_image(name, service, tars, **kwargs):
         annotations = described,
         **kwargs
     )
+    visibility = {"visibility": kwargs["visibility"]} if "visibility" in kwargs else {}
     spdx_sbom(
         name = name + "_sbom",
         image = ":" + name,
-        **({"visibility": kwargs["visibility"]} if "visibility" in kwargs else {})
+        **visibility
+    )
+    oci_image_index(
+        name = name + "_index",
+        images = [":" + name],
+        referrers = [":" + name + "_sbom"],
+        **visibility
     )

@@ -24,13 +24,14 @@ class Fail(Exception):
 
 def starlark_definitions() -> dict[str, Any]:
     """defs.bzl's globals, its load() statements left out and what they would bring stood in for:
-    SERVICES from the list, oci_image and spdx_sbom recording their arguments."""
+    SERVICES from the list, oci_image, spdx_sbom and oci_image_index recording their arguments."""
     tree = ast.parse(DEFS.read_text())
     tree.body = [
         node for node in tree.body if not (isinstance(node, ast.Expr) and ast.unparse(node).startswith("load("))
     ]
     images: list[dict[str, Any]] = []
     sboms: list[dict[str, Any]] = []
+    indexes: list[dict[str, Any]] = []
 
     def fail(message: str) -> None:
         raise Fail(message)
@@ -39,9 +40,11 @@ def starlark_definitions() -> dict[str, Any]:
         "SERVICES": services_literal(LIST_FILE.read_text()),
         "oci_image": lambda **kwargs: images.append(kwargs),
         "spdx_sbom": lambda **kwargs: sboms.append(kwargs),
+        "oci_image_index": lambda **kwargs: indexes.append(kwargs),
         "fail": fail,
         "images": images,
         "sboms": sboms,
+        "indexes": indexes,
     }
     exec(compile(tree, str(DEFS), "exec"), namespace)
     return namespace
@@ -71,9 +74,13 @@ def test_target_labels_are_where_the_registry_says() -> None:
 def test_the_image_is_named_and_configured_as_the_registry_says(service: Any) -> None:
     DEFINITIONS["images"].clear()
     DEFINITIONS["sboms"].clear()
+    DEFINITIONS["indexes"].clear()
     DEFINITIONS["service_image"](name="image", service=service.name, tars=[":layers"])
     (image,) = DEFINITIONS["images"]
     assert DEFINITIONS["sboms"] == [{"name": "image_sbom", "image": ":image"}]  # image.spdx.json beside it
+    # what :push publishes and deployments pin: the image for each architecture, each with its SBOM
+    assert DEFINITIONS["indexes"] == [{"name": "image_index", "images": [":image"], "referrers": [":image_sbom"]}]
+    assert service.image_index == f"services/{service.package}/image_index"
     assert DEFINITIONS["image_repository"](service.name) == service.repository
     assert image["labels"]["org.opencontainers.image.title"] == service.repository
     assert image["base"] == "//tools/oci:python_base"

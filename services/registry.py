@@ -128,6 +128,11 @@ class Service:
         return f"services/{self.package}/image"
 
     @property
+    def image_index(self) -> str:
+        """The workspace path of its image index target (amd64 and arm64; what deployments pin)."""
+        return f"services/{self.package}/image_index"
+
+    @property
     def image_archive(self) -> str:
         """The workspace path of the archive `podman load` takes (in the runfiles of services/<package>:load)."""
         return f"services/{self.package}/load/tarball.tar"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,7 +33,6 @@ from tests.containers.running import (
     wait_for_http,
 )
 from tools.certs.certs import mint_all, mint_leaf, write_leaf
-from tools.oci.oci import read_layout
 from tools.oci.podman import RUN, load, logs, podman, rootless_problem
 
 SERVICES = list(REGISTRY)
@@ -180,38 +178,3 @@ def test_every_image_together_serves_and_each_web_service_reaches_its_callees(
         wait_for_http(f"{url}/")
         ready = json.loads(wait_for_http(f"{url}/readyz"))
         assert ready == {"status": "ready", **{callee: "SERVING" for callee in REGISTRY.calls(service.name)}}
-
-
-@pytest.mark.parametrize("service", SERVICES)
-def test_umoci_unpacks_the_layout_into_a_runtime_bundle(service: str, tmp_path: Path) -> None:
-    """The layout is valid for OCI tools other than podman (umoci checks history and diff_ids)."""
-    if shutil.which("umoci") is None:
-        pytest.fail("umoci is needed (Debian: apt-get install umoci; ./bazelw does this)")
-    layout = tmp_path / "layout"
-    shutil.copytree(runfile(REGISTRY[service].image), layout)  # umoci takes a lock file inside the layout
-    # umoci unpacks an image by name; oci_image's layout has none (as rules_oci's), so name the copy.
-    index = read_layout(layout).index
-    index["manifests"][0]["annotations"] = {"org.opencontainers.image.ref.name": "unpacked"}
-    (layout / "index.json").chmod(0o644)  # copied read-only, as Bazel's outputs are
-    (layout / "index.json").write_text(json.dumps(index))
-    result = subprocess.run(
-        [
-            "umoci",
-            "unpack",
-            *(["--rootless"] if os.geteuid() else []),
-            "--image",
-            f"{layout}:unpacked",
-            str(tmp_path / "bundle"),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    runtime = json.loads((tmp_path / "bundle" / "config.json").read_text())
-    assert runtime["process"]["user"]["uid"] == NONROOT
-    assert runtime["process"]["args"] == [
-        "/usr/bin/python3.11",
-        f"/app/online_books/services/{REGISTRY[service].package}/main.py",
-    ]
-    assert (tmp_path / "bundle" / "rootfs" / "usr" / "bin" / "python3.11").is_file()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import io
 import tarfile
 from pathlib import Path, PurePosixPath
 
@@ -12,8 +10,8 @@ import pytest
 from libs.processes.processes import runfile
 from services.registry import REGISTRY
 from tools.certs.certs import mint_ca
-from tools.oci.layer import elf_section_names
-from tools.oci.oci import Tree, read_layout, write_layer
+from tools.oci.layer import elf_needed, elf_section_names
+from tools.oci.oci import MEDIA_TYPES, Tree, open_layer, read_layout, write_layer
 from tools.oci.scan import scan_layer, scan_layout
 
 IMAGES = {name: service.image for name, service in REGISTRY.items()}  # runfiles paths of the OCI layouts
@@ -27,13 +25,13 @@ def manifest_and_config(layout: Path) -> tuple[dict, dict]:
     return image.manifest, image.config
 
 
-def layer_bytes(layout: Path, number: int) -> bytes:
+def layer(layout: Path, number: int) -> tarfile.TarFile:
     image = read_layout(layout)
-    return gzip.decompress(image.blob(image.manifest["layers"][number]["digest"]).read_bytes())
+    return open_layer(image.blob(image.manifest["layers"][number]["digest"]))
 
 
 def layer_files(layout: Path, number: int) -> dict[str, tarfile.TarInfo]:
-    with tarfile.open(fileobj=io.BytesIO(layer_bytes(layout, number))) as tar:
+    with layer(layout, number) as tar:
         return {member.name: member for member in tar.getmembers()}
 
 
@@ -68,7 +66,7 @@ def test_three_layers_each_with_a_dated_history_entry(service: str) -> None:
     manifest, config = manifest_and_config(runfile(IMAGES[service]))
     assert len(manifest["layers"]) == len(config["rootfs"]["diff_ids"]) == len(config["history"]) == 3
     assert all(entry["created"] and entry["created_by"] for entry in config["history"])
-    assert [layer["mediaType"] for layer in manifest["layers"]] == ["application/vnd.oci.image.layer.v1.tar+gzip"] * 3
+    assert [layer["mediaType"] for layer in manifest["layers"]] == [MEDIA_TYPES["zstd"]] * 3  # the default
 
 
 def test_every_image_shares_one_base_layer() -> None:
@@ -92,7 +90,7 @@ def test_base_layer_has_the_user_the_ca_bundle_and_the_pinned_packages() -> None
 
 
 def test_passwd_names_the_non_root_user() -> None:
-    with tarfile.open(fileobj=io.BytesIO(layer_bytes(runfile(ANY_IMAGE), 0))) as tar:
+    with layer(runfile(ANY_IMAGE), 0) as tar:
         passwd = tar.extractfile("etc/passwd").read().decode()  # type: ignore[union-attr]
     assert f"nonroot:x:{NONROOT}:{NONROOT}:nonroot:/home/nonroot:/sbin/nologin" in passwd.splitlines()
 
@@ -137,7 +135,7 @@ def test_the_scanner_finds_keys_and_certificates(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("service", sorted(IMAGES))
 def test_shared_objects_ship_without_debugging_information(service: str) -> None:
-    with tarfile.open(fileobj=io.BytesIO(layer_bytes(runfile(IMAGES[service]), 1))) as tar:
+    with layer(runfile(IMAGES[service]), 1) as tar:
         shared = [
             member for member in tar.getmembers() if member.isfile() and ".so" in PurePosixPath(member.name).suffixes
         ]
@@ -145,3 +143,23 @@ def test_shared_objects_ship_without_debugging_information(service: str) -> None
     assert any("uvloop" in name for name in sections)  # the one whose wheel ships them
     assert [name for name, names in sections.items() if ".debug_info" in names] == []
     assert all(".text" in names for names in sections.values())  # still whole shared objects
+
+
+@pytest.mark.parametrize("service", sorted(IMAGES))
+def test_every_library_an_elf_file_needs_is_in_the_image(service: str) -> None:
+    """What the base layer leaves out (tools/oci/layer.py: libmvec, the extension modules whose libraries
+    are not in the list) is never needed: every DT_NEEDED of every ELF file of every layer is there."""
+    image = read_layout(runfile(IMAGES[service]))
+    names: set[str] = set()
+    needed: dict[str, list[str]] = {}
+    for entry in image.manifest["layers"]:
+        with open_layer(image.blob(entry["digest"])) as tar:
+            for member in tar.getmembers():
+                names.add(PurePosixPath(member.name).name)
+                if member.isfile():
+                    needed[member.name] = elf_needed(tar.extractfile(member).read())  # type: ignore[union-attr]
+    assert needed["usr/bin/python3.11"], "the interpreter names its libraries"
+    missing = {path: [name for name in wants if name not in names] for path, wants in needed.items()}
+    assert {path: names for path, names in missing.items() if names} == {}
+    assert not any("libmvec.so" in name for name in names)
+    assert not any("/_curses." in path or "/readline." in path for path in needed)

@@ -1,16 +1,15 @@
 """Each image's SBOM (tools/oci/sbom.py, `<image>.spdx.json`): valid SPDX 2.3 by spdx-tools' own validator,
 the image's digest as its subject, the build's pins as its packages, and every file of every layer in it,
-with the same SHA256, contained by a package. Reads the layers here, not through the generator's code."""
+with the same SHA256, contained by a package. Reads the layers here, not through the generator's code.
+Run for each architecture's images (sbom_test, sbom_arm64_test): DEBS names that architecture's .deb files."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
+import os
 import re
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -19,13 +18,13 @@ from spdx_tools.spdx.validation.document_validator import validate_full_spdx_doc
 
 from libs.processes.processes import runfile
 from services.registry import REGISTRY
-from tools.oci.oci import read_layout
+from tools.oci.oci import open_layer, read_layout
 from tools.oci.sbom import debian_lock, python_lock, render, sbom
 
 IMAGES = {name: service.image for name, service in REGISTRY.items()}
 DEBIAN_LOCK = "tools/oci/debian_packages.lock"
 PYTHON_LOCK = "requirements_lock.txt"
-DEBS = "../debian/debs"  # @debian//:debs in the runfiles
+DEBS = os.environ.get("DEBS", "../debian/debs")  # @debian//:debs (or @debian_arm64//:debs) in the runfiles
 
 
 def sbom_of(service: str) -> dict:
@@ -37,7 +36,7 @@ def image_files(layout: Path) -> dict[str, str]:
     image = read_layout(layout)
     files = {}
     for layer in image.manifest["layers"]:
-        with tarfile.open(fileobj=io.BytesIO(gzip.decompress(image.blob(layer["digest"]).read_bytes()))) as tar:
+        with open_layer(image.blob(layer["digest"])) as tar:
             for member in tar.getmembers():
                 if member.isfile():
                     files[member.name] = hashlib.sha256(tar.extractfile(member).read()).hexdigest()  # type: ignore[union-attr]
@@ -70,13 +69,16 @@ def test_its_subject_is_the_image_and_its_packages_are_the_pins(service: str) ->
     assert subject["checksums"] == [{"algorithm": "SHA256", "checksumValue": image.manifest_digest.split(":")[1]}]
     assert subject["primaryPackagePurpose"] == "CONTAINER"
 
-    pinned = {}
+    pinned = {}  # the lock's lines for the image's architecture: each package's own build, or its "all" one
     for line in runfile(DEBIAN_LOCK).read_text().splitlines():
         if line.strip() and not line.startswith("#"):
-            name, version, _, _, sha256 = line.split()
-            pinned[name] = (version, sha256)
+            name, version, architecture, _, sha256 = line.split()
+            if architecture in (image.config["architecture"], "all"):
+                pinned[name] = (version, sha256)
     debs = {p["name"]: p for p in sbom["packages"] if p["SPDXID"].startswith("SPDXRef-deb-")}
     assert {name: (p["versionInfo"], p["checksums"][0]["checksumValue"]) for name, p in debs.items()} == pinned
+    fetched = {deb.stem: hashlib.sha256(deb.read_bytes()).hexdigest() for deb in runfile(DEBS).glob("*.deb")}
+    assert {name: p["checksums"][0]["checksumValue"] for name, p in debs.items()} == fetched  # the files themselves
     assert all(p["sourceInfo"].startswith("built from the Debian source package ") for p in debs.values())
 
     lock = dict(re.findall(r"^([A-Za-z0-9][\w.-]*)==(\S+)", runfile(PYTHON_LOCK).read_text(), re.M))

@@ -1,9 +1,11 @@
 """Pinned Debian packages: the one rule that fetches them, for image base layers, tools and rule sets.
 
 `debian_packages(name = "debian", lock = "//tools/oci:debian_packages.lock")` downloads every package
-of the lock with `apt-get download` at fetch time, checks each file's SHA256 against the lock (which
-holds the SHA256 of apt's metadata), and exposes them as `@debian//:debs` (each one also as
-`@debian//:debs/<name>.deb`). The lock is rewritten by
+of the lock built for `architecture` (default amd64; "all" packages too) with `apt-get download` at fetch
+time, checks each file's SHA256 against the lock (which holds the SHA256 of apt's metadata), and exposes
+them as `@debian//:debs` (each one also as `@debian//:debs/<name>.deb`). A foreign architecture (arm64
+on this amd64 machine) is read from apt lists of its own, kept in the repository, so the host's apt
+configuration stays as it is. The lock is rewritten by
 `./bazelw run //tools/oci:update_packages`; a pinned version that has left the archive fails the
 fetch with a message naming that command.
 """
@@ -23,7 +25,7 @@ def _debian_packages_impl(rctx):
     lock = rctx.path(rctx.attr.lock)
     rctx.report_progress("apt-get download of the packages pinned in %s" % rctx.attr.lock.name)
     result = rctx.execute(
-        [rctx.path(rctx.attr.python), rctx.path(rctx.attr._fetch), str(lock), str(rctx.path("debs"))],
+        [rctx.path(rctx.attr.python), rctx.path(rctx.attr._fetch), str(lock), str(rctx.path("debs")), rctx.attr.architecture],
         timeout = rctx.attr.timeout,
     )
     if result.return_code != 0:
@@ -32,7 +34,9 @@ def _debian_packages_impl(rctx):
     names = []
     for line in rctx.read(lock).splitlines():
         if line.strip() and not line.startswith("#"):
-            names.append(line.split(" ")[0])
+            name, _version, architecture = line.split(" ")[:3]
+            if architecture in (rctx.attr.architecture, "all"):
+                names.append(name)
     debs = ["debs/%s.deb" % name for name in sorted(names)]
     rctx.file("BUILD.bazel", _BUILD.format(lock = rctx.attr.lock, debs = repr(debs)))
 
@@ -40,6 +44,7 @@ debian_packages = repository_rule(
     implementation = _debian_packages_impl,
     attrs = {
         "lock": attr.label(mandatory = True, allow_single_file = True),
+        "architecture": attr.string(default = "amd64", doc = "Debian's name of it: amd64, arm64."),
         "python": attr.label(default = "@python_interpreter//:base_python3"),
         "timeout": attr.int(default = 600, doc = "Seconds allowed for apt-get download."),
         "_fetch": attr.label(default = "//tools/oci:fetch_debs.py"),

@@ -5,23 +5,34 @@
 
     py_layers(name = "layers", binary = ":server", main = "main.py")
     oci_image(name = "image", base = "//tools/oci:python_base", tars = [":layers"], exposed_ports = ["50051/tcp"])
+    spdx_sbom(name = "image_sbom", image = ":image")
+    oci_image_index(name = "image_index", images = [":image"], referrers = [":image_sbom"])
     oci_load(name = "load", image = ":image", repo_tags = ["books/server:latest"])
-    oci_push(name = "push", image = ":image", repository = "books/server", remote_tags = ["latest"])
+    oci_push(name = "push", image = ":image_index", repository = "books/server", remote_tags = ["latest"])
 
-`oci_image`, `oci_load` and `oci_push` take rules_oci's attribute names where rules_oci has them (README,
-"Images", lists what still differs: `tars` takes our layer targets, not tar files; `oci_push` takes the
-registry when it runs). `oci_image` writes the OCI layout directory `:image` and the manifest digest
-`:image.digest`. Every layer is a deterministic gzipped tar (tools/oci/oci.py), so the same sources give
-the same digest; `oci_reproducibility_test` proves it by rebuilding elsewhere.
+`oci_image`, `oci_image_index`, `oci_load` and `oci_push` take rules_oci's attribute names where rules_oci
+has them (README, "Images", lists what still differs: `tars` takes our layer targets, not tar files;
+`oci_push` takes the registry when it runs; `oci_image_index` builds its images for each architecture
+itself). `oci_image` writes the OCI layout directory `:image` and the manifest digest `:image.digest`.
+Every layer is a deterministic compressed tar (zstd, or gzip with `--//tools/oci:compression=gzip`;
+tools/oci/oci.py), so the same sources give the same digest; `oci_reproducibility_test` proves it by
+rebuilding elsewhere, for either architecture.
 """
+
+load("//tools/platforms:defs.bzl", "ARCHITECTURES", "ArchitectureInfo", "architecture_transition", "architectures_transition", "forward_files")
 
 OciLayersInfo = provider(
     doc = "Built layers in order, and what the image needs to run their content.",
     fields = {
-        "layers": "list of struct(blob, info, args, inputs): the .tar.gz, the JSON layer.py wrote about it, and how it was made",
+        "layers": "list of struct(blob, info, args, inputs): the compressed tar, the JSON layer.py wrote about it, and how it was made",
         "env": "dict of environment variables the content needs",
         "entrypoint": "list of strings, or None",
     },
+)
+
+OciReferrerInfo = provider(
+    doc = "A file about an image (its SBOM), which an index attaches as an OCI 1.1 referrer of that image.",
+    fields = {"subject": "the image's layout", "artifact_type": "media type of the file", "file": "the file"},
 )
 
 OciImageInfo = provider(
@@ -32,9 +43,49 @@ OciImageInfo = provider(
 
 _TOOL = {"cfg": "exec", "executable": True}
 
+CompressionInfo = provider(doc = "How layers are compressed: gzip or zstd.", fields = ["value"])
+
+def _compression_flag_impl(ctx):
+    if ctx.build_setting_value not in ["gzip", "zstd"]:
+        fail("%s is %r; it is gzip or zstd" % (ctx.label, ctx.build_setting_value))
+    return [CompressionInfo(value = ctx.build_setting_value)]
+
+compression_flag = rule(
+    implementation = _compression_flag_impl,
+    build_setting = config.string(flag = True),
+    doc = "The layers' compression (tools/oci/oci.py says what each costs).",
+)
+
+def _compression_impl(_settings, attr):
+    return {"//tools/oci:compression": attr.compression}
+
+_compression_transition = transition(
+    implementation = _compression_impl,
+    inputs = [],
+    outputs = ["//tools/oci:compression"],
+)
+
+oci_compression_filegroup = rule(
+    implementation = forward_files,
+    attrs = {
+        "srcs": attr.label_list(cfg = _compression_transition),
+        "compression": attr.string(mandatory = True, values = ["gzip", "zstd"]),
+        "_allowlist_function_transition": attr.label(default = "@bazel_tools//tools/allowlists/function_transition_allowlist"),
+    },
+    doc = "The files of `srcs` (images) built with `compression` layers, e.g. gzip for a tool without zstd.",
+)
+
+# Every layer rule's private attributes: the tool and the compression setting.
+_LAYER_ATTRS = {
+    "_layer": attr.label(default = "//tools/oci:layer", **_TOOL),
+    "_compression": attr.label(default = "//tools/oci:compression"),
+}
+
 def _layer_action(ctx, name, arguments, inputs, mnemonic, progress):
-    blob = ctx.actions.declare_file(name + ".tar.gz")
+    compression = ctx.attr._compression[CompressionInfo].value
+    blob = ctx.actions.declare_file(name + (".tar.gz" if compression == "gzip" else ".tar.zst"))
     info = ctx.actions.declare_file(name + ".json")
+    arguments = arguments + ["--compression", compression]
     ctx.actions.run(
         executable = ctx.executable._layer,
         arguments = arguments + ["--output", blob.path, "--info", info.path],
@@ -66,12 +117,11 @@ def _debian_base_layer_impl(ctx):
 
 debian_base_layer = rule(
     implementation = _debian_base_layer_impl,
-    attrs = {
+    attrs = dict({
         "debs": attr.label_list(allow_files = [".deb"], mandatory = True),
         "uid": attr.int(default = 65532, doc = "The non-root user's uid and gid."),
         "user": attr.string(default = "nonroot"),
-        "_layer": attr.label(default = "//tools/oci:layer", **_TOOL),
-    },
+    }, **_LAYER_ATTRS),
     doc = "A base layer unpacked from .deb files, with a non-root user and the CA bundle.",
 )
 
@@ -112,8 +162,15 @@ def _py_layers_impl(ctx):
             "Building %s layer of %s" % (kind, binary.label),
         ))
 
-    # sys.path as Bazel's launcher builds it: the main repository, then the import roots of the deps.
-    imports = [ctx.workspace_name] + binary[PyInfo].imports.to_list()
+    # sys.path as Bazel's launcher builds it: the main repository, then the import roots of the deps
+    # that hold files here (built for arm64, @pypi's libraries keep their root but carry another
+    # repository's wheels).
+    paths = [entry[0] for entry, _ in third_party + app]
+    imports = [ctx.workspace_name] + [
+        path
+        for path in binary[PyInfo].imports.to_list()
+        if [entry for entry in paths if entry.startswith("%s/%s/" % (ctx.attr.root, path))]
+    ]
     env = {
         "PYTHONPATH": ":".join([ctx.attr.root + "/" + path for path in imports]),
         "PYTHONDONTWRITEBYTECODE": "1",  # the .pyc files are in the layers; the file system may be read-only
@@ -126,13 +183,12 @@ def _py_layers_impl(ctx):
 
 py_layers = rule(
     implementation = _py_layers_impl,
-    attrs = {
+    attrs = dict({
         "binary": attr.label(mandatory = True, providers = [PyInfo]),
         "main": attr.string(mandatory = True, doc = "The binary's main file, relative to the binary's package."),
         "root": attr.string(default = "/app", doc = "Where the runfiles tree goes in the image."),
         "interpreter": attr.string(default = "/usr/bin/python3.11"),
-        "_layer": attr.label(default = "//tools/oci:layer", **_TOOL),
-    },
+    }, **_LAYER_ATTRS),
     doc = "Two layers of a py_binary's runfiles: third-party packages (change rarely) and the app.",
 )
 
@@ -158,7 +214,7 @@ def _oci_image_impl(ctx):
     spec = ctx.actions.declare_file(ctx.label.name + ".spec.json")
     ctx.actions.write(spec, json.encode(struct(
         layers = [struct(blob = layer.blob.path, info = layer.info.path) for layer in layers],
-        architecture = ctx.attr.architecture,
+        architecture = ctx.attr._architecture[ArchitectureInfo].value,
         os = ctx.attr.os,
         config = config,
         annotations = ctx.attr.annotations,
@@ -190,12 +246,64 @@ oci_image = rule(
         "workdir": attr.string(doc = "Defaults to the base's."),
         "labels": attr.string_dict(doc = "Config labels, added to the base's."),
         "annotations": attr.string_dict(doc = "Manifest annotations."),
-        "architecture": attr.string(default = "amd64"),
         "os": attr.string(default = "linux"),
+        # What the layers were built for: the base's packages and the wheels follow the same setting.
+        "_architecture": attr.label(default = "//tools/platforms:architecture"),
         "_image": attr.label(default = "//tools/oci:image", **_TOOL),
     },
     outputs = {"digest": "%{name}.digest"},
     doc = "An OCI image layout (the target's directory) and its manifest digest (`.digest`).",
+)
+
+def _oci_image_index_impl(ctx):
+    layout = ctx.actions.declare_directory(ctx.label.name)
+    arguments, inputs = ["--layout", layout.path, "--digest", ctx.outputs.digest.path], []
+
+    # In the host configuration (a genrule's tools) Bazel does not split: one build, keyed None.
+    architectures = [None] if None in ctx.split_attr.images else ctx.attr.architectures
+    for architecture in architectures:
+        for image in ctx.split_attr.images[architecture]:
+            info = image[OciImageInfo]
+            arguments += ["--image", info.layout.path]
+            inputs.append(info.layout)
+        for referrer in ctx.split_attr.referrers.get(architecture, []):
+            info = referrer[OciReferrerInfo]
+            arguments += ["--referrer", info.subject.path, info.artifact_type, info.file.path]
+            inputs.append(info.file)
+    ctx.actions.run(
+        executable = ctx.executable._index,
+        arguments = arguments,
+        inputs = inputs,
+        outputs = [layout, ctx.outputs.digest],
+        mnemonic = "OciImageIndex",
+        progress_message = "Composing the image index %s" % ctx.label,
+    )
+    return [
+        DefaultInfo(files = depset([layout]), runfiles = ctx.runfiles([layout])),
+        OciImageInfo(layers = [], config = None, spec = None, digest = ctx.outputs.digest, layout = layout),
+    ]
+
+oci_image_index = rule(
+    implementation = _oci_image_index_impl,
+    attrs = {
+        "images": attr.label_list(
+            mandatory = True,
+            providers = [OciImageInfo],
+            cfg = architectures_transition,
+            doc = "Each is built once per architecture (usually one image target).",
+        ),
+        "referrers": attr.label_list(
+            providers = [OciReferrerInfo],
+            cfg = architectures_transition,
+            doc = "Files about those images (spdx_sbom targets), built per architecture too, attached to theirs.",
+        ),
+        "architectures": attr.string_list(default = ARCHITECTURES),
+        "_index": attr.label(default = "//tools/oci:index", **_TOOL),
+        "_allowlist_function_transition": attr.label(default = "@bazel_tools//tools/allowlists/function_transition_allowlist"),
+    },
+    outputs = {"digest": "%{name}.digest"},
+    doc = "An OCI image index of `images` built for each of `architectures` (rules_oci's oci_image_index, " +
+          "with the platform transition built in), and `referrers` attached: the layout and `.digest`.",
 )
 
 def _oci_load_impl(ctx):
@@ -287,7 +395,10 @@ def _spdx_sbom_impl(ctx):
         mnemonic = "SpdxSbom",
         progress_message = "Writing the SBOM of %s" % ctx.attr.image.label,
     )
-    return [DefaultInfo(files = depset([sbom]), runfiles = ctx.runfiles([sbom]))]
+    return [
+        DefaultInfo(files = depset([sbom]), runfiles = ctx.runfiles([sbom])),
+        OciReferrerInfo(subject = image.layout, artifact_type = "application/spdx+json", file = sbom),
+    ]
 
 spdx_sbom = rule(
     implementation = _spdx_sbom_impl,
@@ -301,7 +412,8 @@ spdx_sbom = rule(
 )
 
 def _oci_reproducibility_test_impl(ctx):
-    image = ctx.attr.image[OciImageInfo]
+    target = ctx.attr.image[0] if type(ctx.attr.image) == "list" else ctx.attr.image  # behind a transition
+    image = target[OciImageInfo]
     inputs = [image.spec, image.digest]
     paths = {}
     layers = []
@@ -329,8 +441,10 @@ def _oci_reproducibility_test_impl(ctx):
 oci_reproducibility_test = rule(
     implementation = _oci_reproducibility_test_impl,
     attrs = {
-        "image": attr.label(mandatory = True, providers = [OciImageInfo]),
+        "image": attr.label(mandatory = True, providers = [OciImageInfo], cfg = architecture_transition),
+        "architecture": attr.string(doc = "Build the image for this one (amd64, arm64); default: as asked."),
         "_rebuild": attr.label(default = "//tools/oci:rebuild", cfg = "target", executable = True),
+        "_allowlist_function_transition": attr.label(default = "@bazel_tools//tools/allowlists/function_transition_allowlist"),
     },
     test = True,
     doc = "Rebuilds every layer and the image from the same inputs elsewhere, and expects the same digest.",

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
-from tools.oci.oci import EPOCH, blob_path, canonical_json, digest
+from tools.oci.oci import EPOCH, canonical_json, digest, write_layout
 
-LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG = "application/vnd.oci.image.config.v1+json"
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
@@ -28,7 +26,7 @@ def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, dict, str]:
     for layer in spec["layers"]:
         info = json.loads(Path(layer["info"]).read_text())
         blobs[info["digest"]] = Path(layer["blob"])
-        layers.append({"mediaType": LAYER, "digest": info["digest"], "size": info["size"]})
+        layers.append({"mediaType": info["media_type"], "digest": info["digest"], "size": info["size"]})
         diff_ids.append(info["diff_id"])
         history.append({"created": EPOCH, "created_by": info["created_by"], "comment": "; ".join(info["notes"])})
     settings = spec["config"]
@@ -77,18 +75,7 @@ def main() -> None:
     args = parser.parse_args()
 
     blobs, index, _manifest, manifest_digest = build(json.loads(args.spec.read_text()))
-    files: dict[str, bytes | Path] = {
-        "oci-layout": canonical_json({"imageLayoutVersion": "1.0.0"}),
-        "index.json": canonical_json(index),
-    }
-    files.update({blob_path(d): blob for d, blob in blobs.items()})
-    for name, content in files.items():
-        target = args.layout / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, Path):
-            shutil.copyfile(content, target)
-        else:
-            target.write_bytes(content)
+    write_layout(args.layout, index, blobs)
     args.digest.write_text(manifest_digest + "\n")
 
 

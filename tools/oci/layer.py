@@ -1,7 +1,8 @@
 """Builds one deterministic image layer: `layer.py debian ...` or `layer.py files ...`.
 
 `debian`: the base layer, from .deb files unpacked without maintainer scripts (like distroless). Docs,
-man pages and translations are left out (copyright files stay), and the steps the scripts would have
+man pages, translations, and what nothing in the images can use (_DROPPED; extension modules whose
+libraries are not in the layer) are left out (copyright files stay), and the steps the scripts would have
 done are done here: the CA bundle is assembled, OpenSSL's default paths point at it, /etc/passwd and
 /etc/group get root and the non-root user, and /var/lib/dpkg/status.d/ lists the packages so image
 scanners know them. The standard library gets its .pyc files.
@@ -32,7 +33,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from tools.oci.oci import Entry, Tree, write_layer
+from tools.oci.oci import MEDIA_TYPES, Entry, Tree, write_layer
 
 SYSTEM_CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 _DROPPED = (
@@ -42,9 +43,39 @@ _DROPPED = (
     "usr/share/lintian/",
     "usr/share/locale/",
     "usr/lib/x86_64-linux-gnu/gconv/",  # glibc's iconv modules (8 MB); Python has its own codecs
+    "usr/lib/aarch64-linux-gnu/gconv/",
     "usr/lib/python3.11/pydoc_data/",  # help() texts
     "usr/lib/python3.11/test/",  # regression-test support, not a runtime module
     "usr/share/zoneinfo/right/",  # leap-second variants of the posix zones, which stay
+    # glibc's vector math library: only code compiled with OpenMP SIMD links it, and no ELF here does
+    # (//tests/containers:image_content_test checks every library an ELF needs is in the image).
+    "lib/x86_64-linux-gnu/libmvec.so.1",
+    "lib/aarch64-linux-gnu/libmvec.so.1",
+    # The CJK codecs (Shift JIS, EUC-KR, Big5, GB 18030, ...): the services speak UTF-8 only; without
+    # them such a codec is an unknown encoding (LookupError), as Python defines it.
+    *(
+        f"usr/lib/python3.11/lib-dynload/_codecs_{name}.cpython-311-"
+        for name in ("cn", "hk", "iso2022", "jp", "kr", "tw")
+    ),
+    "usr/lib/python3.11/lib-dynload/_multibytecodec.cpython-311-",
+    *(
+        f"usr/lib/python3.11/encodings/{name}"
+        for name in (
+            "big5",
+            "cp932",
+            "cp949",
+            "cp950",
+            "euc_j",
+            "euc_kr",
+            "gb18030",
+            "gb2312",
+            "gbk",
+            "hz",
+            "iso2022_",
+            "johab",
+            "shift_j",
+        )
+    ),
 )
 _KEPT_DOCS = "/copyright"
 _PEM_CERT = b"-----BEGIN CERTIFICATE-----"
@@ -166,23 +197,68 @@ def compile_python(tree: Tree, under: str) -> int:
     return count
 
 
-def elf_section_names(data: bytes) -> list[str]:
-    """The section names of a 64-bit little-endian ELF file; [] for anything else."""
+# binutils' objcopy of each machine (ELF e_machine): Debian's binutils for the host's, and
+# binutils-aarch64-linux-gnu for the arm64 images' (./bazelw and .ci/run install it).
+OBJCOPY = {62: "objcopy", 183: "aarch64-linux-gnu-objcopy"}
+
+
+def elf_machine(data: bytes) -> int:
+    (machine,) = struct.unpack_from("<H", data, 18)
+    return int(machine)
+
+
+def elf_sections(data: bytes) -> dict[str, tuple[int, int]]:
+    """Section name -> (file offset, size) of a 64-bit little-endian ELF file; {} for anything else."""
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        return []
+        return {}
     (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
     if not shoff or shstrndx >= shnum:
-        return []
+        return {}
     headers = [struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize) for i in range(shnum)]
     names_offset = headers[shstrndx][4]
-    return [data[names_offset + h[0] : data.index(b"\0", names_offset + h[0])].decode() for h in headers]
+    return {data[names_offset + h[0] : data.index(b"\0", names_offset + h[0])].decode(): (h[4], h[5]) for h in headers}
+
+
+def elf_section_names(data: bytes) -> list[str]:
+    return list(elf_sections(data))
+
+
+def elf_needed(data: bytes) -> list[str]:
+    """The shared libraries an ELF file names as DT_NEEDED (what the dynamic loader must find)."""
+    sections = elf_sections(data)
+    if ".dynamic" not in sections or ".dynstr" not in sections:
+        return []
+    (dynamic, size), (strings, _) = sections[".dynamic"], sections[".dynstr"]
+    needed = []
+    for offset in range(dynamic, dynamic + size, 16):
+        tag, value = struct.unpack_from("<qQ", data, offset)
+        if tag == 0:  # DT_NULL ends the table
+            break
+        if tag == 1:  # DT_NEEDED
+            needed.append(data[strings + value : data.index(b"\0", strings + value)].decode())
+    return needed
+
+
+def drop_unloadable(tree: Tree, under: str) -> list[str]:
+    """Removes the extension modules under `under` that need a library no package here provides (the
+    stdlib's readline, curses, dbm and nis bindings: their libraries are not in the list), which could
+    never be imported. Returns what it removed, each with what was missing."""
+    libraries = {PurePosixPath(path).name for path in tree.entries if ".so" in PurePosixPath(path).suffixes}
+    removed = []
+    for path, entry in sorted(tree.entries.items()):
+        if path.startswith(under) and entry.kind == "file" and path.endswith(".so"):
+            missing = [name for name in elf_needed(entry.content()) if name not in libraries]
+            if missing:
+                del tree.entries[path]
+                removed.append(f"{path} (needs {', '.join(missing)})")
+    return removed
 
 
 def strip_debug_info(tree: Tree) -> list[str]:
     """Shared objects shipped with their debugging information (uvloop's wheel does) lose it,
-    with binutils' `objcopy --strip-debug` (the code and its symbols stay: tracebacks and profilers keep
-    their function names). Returns the paths stripped."""
+    with binutils' `objcopy --strip-debug` for their machine (the code and its symbols stay: tracebacks
+    and profilers keep their function names). Returns the paths stripped."""
     stripped = []
     for path, entry in sorted(tree.entries.items()):
         if entry.kind != "file" or ".so" not in PurePosixPath(path).suffixes:
@@ -193,7 +269,10 @@ def strip_debug_info(tree: Tree) -> list[str]:
         with tempfile.TemporaryDirectory() as temporary:
             original, result = Path(temporary, "in.so"), Path(temporary, "out.so")
             original.write_bytes(data)
-            subprocess.run(["objcopy", "--strip-debug", str(original), str(result)], check=True)
+            objcopy = OBJCOPY.get(elf_machine(data))
+            if objcopy is None:
+                raise SystemExit(f"{path}: no objcopy known for ELF machine {elf_machine(data)}")
+            subprocess.run([objcopy, "--strip-debug", str(original), str(result)], check=True)
             tree.file(path, result.read_bytes(), mode=entry.mode)
         stripped.append(path)
     return stripped
@@ -235,7 +314,8 @@ def main() -> None:
     files = sub.add_parser("files", help="layer from a manifest of files")
     files.add_argument("--manifest", type=Path, required=True, help="JSON list of [image path, source path]")
     for command in (debian, files):
-        command.add_argument("--output", type=Path, required=True, help="the .tar.gz to write")
+        command.add_argument("--output", type=Path, required=True, help="the compressed tar to write")
+        command.add_argument("--compression", choices=sorted(MEDIA_TYPES), default="zstd")
         command.add_argument("--info", type=Path, required=True, help="JSON with digests and sizes to write")
         command.add_argument("--created-by", required=True, help="history entry text")
     args = parser.parse_args()
@@ -247,6 +327,7 @@ def main() -> None:
             name = next(line.split(":", 1)[1].strip() for line in control.splitlines() if line.startswith("Package:"))
             tree.file(f"var/lib/dpkg/status.d/{name}", control.encode())
         add_system_files(tree, args.uid, args.user)
+        notes += [f"unloadable, left out: {path}" for path in drop_unloadable(tree, args.stdlib)]
         notes.append(f"{compile_python(tree, args.stdlib)} stdlib modules compiled")
     else:
         for image_path, source in json.loads(args.manifest.read_text()):
@@ -257,7 +338,7 @@ def main() -> None:
         if dropped := trim_records(tree):
             notes.append(f"{dropped} RECORD lines of unshipped scripts dropped")
         notes.append(f"{compile_python(tree, '')} modules compiled")
-    info = write_layer(tree, args.output)
+    info = write_layer(tree, args.output, args.compression)
     info.update(created_by=args.created_by, files=len(tree.entries), notes=notes)
     args.info.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 

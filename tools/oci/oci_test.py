@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import os
 import subprocess
@@ -12,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from tools.oci import fetch_debs, layer
-from tools.oci.oci import Tree, write_layer
+from tools.oci.oci import MEDIA_TYPES, Tree, layer_tar_bytes, open_layer, write_layer
 
 
-def test_layer_bytes_do_not_depend_on_insertion_order_or_source_mtimes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", sorted(MEDIA_TYPES))
+def test_layer_bytes_do_not_depend_on_insertion_order_or_source_mtimes(tmp_path: Path, compression: str) -> None:
     source = tmp_path / "main.py"
     source.write_text("print('hello')\n")
     digests = []
@@ -25,10 +25,12 @@ def test_layer_bytes_do_not_depend_on_insertion_order_or_source_mtimes(tmp_path:
         for path in order:
             tree.file(path, data=path.encode())
         tree.file("app/main.py", source=source)
-        digests.append(write_layer(tree, tmp_path / f"{mtime}.tar.gz"))
+        digests.append(write_layer(tree, tmp_path / f"{mtime}.tar", compression))
     assert digests[0] == digests[1]
-    header = (tmp_path / "1.tar.gz").read_bytes()[:10]
-    assert header[4:8] == b"\0\0\0\0"  # gzip mtime field: zero, not the build time
+    assert digests[0]["media_type"] == MEDIA_TYPES[compression]
+    if compression == "gzip":
+        header = (tmp_path / "1.tar").read_bytes()[:10]
+        assert header[4:8] == b"\0\0\0\0"  # gzip mtime field: zero, not the build time
 
 
 def test_parent_directories_are_added_and_paths_outside_the_image_refused() -> None:
@@ -72,13 +74,16 @@ def test_a_pin_that_left_the_archive_fails_naming_the_update_command(
     assert f"To fix: {repin}" in message  # the lock's own command, whichever lock it is
 
 
-def test_gzip_layers_decompress_to_the_reported_diff_id(tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", sorted(MEDIA_TYPES))
+def test_layers_decompress_to_the_reported_diff_id(tmp_path: Path, compression: str) -> None:
     tree = Tree()
     tree.file("etc/hostname", data=b"books\n")
-    info = write_layer(tree, tmp_path / "layer.tar.gz")
-    data = gzip.decompress((tmp_path / "layer.tar.gz").read_bytes())
+    info = write_layer(tree, tmp_path / "layer", compression)
+    data = layer_tar_bytes(tmp_path / "layer")
     assert info["diff_id"] == "sha256:" + hashlib.sha256(data).hexdigest()
     assert info["uncompressed_size"] == len(data)
+    with open_layer(tmp_path / "layer") as tar:
+        assert tar.extractfile("etc/hostname").read() == b"books\n"  # type: ignore[union-attr]
 
 
 def test_records_drop_unshipped_scripts_whose_hashes_depend_on_the_build_path() -> None:

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from tools.oci import image
+from tools.oci.oci import open_layer
 
 RUNFILES = Path.cwd().parent  # tests run in <runfiles>/<main repository>
 
@@ -55,7 +56,7 @@ def differing_members(first: Path, second: Path, limit: int = 10) -> list[str]:
         return extracted.read()
 
     def entries(path: Path) -> dict[str, tuple]:
-        with tarfile.open(path) as tar:
+        with open_layer(path) as tar:
             return {
                 member.name: (member.get_info(), hashlib.sha256(read(tar, member)).hexdigest())
                 if member.isfile()
@@ -81,7 +82,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         rebuilt_layers = []
         for number, (args, built) in enumerate(zip(recipe["layers"], spec["layers"], strict=False)):
-            rebuilt = rebuild_layer(args, paths, Path(scratch) / f"layer{number}.tar.gz")
+            rebuilt = rebuild_layer(args, paths, Path(scratch) / f"layer{number}.tar")
             before = json.loads((RUNFILES / paths[built["info"]]).read_text())["digest"]
             after = json.loads(Path(rebuilt["info"]).read_text())["digest"]
             print(f"layer {number}: built {before}, rebuilt {after}")

@@ -30,20 +30,19 @@ from __future__ import annotations
 
 import argparse
 import email.parser
-import gzip
 import hashlib
-import io
 import json
 import re
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from tools.oci.layer import SYSTEM_CA_BUNDLE, add_system_files, ar_members, kept, open_member
-from tools.oci.oci import EPOCH, Tree, read_layout
+from tools.oci.oci import EPOCH, Tree, open_layer, read_layout
 
-SITE_PACKAGES = "app/pypi/site-packages/"
+# Where wheels are installed in an image: app/<repository>/site-packages/, @pypi's, or under arm64 each
+# distribution's own @pypi_arm64_<name> (tools/pip).
+SITE_PACKAGES = re.compile(r"^app/[^/]+/site-packages/")
 FIRST_PARTY = "app/online_books/"
 STATUS_D = "var/lib/dpkg/status.d/"
 NAMESPACE = "https://online-books.invalid/spdx"  # not fetched: SPDX wants a URI unique to the document
@@ -66,8 +65,7 @@ def layer_files(layout: Path) -> Iterator[tuple[int, LayerFile]]:
     """(layer index, file) for every regular file of every layer, in order."""
     image = read_layout(layout)
     for index, layer in enumerate(image.manifest["layers"]):
-        blob = gzip.decompress(image.blob(layer["digest"]).read_bytes())
-        with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        with open_layer(image.blob(layer["digest"])) as tar:
             for member in tar.getmembers():
                 if member.isfile():
                     yield index, LayerFile(member.name, tar.extractfile(member).read())  # type: ignore[union-attr]
@@ -97,9 +95,11 @@ def python_lock(text: str) -> dict[str, tuple[str, list[str]]]:
     return pins
 
 
-def debian_lock(text: str) -> dict[str, str]:
-    """The .deb's SHA256 by package name (`name version architecture size sha256` lines)."""
-    return {line.split()[0]: line.split()[4] for line in text.splitlines() if line.strip() and not line.startswith("#")}
+def debian_lock(text: str) -> dict[tuple[str, str], str]:
+    """The .deb's SHA256 by package name and architecture (`name version architecture size sha256` lines):
+    the lock pins a package once per architecture, "all" once for every one."""
+    rows = [line.split() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    return {(row[0], row[2]): row[4] for row in rows}
 
 
 def control_fields(text: str) -> dict[str, str]:
@@ -116,7 +116,7 @@ def copyright_licences(text: str) -> list[str]:
     return names
 
 
-def debian_packages(debs: list[Path], shas: dict[str, str], files: dict[str, LayerFile]) -> list[Package]:
+def debian_packages(debs: list[Path], shas: dict[tuple[str, str], str], files: dict[str, LayerFile]) -> list[Package]:
     packages = []
     for deb in sorted(debs):
         members = ar_members(deb.read_bytes())
@@ -141,7 +141,7 @@ def debian_packages(debs: list[Path], shas: dict[str, str], files: dict[str, Lay
                     "supplier": "Organization: Debian",
                     "downloadLocation": "NOASSERTION",
                     "sourceInfo": f"built from the Debian source package {source}",
-                    "checksums": [{"algorithm": "SHA256", "checksumValue": shas[name]}],
+                    "checksums": [{"algorithm": "SHA256", "checksumValue": shas[(name, architecture)]}],
                     "licenseConcluded": "NOASSERTION",
                     "licenseDeclared": "NOASSERTION",
                     "licenseComments": "Debian's copyright file names: " + ", ".join(licences)
@@ -160,7 +160,11 @@ def debian_packages(debs: list[Path], shas: dict[str, str], files: dict[str, Lay
 
 def python_packages(files: dict[str, LayerFile], pins: dict[str, tuple[str, list[str]]]) -> list[Package]:
     packages = []
-    for path in sorted(p for p in files if p.startswith(SITE_PACKAGES) and p.endswith(".dist-info/METADATA")):
+    for path in sorted(p for p in files if p.endswith(".dist-info/METADATA")):
+        site = SITE_PACKAGES.match(path)
+        if site is None:
+            continue
+        root = site.group(0)
         metadata = email.parser.Parser().parsestr(files[path].data.decode())
         name, version = metadata["Name"], metadata["Version"]
         locked_version, hashes = pins.get(normalize(name), ("", []))
@@ -169,7 +173,7 @@ def python_packages(files: dict[str, LayerFile], pins: dict[str, tuple[str, list
                 f"{name} {version} is in the image but requirements_lock.txt pins {locked_version or 'nothing'}"
             )
         record = files[path.removesuffix("METADATA") + "RECORD"].data.decode()
-        owned = [SITE_PACKAGES + line.split(",")[0].strip('"') for line in record.splitlines() if line.strip()]
+        owned = [root + line.split(",")[0].strip('"') for line in record.splitlines() if line.strip()]
         expression = metadata.get("License-Expression")
         stated = metadata.get("License") or "; ".join(
             c.removeprefix("License :: ") for c in metadata.get_all("Classifier", []) if c.startswith("License ::")
@@ -242,7 +246,9 @@ def assembly_files() -> list[str]:
     return sorted(p for p, e in tree.entries.items() if e.kind == "file" and p != SYSTEM_CA_BUNDLE)
 
 
-def sbom(layout: Path, debs: list[Path], debian_shas: dict[str, str], pins: dict[str, tuple[str, list[str]]]) -> dict:
+def sbom(
+    layout: Path, debs: list[Path], debian_shas: dict[tuple[str, str], str], pins: dict[str, tuple[str, list[str]]]
+) -> dict:
     image = read_layout(layout)
     indexed = list(layer_files(layout))
     files = {f.path: f for _, f in indexed}  # a later layer's file replaces an earlier one's
@@ -258,7 +264,11 @@ def sbom(layout: Path, debs: list[Path], debian_shas: dict[str, str], pins: dict
         )
     )
     external = sorted(
-        {p.split("/")[1] for p in files if p.startswith("app/") and not p.startswith((SITE_PACKAGES, FIRST_PARTY))}
+        {
+            p.split("/")[1]
+            for p in files
+            if p.startswith("app/") and not SITE_PACKAGES.match(p) and not p.startswith(FIRST_PARTY)
+        }
     )
     for repository in external:
         packages.append(

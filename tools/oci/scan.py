@@ -7,14 +7,12 @@ in. CA bundles of wheels are links to the system bundle (tools/oci/layer.py), so
 
 from __future__ import annotations
 
-import gzip
 import re
 import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from tools.oci.oci import read_layout
+from tools.oci.oci import open_layer, read_layout
 
 ALLOWED_CERTIFICATES = {"etc/ssl/certs/ca-certificates.crt"}
 # A whole PEM block (base64 between the markers), not just a marker string in code such as ssl.py.
@@ -32,9 +30,9 @@ def layers(layout: Path) -> Iterator[tuple[str, Path]]:
 
 
 def scan_layer(blob: Path) -> list[str]:
-    """What in one gzipped layer tar breaks the rules, one line per file."""
+    """What in one layer tar breaks the rules, one line per file."""
     findings = []
-    with gzip.open(blob) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    with open_layer(blob) as tar:
         for member in tar:
             if not member.isfile():
                 continue
