@@ -168,15 +168,16 @@ def attach(registry: Registry, layout: Path, entry: dict) -> None:
     referrers = canonical_json({"schemaVersion": 2, "mediaType": INDEX, "manifests": listed})
     with tempfile.TemporaryDirectory() as scratch:
         # skopeo pushes an index with its manifests: ours are in the layout, the others come from the registry.
-        shutil.copytree(layout / "blobs", Path(scratch, "blobs"))
+        ours: dict[str, bytes | Path] = {"sha256:" + blob.name: blob for blob in (layout / "blobs/sha256").iterdir()}
         for item in listed:
-            if not Path(scratch, "blobs", item["digest"].replace(":", "/")).exists():
+            if item["digest"] not in ours:
                 registry.copy_out(item["digest"], Path(scratch))
         index = {
             "schemaVersion": 2,
             "manifests": [{"mediaType": INDEX, "digest": digest(referrers), "size": len(referrers)}],
         }
-        write_layout(Path(scratch), index, {digest(referrers): referrers})
+        # Copies (not the layout's read-only files and directories, which an ordinary user cannot add to).
+        write_layout(Path(scratch), index, {**ours, digest(referrers): referrers})
         # skopeo 1.9 refuses to keep an index of artifacts as it is (it wants to rewrite their list); the
         # tag's own digest does not matter, and what it lists is read back below.
         registry.copy(f"oci:{scratch}", f"{registry.repository}:{tag}", all_images=True, preserve_digests=False)
