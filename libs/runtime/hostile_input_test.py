@@ -131,8 +131,10 @@ def test_metadata_sent_before_acknowledging_settings_is_let_go(echo: EchoProcess
     while resident_mib(echo.process.pid) > baseline + 32 and time.monotonic() < deadline:
         time.sleep(0.2)
     trims = [line for line in echo.lines if "of freed heap" in line]
+    # Back to the kernel, however it got there: usually HeapTrimmer's malloc_trim gives it back, but when
+    # glibc trims the top of its arena by itself (or served the blocks from mmap) the trimmer finds nothing
+    # to return, as in one CI run (the trimmer's own behaviour: libs/runtime:memory_test).
     assert resident_mib(echo.process.pid) <= baseline + 32, (baseline, peak, trims)
-    assert echo.metric("process_heap_returned_bytes_total") > 0
 
 
 def cpu_seconds(pid: int) -> float:
