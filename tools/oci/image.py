@@ -13,10 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from tools.oci.oci import EPOCH, canonical_json, digest, write_layout
+from tools.oci.oci import EPOCH, INDEX, MANIFEST, canonical_json, digest, write_layout
 
 CONFIG = "application/vnd.oci.image.config.v1+json"
-MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, dict, str]:
@@ -61,7 +60,7 @@ def build(spec: dict) -> tuple[dict[str, bytes | Path], dict, dict, str]:
     blobs[manifest_digest] = manifest_bytes
     index = {
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "mediaType": INDEX,
         "manifests": [{"mediaType": MANIFEST, "digest": manifest_digest, "size": len(manifest_bytes)}],
     }
     return blobs, index, manifest, manifest_digest

@@ -15,12 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tools.oci.oci import canonical_json, digest, read_layout, write_layout
+from tools.oci.oci import INDEX, MANIFEST, REF_NAME, canonical_json, digest, read_layout, write_layout
 
-INDEX = "application/vnd.oci.image.index.v1+json"
-MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 EMPTY = "application/vnd.oci.empty.v1+json"  # OCI 1.1's config of an artifact that needs none
-REF_NAME = "org.opencontainers.image.ref.name"
 INDEX_REF = "index"
 
 

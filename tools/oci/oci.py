@@ -31,6 +31,9 @@ MEDIA_TYPES = {
     "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
 }
 ZSTD_LEVEL = 19
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"  # a manifest's name in an image layout's index.json
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 

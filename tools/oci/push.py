@@ -31,7 +31,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from tools.oci.oci import canonical_json, digest, write_layout
+from tools.oci.oci import INDEX, REF_NAME, canonical_json, digest, write_layout
 
 LOG = logging.getLogger("push")
 
@@ -78,10 +78,6 @@ def main() -> int:
         attach(registry, args.layout, entry)
     print(reference)
     return 0
-
-
-INDEX = "application/vnd.oci.image.index.v1+json"
-REF_NAME = "org.opencontainers.image.ref.name"
 
 
 def source_reference(layout: Path, entry: dict) -> str:
