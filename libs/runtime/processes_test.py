@@ -175,7 +175,7 @@ def test_no_thread_of_the_supervisor_but_its_main_one_takes_its_signals(server: 
 
 def pid_over_a_new_connection(port: int, credentials: grpc.ChannelCredentials) -> int:
     options = [("grpc.use_local_subchannel_pool", 1)]
-    with grpc.secure_channel(f"localhost:{port}", credentials, options=options) as channel:
+    with grpc.secure_channel(f"127.0.0.1:{port}", credentials, options=options) as channel:
         answer: bytes = channel.unary_unary(ECHO, request_serializer=None, response_deserializer=None)(
             b"pid", timeout=10
         )

@@ -77,7 +77,7 @@ def mtls_config(certs: Path, **overrides) -> ServerConfig:
 
 
 async def call_echo(port: int, creds: grpc.ChannelCredentials | None, payload: bytes = b"hi") -> bytes:
-    target = f"localhost:{port}"
+    target = f"127.0.0.1:{port}"
     channel = grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
     async with channel:
         # Bytes in, bytes out (grpc-stubs makes the serializers, None by default, required).
@@ -237,7 +237,7 @@ def test_client_channel_follows_certificate_rotation(certs: Path, tmp_path: Path
             os.replace(directory / f".{name}", directory / name)
 
     async def scenario(server: GrpcServer) -> None:
-        channel = ReloadingChannel(f"localhost:{server.port}", tls=files(client_dir, "shop"), check_every=3600, drain=0)
+        channel = ReloadingChannel(f"127.0.0.1:{server.port}", tls=files(client_dir, "shop"), check_every=3600, drain=0)
         async with channel:
             echo = channel.unary_unary(ECHO)
             assert await echo(b"before", timeout=5) == b"echo:before"
@@ -256,7 +256,7 @@ def test_client_channel_follows_certificate_rotation(certs: Path, tmp_path: Path
 
 
 async def health_status(port: int, creds: grpc.ChannelCredentials | None, service: str = "") -> int:
-    target = f"localhost:{port}"
+    target = f"127.0.0.1:{port}"
     channel = grpc.aio.secure_channel(target, creds) if creds else grpc.aio.insecure_channel(target)
     async with channel:
         response = await health_pb2_grpc.HealthStub(channel).Check(
@@ -307,7 +307,7 @@ def test_plaintext_health_port_serves_probes_only(certs: Path, serving: str) -> 
 @pytest.mark.parametrize("serving", SERVING)
 def test_reflection_lists_our_service(certs: Path, serving: str) -> None:
     async def scenario(server: GrpcServer) -> None:
-        async with grpc.aio.secure_channel(f"localhost:{server.port}", credentials(certs, "shop")) as channel:
+        async with grpc.aio.secure_channel(f"127.0.0.1:{server.port}", credentials(certs, "shop")) as channel:
             stub = reflection_pb2_grpc.ServerReflectionStub(channel)
             responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
             async for response in responses:

@@ -60,7 +60,7 @@ def run(certs: Path, catalog: Catalog, scenario) -> None:
 
 def channel(certs: Path, identity: str, port: int) -> grpc.aio.Channel:
     credentials = channel_credentials(TlsFiles(certs / f"{identity}.pem", certs / f"{identity}.key", certs / "ca.pem"))
-    return grpc.aio.secure_channel(f"localhost:{port}", credentials)
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials)
 
 
 def raw_bytes_method(channel: grpc.aio.Channel, method: str) -> grpc.aio.UnaryUnaryMultiCallable[bytes, bytes]:
