@@ -1,10 +1,10 @@
 """One combined coverage report of first-party code: `./bazelw run //tools/coverage [-- TARGETS...]`.
 
-Runs the tests (by default every test that runs its code in-process: //libs/... //services/... //tools/...
-//k8s/... //proto/...) with `--test_env=COVERAGE=1`, which makes the pytest shim record coverage.py data
-beside each test's outputs; combines them, mapping each runfiles copy of a file back to the source tree,
-and writes `coverage/lcov.info` and `coverage/html/index.html`. Prints the total and exits 2 when it is
-below `fail_under` in tools/coverage/coveragerc (CI's floor).
+Runs the pytest tests among the targets (by default //libs/... //services/... //tools/... //k8s/...
+//proto/...) that run their code in-process, with `--test_env=COVERAGE=1`, which makes the pytest shim
+record coverage.py data beside each test's outputs; combines them, mapping each runfiles copy of a file
+back to the source tree, and writes `coverage/lcov.info` and `coverage/html/index.html`. Prints the total
+and exits 2 when it is below `fail_under` in tools/coverage/coveragerc (CI's floor).
 
 `bazel coverage` itself needs Bazel's coverage tools, downloaded from mirror.bazel.build, which is out of
 reach here (tools/stubs/remote_coverage_tools). Code that tests run in child processes (the integration,
@@ -27,7 +27,9 @@ import coverage
 from libs.processes.processes import runfile
 
 DEFAULT_TARGETS = ["//libs/...", "//services/...", "//tools/...", "//k8s/...", "//proto/..."]
-# Tests that start processes or containers measure nothing in-process; they would only cost time.
+# Only py_test targets run the pytest shim that records coverage; the others (mypy, buf, image rebuilds)
+# and those that start processes or containers measure nothing in-process: they would only cost time.
+MEASURED = 'kind("^py_test rule$", tests({targets}))'  # anchored: "py_test rule" is in "py_mypy_test rule"
 SKIP_TAGS = "-local,-exclusive"
 
 
@@ -36,8 +38,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("targets", nargs="*", default=DEFAULT_TARGETS, help="test targets (default: %(default)s)")
     targets = parser.parse_args(argv).targets
     workspace = Path(os.environ.get("BUILD_WORKSPACE_DIRECTORY", "."))
+    query = subprocess.run(
+        ["./bazelw", "query", MEASURED.format(targets=" + ".join(targets))],
+        cwd=workspace,
+        check=False,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    measured = query.stdout.split()
+    if query.returncode or not measured:
+        print(f"coverage: no pytest test among {' '.join(targets)}", file=sys.stderr)
+        return query.returncode or 1
     tested = subprocess.run(
-        ["./bazelw", "test", *targets, "--test_env=COVERAGE=1", f"--test_tag_filters={SKIP_TAGS}"],
+        ["./bazelw", "test", *measured, "--test_env=COVERAGE=1", f"--test_tag_filters={SKIP_TAGS}"],
         cwd=workspace,
         check=False,
     )
