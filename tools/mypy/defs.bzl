@@ -9,6 +9,12 @@ It checks the .py files of `deps` that live in this package (test files, `*_test
 without --strict), with everything they import: first-party
 code and generated protos (their .pyi) as sources (MYPYPATH), third-party packages as installed packages
 (their own types or stub packages from the lock: grpc-stubs, types-protobuf, ...). Settings: mypy.ini.
+
+Each test starts from a copy of `mypy_cache`'s output (//tools/mypy:cache, :cache_strict): the standard
+library and the common third-party packages analysed once per build. mypy takes a cached module whose
+file has the same hash wherever it now lives, and analyses the rest; it saves about 3 s of each run.
+
+    mypy_cache(name = "cache", modules = ["asyncio", "grpc"], deps = [requirement("grpcio"), ...])
 """
 
 _SCRIPT = """#!/bin/sh
@@ -17,13 +23,15 @@ root="${{RUNFILES_DIR:-${{TEST_SRCDIR}}}}"
 export MYPYPATH="{mypy_path}"
 export PYTHONPATH="{python_path}"
 cache="${{TEST_TMPDIR:-/tmp}}/mypy"
+mkdir -p "$cache"
+cp -RL {code_cache} "$cache/code" && cp -RL {tests_cache} "$cache/tests" && chmod -R u+w "$cache" || exit 1
 status=0
 if [ -n "{code}" ]; then
-  {runner} --config-file {config} --cache-dir "$cache" {strict} {code} || status=1
+  {runner} --config-file {config} --cache-dir "$cache/code" {strict} {code} || status=1
 fi
 # Tests: mypy.ini's checks, not --strict (fixtures and parametrised cases need no annotations to be clear).
 if [ -n "{tests}" ]; then
-  {runner} --config-file {config} --cache-dir "$cache" {tests} || status=1
+  {runner} --config-file {config} --cache-dir "$cache/tests" {tests} || status=1
 fi
 exit $status
 """
@@ -57,10 +65,12 @@ def _py_mypy_test_impl(ctx):
         runner = ctx.executable._mypy.short_path,
         config = ctx.file.config.short_path,
         strict = "--strict" if ctx.attr.strict else "",
+        code_cache = (ctx.file._cache_strict if ctx.attr.strict else ctx.file._cache).short_path,
+        tests_cache = ctx.file._cache.short_path,
         code = " ".join(sorted([f.short_path for f in depset(files).to_list() if not _is_test(f)])),
         tests = " ".join(sorted([f.short_path for f in depset(files).to_list() if _is_test(f)])),
     ), is_executable = True)
-    runfiles = ctx.runfiles([ctx.file.config]).merge(ctx.attr._mypy[DefaultInfo].default_runfiles)
+    runfiles = ctx.runfiles([ctx.file.config, ctx.file._cache, ctx.file._cache_strict]).merge(ctx.attr._mypy[DefaultInfo].default_runfiles)
     for dep in ctx.attr.deps:
         runfiles = runfiles.merge(dep[DefaultInfo].default_runfiles)
     return [DefaultInfo(executable = script, runfiles = runfiles)]
@@ -72,7 +82,40 @@ py_mypy_test = rule(
         "strict": attr.bool(default = True, doc = "mypy --strict (libs/ and services/); False: mypy.ini's checks only."),
         "config": attr.label(default = "//:mypy.ini", allow_single_file = True),
         "_mypy": attr.label(default = "//tools/mypy:mypy", executable = True, cfg = "target"),
+        "_cache": attr.label(default = "//tools/mypy:cache", allow_single_file = True),
+        "_cache_strict": attr.label(default = "//tools/mypy:cache_strict", allow_single_file = True),
     },
     test = True,
     doc = "Type-checks this package's Python files with mypy.",
+)
+
+def _mypy_cache_impl(ctx):
+    imports = ctx.actions.declare_file(ctx.label.name + "_imports.py")
+    ctx.actions.write(imports, "".join(["import %s\n" % module for module in ctx.attr.modules]))
+    cache = ctx.actions.declare_directory(ctx.label.name)
+
+    # The packages' import roots (pypi/site-packages) are in external/ of the execution root.
+    roots = depset(transitive = [dep[PyInfo].imports for dep in ctx.attr.deps]).to_list()
+    ctx.actions.run(
+        executable = ctx.executable._mypy,
+        arguments = ["--config-file", ctx.file.config.path, "--cache-dir", cache.path] +
+                    (["--strict"] if ctx.attr.strict else []) + [imports.path],
+        inputs = depset([imports, ctx.file.config], transitive = [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.deps]),
+        outputs = [cache],
+        env = {"PYTHONPATH": ":".join(["external/" + root for root in roots])},
+        mnemonic = "MypyCache",
+        progress_message = "Analysing %d modules for mypy's cache %s" % (len(ctx.attr.modules), ctx.label),
+    )
+    return [DefaultInfo(files = depset([cache]))]
+
+mypy_cache = rule(
+    implementation = _mypy_cache_impl,
+    attrs = {
+        "modules": attr.string_list(mandatory = True, doc = "Modules to analyse, with all they import."),
+        "deps": attr.label_list(providers = [PyInfo], doc = "The third-party libraries that provide them."),
+        "strict": attr.bool(default = False, doc = "With --strict: py_mypy_test's strict runs use this cache."),
+        "config": attr.label(default = "//:mypy.ini", allow_single_file = True),
+        "_mypy": attr.label(default = "//tools/mypy:mypy", executable = True, cfg = "exec"),
+    },
+    doc = "A mypy cache directory (--cache-dir) of `modules`, for py_mypy_test to start from.",
 )
