@@ -12,7 +12,7 @@ code and generated protos (their .pyi) as sources (MYPYPATH), third-party packag
 
 Each test starts from a copy of `mypy_cache`'s output (//tools/mypy:cache, :cache_strict): the standard
 library and the common third-party packages analysed once per build. mypy takes a cached module whose
-file has the same hash wherever it now lives, and analyses the rest; it saves about 3 s of each run.
+file has the same hash wherever it now lives, and analyses the rest.
 
     mypy_cache(name = "cache", modules = ["asyncio", "grpc"], deps = [requirement("grpcio"), ...])
 """
