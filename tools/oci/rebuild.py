@@ -1,9 +1,10 @@
 """Rebuilds an image from the inputs Bazel used, somewhere else, and checks every digest matches.
 
 Run by `oci_reproducibility_test` (tools/oci/defs.bzl) with --recipe: the layer.py arguments of each
-layer (null for one the base image gave: the base's own test rebuilds those), the image spec, and a map from the build's paths to runfiles paths. Layers are rebuilt in a
-fresh temporary directory, under another umask and time zone, from the runfiles copies of the inputs
-(other paths, other mtimes): if any of that leaked into the bytes, the digests would differ.
+layer (null for one the base image gave: the base's own test rebuilds those), the image spec, and a map
+from the build's paths to runfiles paths. Layers are rebuilt in a fresh temporary directory, under another
+umask and time zone, from the runfiles copies of the inputs (other paths, other mtimes): if any of that
+leaked into the bytes, the digests would differ.
 """
 
 from __future__ import annotations
