@@ -10,12 +10,17 @@ without --strict), with everything they import: first-party
 code and generated protos (their .pyi) as sources (MYPYPATH), third-party packages as installed packages
 (their own types or stub packages from the lock: grpc-stubs, types-protobuf, ...). Settings: mypy.ini.
 
-Each test starts from a copy of `mypy_cache`'s output (//tools/mypy:cache, :cache_strict): the standard
-library and the common third-party packages analysed once per build. mypy takes a cached module whose
+Each test starts from a copy of a `mypy_cache` (//tools/mypy:cache, with mypy.ini's checks and with
+--strict): the standard library and the common third-party packages analysed once per build. mypy takes a cached module whose
 file has the same hash wherever it now lives, and analyses the rest.
 
     mypy_cache(name = "cache", modules = ["asyncio", "grpc"], deps = [requirement("grpcio"), ...])
 """
+
+MypyCacheInfo = provider(
+    doc = "mypy cache directories (--cache-dir) for py_mypy_test to start from.",
+    fields = {"checks": "with mypy.ini's checks", "strict": "with --strict too"},
+)
 
 _SCRIPT = """#!/bin/sh
 # Import roots are relative to the runfiles directory; the files to check to the workspace in it.
@@ -58,6 +63,7 @@ def _py_mypy_test_impl(ctx):
     # tools/proto, with .pyi beside it (in an external repository too: @com_envoyproxy_protoc_gen_validate).
     third_party = [r for r in roots if r.endswith("/site-packages")]
     first_party = [workspace] + [r for r in roots if r != workspace and r not in third_party]
+    cache = ctx.attr._cache[MypyCacheInfo]
     script = ctx.actions.declare_file(ctx.label.name + ".sh")
     ctx.actions.write(script, _SCRIPT.format(
         mypy_path = ":".join(["$root/" + r for r in first_party]),
@@ -65,12 +71,12 @@ def _py_mypy_test_impl(ctx):
         runner = ctx.executable._mypy.short_path,
         config = ctx.file.config.short_path,
         strict = "--strict" if ctx.attr.strict else "",
-        code_cache = (ctx.file._cache_strict if ctx.attr.strict else ctx.file._cache).short_path,
-        tests_cache = ctx.file._cache.short_path,
+        code_cache = (cache.strict if ctx.attr.strict else cache.checks).short_path,
+        tests_cache = cache.checks.short_path,
         code = " ".join(sorted([f.short_path for f in depset(files).to_list() if not _is_test(f)])),
         tests = " ".join(sorted([f.short_path for f in depset(files).to_list() if _is_test(f)])),
     ), is_executable = True)
-    runfiles = ctx.runfiles([ctx.file.config, ctx.file._cache, ctx.file._cache_strict]).merge(ctx.attr._mypy[DefaultInfo].default_runfiles)
+    runfiles = ctx.runfiles([ctx.file.config, cache.checks, cache.strict]).merge(ctx.attr._mypy[DefaultInfo].default_runfiles)
     for dep in ctx.attr.deps:
         runfiles = runfiles.merge(dep[DefaultInfo].default_runfiles)
     return [DefaultInfo(executable = script, runfiles = runfiles)]
@@ -82,8 +88,7 @@ py_mypy_test = rule(
         "strict": attr.bool(default = True, doc = "mypy --strict (libs/ and services/); False: mypy.ini's checks only."),
         "config": attr.label(default = "//:mypy.ini", allow_single_file = True),
         "_mypy": attr.label(default = "//tools/mypy:mypy", executable = True, cfg = "target"),
-        "_cache": attr.label(default = "//tools/mypy:cache", allow_single_file = True),
-        "_cache_strict": attr.label(default = "//tools/mypy:cache_strict", allow_single_file = True),
+        "_cache": attr.label(default = "//tools/mypy:cache", providers = [MypyCacheInfo]),
     },
     test = True,
     doc = "Type-checks this package's Python files with mypy.",
@@ -92,30 +97,34 @@ py_mypy_test = rule(
 def _mypy_cache_impl(ctx):
     imports = ctx.actions.declare_file(ctx.label.name + "_imports.py")
     ctx.actions.write(imports, "".join(["import %s\n" % module for module in ctx.attr.modules]))
-    cache = ctx.actions.declare_directory(ctx.label.name)
 
     # The packages' import roots (pypi/site-packages) are in external/ of the execution root.
     roots = depset(transitive = [dep[PyInfo].imports for dep in ctx.attr.deps]).to_list()
-    ctx.actions.run(
-        executable = ctx.executable._mypy,
-        arguments = ["--config-file", ctx.file.config.path, "--cache-dir", cache.path] +
-                    (["--strict"] if ctx.attr.strict else []) + [imports.path],
-        inputs = depset([imports, ctx.file.config], transitive = [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.deps]),
-        outputs = [cache],
-        env = {"PYTHONPATH": ":".join(["external/" + root for root in roots])},
-        mnemonic = "MypyCache",
-        progress_message = "Analysing %d modules for mypy's cache %s" % (len(ctx.attr.modules), ctx.label),
-    )
-    return [DefaultInfo(files = depset([cache]))]
+    caches = {}
+    for variant, flags in [("checks", []), ("strict", ["--strict"])]:
+        cache = ctx.actions.declare_directory("%s_%s" % (ctx.label.name, variant))
+        ctx.actions.run(
+            executable = ctx.executable._mypy,
+            arguments = ["--config-file", ctx.file.config.path, "--cache-dir", cache.path] + flags + [imports.path],
+            inputs = depset([imports, ctx.file.config], transitive = [dep[DefaultInfo].default_runfiles.files for dep in ctx.attr.deps]),
+            outputs = [cache],
+            env = {"PYTHONPATH": ":".join(["external/" + root for root in roots])},
+            mnemonic = "MypyCache",
+            progress_message = "Analysing %d modules for mypy's cache %s (%s)" % (len(ctx.attr.modules), ctx.label, variant),
+        )
+        caches[variant] = cache
+    return [
+        DefaultInfo(files = depset(caches.values())),
+        MypyCacheInfo(**caches),
+    ]
 
 mypy_cache = rule(
     implementation = _mypy_cache_impl,
     attrs = {
         "modules": attr.string_list(mandatory = True, doc = "Modules to analyse, with all they import."),
         "deps": attr.label_list(providers = [PyInfo], doc = "The third-party libraries that provide them."),
-        "strict": attr.bool(default = False, doc = "With --strict: py_mypy_test's strict runs use this cache."),
         "config": attr.label(default = "//:mypy.ini", allow_single_file = True),
         "_mypy": attr.label(default = "//tools/mypy:mypy", executable = True, cfg = "exec"),
     },
-    doc = "A mypy cache directory (--cache-dir) of `modules`, for py_mypy_test to start from.",
+    doc = "Two mypy cache directories of `modules`, with mypy.ini's checks and with --strict (MypyCacheInfo).",
 )
